@@ -1,0 +1,330 @@
+"""Configuration: TOML file + CLI overrides -> frozen, validated dataclasses.
+
+A config file is optional; every field has a default that gives a working node. The file
+has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``) and
+top-level keys for the node itself::
+
+    role = "client"
+    seed = 0
+    [data]
+    task = "digits"
+    partition = "dirichlet:0.5"
+    client_index = 3
+    num_clients = 10
+
+CLI flags override single fields by dotted name (``rounds.rounds=20``). Validation runs
+once, in :func:`load_config`; every problem raises :class:`ConfigError` naming the field,
+the value received and what was expected, before the node starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ROLES = ("client", "aggregator", "coordinator", "peer")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Local training knobs (client and peer roles)."""
+
+    local_epochs: int = 5
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    prox_mu: float = 0.0
+
+    def validate(self) -> None:
+        _check(self.local_epochs >= 1, "train.local_epochs", self.local_epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "a finite float > 0")
+        _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "a float in [0, 1)")
+        _check(self.prox_mu >= 0, "train.prox_mu", self.prox_mu, "a float >= 0")
+
+
+@dataclass(frozen=True)
+class RoundParams:
+    """Round lifecycle on the coordinator (Flower's names where they exist)."""
+
+    rounds: int = 15
+    fraction_fit: float = 1.0
+    min_fit_clients: int = 2
+    min_available_clients: int = 2
+    round_deadline_s: float = 60.0
+    max_failure_fraction: float = 0.5
+    wait_for_clients_s: float = 300.0
+    target_accuracy: float = 0.0
+
+    def validate(self) -> None:
+        _check(self.rounds >= 1, "rounds.rounds", self.rounds, "an integer >= 1")
+        _check(
+            0 < self.fraction_fit <= 1,
+            "rounds.fraction_fit",
+            self.fraction_fit,
+            "a float in (0, 1]",
+        )
+        _check(
+            self.min_fit_clients >= 1,
+            "rounds.min_fit_clients",
+            self.min_fit_clients,
+            "an integer >= 1",
+        )
+        _check(
+            self.min_available_clients >= self.min_fit_clients,
+            "rounds.min_available_clients",
+            self.min_available_clients,
+            f"an integer >= min_fit_clients ({self.min_fit_clients})",
+        )
+        _check(
+            self.round_deadline_s > 0,
+            "rounds.round_deadline_s",
+            self.round_deadline_s,
+            "a float > 0 (seconds)",
+        )
+        _check(
+            0 <= self.max_failure_fraction < 1,
+            "rounds.max_failure_fraction",
+            self.max_failure_fraction,
+            "a float in [0, 1)",
+        )
+        _check(
+            self.wait_for_clients_s > 0,
+            "rounds.wait_for_clients_s",
+            self.wait_for_clients_s,
+            "a float > 0 (seconds)",
+        )
+        _check(
+            0 <= self.target_accuracy <= 1,
+            "rounds.target_accuracy",
+            self.target_accuracy,
+            "a float in [0, 1] (0 = run all rounds)",
+        )
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Which task and which shard of its data this node trains on."""
+
+    task: str = "digits"
+    partition: str = "iid"
+    client_index: int = 0
+    num_clients: int = 1
+
+    def validate(self) -> None:
+        _check(bool(self.task), "data.task", self.task, "'digits' or 'package.module:Class'")
+        _check(self.num_clients >= 1, "data.num_clients", self.num_clients, "an integer >= 1")
+        _check(
+            0 <= self.client_index < self.num_clients,
+            "data.client_index",
+            self.client_index,
+            f"an integer in [0, num_clients={self.num_clients})",
+        )
+        from .training.partition import parse_partition
+
+        parse_partition(self.partition)  # raises ConfigError('data.partition', ...)
+
+
+@dataclass(frozen=True)
+class NetParams:
+    """Where the node listens, how it finds others, and who may talk to it."""
+
+    listen: str = "/ip4/0.0.0.0/tcp/0"
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = True
+    federation: str = "fednode"
+    key_file: str = "fednode.key"
+    allow: tuple[str, ...] = ()
+    open_membership: bool = True
+    network_key_file: str = ""
+    dial_timeout_s: float = 10.0
+    send_timeout_s: float = 60.0
+    peer_timeout_s: float = 30.0
+
+    def validate(self) -> None:
+        _check(
+            self.listen.startswith("/ip4/") or self.listen.startswith("/ip6/"),
+            "net.listen",
+            self.listen,
+            "a multiaddr such as /ip4/0.0.0.0/tcp/0",
+        )
+        _check(bool(self.federation), "net.federation", self.federation, "a non-empty name")
+        for name in ("dial_timeout_s", "send_timeout_s", "peer_timeout_s"):
+            value = getattr(self, name)
+            _check(value > 0, f"net.{name}", value, "a float > 0 (seconds)")
+
+
+@dataclass(frozen=True)
+class WireParams:
+    """Update compression and message limits."""
+
+    codec: str = "none"
+    error_feedback: bool = True
+    max_frame_bytes: int = 512 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_clock_skew_s: float = 300.0
+
+    def validate(self) -> None:
+        from .wire.codecs import parse_codec
+
+        parse_codec(self.codec)
+        _check(
+            self.max_frame_bytes >= 1024,
+            "wire.max_frame_bytes",
+            self.max_frame_bytes,
+            "an integer >= 1024",
+        )
+        _check(
+            256 <= self.max_header_bytes <= self.max_frame_bytes,
+            "wire.max_header_bytes",
+            self.max_header_bytes,
+            "an integer in [256, max_frame_bytes]",
+        )
+        _check(
+            self.max_clock_skew_s > 0,
+            "wire.max_clock_skew_s",
+            self.max_clock_skew_s,
+            "a float > 0 (seconds)",
+        )
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs. Build with :func:`load_config`; frozen once built."""
+
+    role: str = "client"
+    seed: int = 0
+    topology: str = "star"
+    train: TrainParams = field(default_factory=TrainParams)
+    rounds: RoundParams = field(default_factory=RoundParams)
+    data: DataParams = field(default_factory=DataParams)
+    net: NetParams = field(default_factory=NetParams)
+    wire: WireParams = field(default_factory=WireParams)
+
+    def validate(self) -> None:
+        _check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")
+        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        for group in (self.train, self.rounds, self.data, self.net, self.wire):
+            group.validate()
+
+
+def _check(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(name, value, expected)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a dataclass field annotation; coerce only lossless cases."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(name, value, "a boolean (true/false)")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(name, value, "an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(name, value, "an integer")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(name, value, "a number")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(name, value, "a number")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(name, value, "a string")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(name, value, "a list of strings")
+    if origin in (typing.Union, types.UnionType):  # pragma: no cover - no such fields yet
+        return value
+    raise ConfigError(name, value, f"a value of type {annotation}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(name, value, f"a known key (one of: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(name, value, f"a table [{key}]")
+            kwargs[key] = _build(hint, value, f"{name}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(name, value, hint)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, value, f"{part!r} to be a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> NodeConfig:
+    """Read ``path`` (TOML, optional), apply dotted ``overrides``, validate, return frozen config.
+
+    Errors: :class:`ConfigError` naming the field for unknown keys, wrong types,
+    out-of-range values, an unreadable file or invalid TOML.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                tree = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError("config", str(path), f"a readable TOML file ({exc})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", str(path), f"valid TOML ({exc})") from exc
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    config: NodeConfig = _build(NodeConfig, tree, "")
+    config.validate()
+    return config
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` that re-validates the result."""
+    new = dataclasses.replace(config, **changes)
+    new.validate()
+    return new

@@ -1,0 +1,1 @@
+"""Node identity, signed envelopes, secure aggregation and differential privacy."""

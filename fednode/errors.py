@@ -1,0 +1,100 @@
+"""The one exception tree of fednode.
+
+::
+
+    FednodeError
+    ├── ConfigError            bad configuration; raised at start, names field, value, expectation
+    ├── TaskError              a task plug-in failed to load or misbehaved
+    ├── WireError              bytes from a peer are not a valid fednode message (blame: remote)
+    │   ├── FrameTooLarge      size limit exceeded before anything was allocated
+    │   ├── SchemaError        CBOR header missing fields / wrong types / unknown kind
+    │   ├── PayloadError       payload length, digest, codec body, shape or finiteness wrong
+    │   └── ReplayError        timestamp outside the skew window or nonce already seen
+    ├── AuthError              sender not a member, or signature invalid (blame: remote)
+    ├── ProtocolError          a well-formed message that makes no sense now
+    │   ├── RemoteProtocolError   the peer broke the protocol
+    │   └── LocalProtocolError    we tried to do something the protocol forbids
+    ├── TransportError         the network failed under us
+    │   └── PeerGone           the peer is not reachable (crashed, left, partitioned)
+    └── RoundFailed            a round could not complete (too few results, deadline)
+
+Every error raised for remote input carries the offending ``peer`` when known, so the
+log line and the rejection counter can name it. Foreign exceptions (libp2p, OS, cbor2,
+nacl) are converted to these types once, at the boundary that caught them.
+"""
+
+from __future__ import annotations
+
+
+class FednodeError(Exception):
+    """Base of every error fednode raises on purpose."""
+
+    def __init__(self, message: str, *, peer: str | None = None) -> None:
+        super().__init__(message)
+        self.peer = peer
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} (peer {self.peer})" if self.peer else base
+
+
+class ConfigError(FednodeError):
+    """Configuration is invalid. Raised before the node starts doing anything."""
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        super().__init__(f"config field {field!r}: got {value!r}, expected {expected}")
+        self.field = field
+        self.value = value
+        self.expected = expected
+
+
+class TaskError(FednodeError):
+    """A training task could not be loaded or behaved outside its contract."""
+
+
+class WireError(FednodeError):
+    """Bytes received from a peer are not a valid fednode message."""
+
+
+class FrameTooLarge(WireError):
+    """A frame or header is larger than the configured limit."""
+
+
+class SchemaError(WireError):
+    """The CBOR header does not match the message schema."""
+
+
+class PayloadError(WireError):
+    """The payload does not match its header (length, digest, codec, shape, finiteness)."""
+
+
+class ReplayError(WireError):
+    """The message is outside the replay window or its nonce was already seen."""
+
+
+class AuthError(FednodeError):
+    """The sender is not a member or the signature does not verify."""
+
+
+class ProtocolError(FednodeError):
+    """A well-formed message arrived that the protocol does not allow here."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This node attempted something the protocol forbids (a bug on our side)."""
+
+
+class TransportError(FednodeError):
+    """The network failed under us."""
+
+
+class PeerGone(TransportError):
+    """The peer cannot be reached: crashed, left, or partitioned away."""
+
+
+class RoundFailed(FednodeError):
+    """A round could not complete: too few results before the deadline, too many failures."""

@@ -1,0 +1,1 @@
+"""What goes on the wire: messages, tensor layout and update codecs (pure, no I/O)."""

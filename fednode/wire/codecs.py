@@ -1,0 +1,557 @@
+"""Update codecs: compress a flat float32 model delta for the wire.
+
+A model update is one contiguous 1-D float32 vector (``wire/tensors.py``). A codec
+turns it into payload bytes and back. The sender keeps an :class:`ErrorFeedback`
+residual so that what compression drops this round is sent in a later one.
+
+Spec strings (``parse_codec``; ``Codec.spec`` is the canonical form)::
+
+    spec   := base ["+zstd"]
+    base   := "none" | "fp16" | int8 | "topk:" F ["+fp16" | "+" int8]
+    int8   := "int8" [":stochastic"] [":chunk=" N]      N in 1..2**24, default 4096
+
+``none`` is raw little-endian float32 (decode is a zero-copy read-only view);
+``fp16`` casts to IEEE half, clipping to +-65504 so a finite input never turns into
+Inf; ``int8`` stores one float32 scale ``max|x|/127`` per chunk of N values and
+rounds to nearest (or stochastically, unbiased, with ``:stochastic``; QSGD, Alistarh
+et al. 2017); ``topk:F`` keeps the ``k = clamp(round(F*n), 1, n)`` largest-|x|
+entries (``k = 0`` when ``n = 0``) with fp16 or int8 values (Stich et al. 2018,
+"Sparsified SGD with memory"; Lin et al. 2018, "Deep Gradient Compression").
+``+zstd`` compresses the body with zstandard level 3.
+
+Payload layout (all integers little-endian)::
+
+    header  8 bytes  magic 0xFD, version 1, codec id, flags (bit 0 = zstd body), n (u32)
+    ext              int8: chunk (u32) | topk: k (u32), index width (u8) [, chunk (u32)]
+    body             none: f32[n] | fp16: f16[n] | int8: f32 scales[ceil(n/chunk)], i8[n]
+                     topk: gaps uW[k], then the k values as f16[k] or as the int8 body
+    (with +zstd the body is one zstd frame that must declare its exact content size)
+
+Top-k indices are sorted and delta-encoded: ``gap[0] = idx[0]``, ``gap[i] = idx[i] -
+idx[i-1]`` (so ``gap[i] >= 1`` for i >= 1), stored with the narrowest width W of
+u8/u16/u32 that holds the largest gap. At 1% density gaps average 100, so indices
+usually cost 2 bytes each.
+
+Decode is the untrusted path. Before anything of size O(n) is allocated it checks
+the header against the codec and ``n``, the ext fields (``k`` must equal the ``k``
+this spec implies for ``n``; the chunk must equal the codec's), and the body size
+(exact; for zstd the declared content size must equal the expected body size before
+decompression, and trailing data is refused). Then int8 scales must be finite, >= 0
+and small enough that no product overflows, and top-k indices must be strictly
+increasing and below ``n``. Checking decoded fp16/float32 values for NaN/Inf is the
+caller's job (it checks every decoded update, whatever the codec).
+
+Errors:
+    ``parse_codec`` and constructors raise ``ConfigError("codec", ...)``.
+    ``decode`` raises ``PayloadError`` for any malformed payload, and nothing else
+    (``ValueError`` only if the caller's ``n`` is not in 0..2**32-1).
+    ``encode`` raises ``ValueError`` for a non-1-D / non-float32 input (a caller bug)
+    and ``LocalProtocolError`` if the vector holds NaN/Inf (sending it is forbidden).
+
+Codec objects are immutable apart from the stochastic rounding generator; use one
+codec instance per sending task.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+import struct
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import zstandard
+
+from fednode.errors import ConfigError, LocalProtocolError, PayloadError
+
+__all__ = [
+    "Codec",
+    "ErrorFeedback",
+    "Fp16Codec",
+    "Int8Codec",
+    "RawCodec",
+    "TopKCodec",
+    "parse_codec",
+]
+
+F32 = npt.NDArray[np.float32]
+Seed = int | np.random.Generator | None
+
+MAGIC = 0xFD
+VERSION = 1
+FLAG_ZSTD = 0x01
+ZSTD_LEVEL = 3
+DEFAULT_CHUNK = 4096
+MAX_CHUNK = 1 << 24
+MAX_N = 0xFFFF_FFFF
+MAX_SPEC_LEN = 100
+
+_HEADER = struct.Struct("<BBBBI")  # magic, version, codec id, flags, n
+_ID_NONE, _ID_FP16, _ID_INT8, _ID_TOPK_FP16, _ID_TOPK_INT8 = 1, 2, 3, 4, 5
+_ID_NAMES = {1: "none", 2: "fp16", 3: "int8", 4: "topk/fp16", 5: "topk/int8"}
+
+_F16_MAX = np.float32(65504.0)
+# |q| <= 128 for any int8 q, so q * scale stays finite when scale <= f32max / 128.
+_MAX_SCALE = np.float32(np.finfo(np.float32).max / 128)
+_FRACTION_RE = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_CHUNK_RE = re.compile(r"chunk=([1-9]\d{0,8})")
+
+_ACCEPTED = (
+    "'none', 'fp16', 'int8[:stochastic][:chunk=N]' or 'topk:F[+fp16|+int8[:stochastic]"
+    "[:chunk=N]]' (F in (0, 1], N in 1..16777216), optionally followed by '+zstd', "
+    "e.g. 'topk:0.01+int8+zstd'"
+)
+
+
+class Codec(Protocol):
+    """What every update codec provides; see the module docstring for the formats."""
+
+    spec: str
+
+    def encode(self, vec: F32) -> bytes: ...
+
+    def decode(self, payload: bytes | memoryview, n: int) -> F32: ...
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_input(vec: F32) -> F32:
+    if not isinstance(vec, np.ndarray) or vec.dtype != np.float32 or vec.ndim != 1:
+        got = f"{vec.dtype}{list(vec.shape)}" if isinstance(vec, np.ndarray) else type(vec)
+        raise ValueError(f"codec input must be a 1-D float32 numpy array, got {got}")
+    if vec.size > MAX_N:
+        raise ValueError(f"codec input has {vec.size} values, at most {MAX_N} supported")
+    if not np.isfinite(vec).all():
+        raise LocalProtocolError("update vector contains NaN or Inf; refusing to encode it")
+    return np.ascontiguousarray(vec, dtype="<f4")
+
+
+def _to_f16(x: F32) -> npt.NDArray[np.float16]:
+    return np.clip(x, -_F16_MAX, _F16_MAX).astype("<f2")
+
+
+def _int8_body_size(m: int, chunk: int) -> int:
+    return 4 * (-(-m // chunk)) + m
+
+
+def _quantize_int8(
+    x: F32, chunk: int, rng: np.random.Generator | None
+) -> tuple[F32, npt.NDArray[np.int8]]:
+    """Per-chunk absmax scales and int8 codes; ``|x - q*scale| <= scale/2`` when rng is None."""
+    m = x.size
+    nfull, rem = divmod(m, chunk)
+    full = nfull * chunk
+    nchunks = nfull + (rem > 0)
+    y: F32 = np.abs(x)
+    amax = np.empty(nchunks, dtype=np.float32)
+    if nfull:
+        amax[:nfull] = y[:full].reshape(nfull, chunk).max(axis=1)
+    if rem:
+        amax[nfull] = y[full:].max()
+    scales = (amax / np.float32(127.0)).astype("<f4")
+    # A zero scale means the chunk is (numerically) zero: divide by 1 instead of 0.
+    safe = np.where(scales > 0, scales, np.float32(1.0))
+    if nfull:
+        np.divide(
+            x[:full].reshape(nfull, chunk), safe[:nfull, None], out=y[:full].reshape(nfull, chunk)
+        )
+    if rem:
+        np.divide(x[full:], safe[nfull], out=y[full:])
+    if rng is None:
+        np.rint(y, out=y)
+    else:  # floor(y + U[0,1)) is y rounded up with probability frac(y): unbiased
+        y += rng.random(m, dtype=np.float32)
+        np.floor(y, out=y)
+    np.clip(y, np.float32(-127), np.float32(127), out=y)
+    return scales, y.astype(np.int8)
+
+
+def _dequantize_int8(body: memoryview, m: int, chunk: int) -> F32:
+    nfull, rem = divmod(m, chunk)
+    full = nfull * chunk
+    nchunks = nfull + (rem > 0)
+    scales = np.frombuffer(body, dtype="<f4", count=nchunks)
+    ok = (scales >= 0) & (scales <= _MAX_SCALE)  # NaN compares False: rejected too
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise PayloadError(
+            f"int8 scale {i} is {float(scales[i])!r}, expected a finite value in "
+            f"[0, {float(_MAX_SCALE):.3e}]"
+        )
+    out = np.frombuffer(body, dtype=np.int8, count=m, offset=4 * nchunks).astype(np.float32)
+    if nfull:
+        view = out[:full].reshape(nfull, chunk)
+        np.multiply(view, scales[:nfull, None], out=view)
+    if rem:
+        out[full:] *= scales[nfull]
+    return out
+
+
+def _unzstd(body: memoryview, expected: int) -> memoryview:
+    """Decompress one zstd frame whose content must be exactly ``expected`` bytes."""
+    try:
+        declared = zstandard.get_frame_parameters(body).content_size
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"zstd body has no valid frame header: {exc}") from exc
+    if declared != expected:  # also rejects CONTENTSIZE_UNKNOWN; checked before allocating
+        got = "unknown" if declared == zstandard.CONTENTSIZE_UNKNOWN else str(declared)
+        raise PayloadError(f"zstd frame declares {got} bytes, expected exactly {expected}")
+    try:
+        if expected == 0:  # one-shot decompress() returns b"" for these without reading on
+            dobj = zstandard.ZstdDecompressor().decompressobj()
+            out = dobj.decompress(body)
+            if not dobj.eof or dobj.unused_data:
+                raise zstandard.ZstdError("truncated frame or trailing data")
+        else:
+            out = zstandard.ZstdDecompressor().decompress(
+                body, max_output_size=expected, allow_extra_data=False
+            )
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"zstd body does not decompress: {exc}") from exc
+    if len(out) != expected:
+        raise PayloadError(f"zstd body decompressed to {len(out)} bytes, expected {expected}")
+    return memoryview(out)
+
+
+def _parse_int8_opts(arg: str) -> tuple[bool, int] | None:
+    """``"stochastic:chunk=N"`` (any order, each at most once) -> (stochastic, chunk)."""
+    stochastic, chunk = False, None
+    for opt in arg.split(":") if arg else ():
+        m = _CHUNK_RE.fullmatch(opt)
+        if opt == "stochastic" and not stochastic:
+            stochastic = True
+        elif m and chunk is None:
+            chunk = int(m.group(1))
+        else:
+            return None
+    return stochastic, DEFAULT_CHUNK if chunk is None else chunk
+
+
+def _int8_spec(stochastic: bool, chunk: int) -> str:
+    tail = f":chunk={chunk}" if chunk != DEFAULT_CHUNK else ""
+    return ("int8:stochastic" if stochastic else "int8") + tail
+
+
+def _check_chunk(chunk: int, spec: str) -> None:
+    if not 1 <= chunk <= MAX_CHUNK:
+        raise ConfigError("codec", spec, f"an int8 chunk in 1..{MAX_CHUNK}")
+
+
+# ---------------------------------------------------------------------------- codecs
+
+
+class _BaseCodec:
+    """Header, zstd and validation shared by all codecs; subclasses do the body."""
+
+    spec: str
+    _id: int
+    _ext: struct.Struct | None = None
+
+    def __init__(self, spec: str, *, zstd: bool) -> None:
+        self._zstd = zstd
+        self._flags = FLAG_ZSTD if zstd else 0
+        self.spec = spec + ("+zstd" if zstd else "")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+    # subclass hooks
+    def _encode_body(self, x: F32) -> tuple[tuple[int, ...], list[np.ndarray]]:
+        raise NotImplementedError
+
+    def _body_size(self, fields: tuple[int, ...], n: int) -> int:
+        """Validate the ext fields against ``n`` and return the exact body size."""
+        raise NotImplementedError
+
+    def _decode_body(self, body: memoryview, fields: tuple[int, ...], n: int) -> F32:
+        raise NotImplementedError
+
+    def encode(self, vec: F32) -> bytes:
+        """Encode a 1-D float32 vector. Errors: ValueError, LocalProtocolError."""
+        x = _check_input(vec)
+        fields, arrays = self._encode_body(x)
+        head: list[bytes | memoryview] = [
+            _HEADER.pack(MAGIC, VERSION, self._id, self._flags, x.size)
+        ]
+        if self._ext is not None:
+            head.append(self._ext.pack(*fields))
+        parts: list[bytes | memoryview] = [a.data.cast("B") for a in arrays]
+        if not self._zstd:
+            return b"".join(head + parts)
+        cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(
+            size=sum(len(p) for p in parts)  # content size goes into the frame header
+        )
+        return b"".join(head + [cobj.compress(p) for p in parts] + [cobj.flush()])
+
+    def decode(self, payload: bytes | memoryview, n: int) -> F32:
+        """Decode an untrusted payload into a float32 vector of length ``n``.
+
+        Errors: PayloadError for anything malformed; ValueError if ``n`` is invalid.
+        """
+        n = operator.index(n)
+        if not 0 <= n <= MAX_N:
+            raise ValueError(f"n must be in 0..{MAX_N}, got {n}")
+        mv = memoryview(payload)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        ext_size = self._ext.size if self._ext is not None else 0
+        head_size = _HEADER.size + ext_size
+        if len(mv) < head_size:
+            raise PayloadError(
+                f"{self.spec} payload too short: expected at least {head_size} bytes, got {len(mv)}"
+            )
+        magic, version, cid, flags, n_hdr = _HEADER.unpack_from(mv)
+        if magic != MAGIC or version != VERSION:
+            raise PayloadError(
+                f"payload header: expected magic 0x{MAGIC:02x} version {VERSION}, "
+                f"got 0x{magic:02x} version {version}"
+            )
+        if cid != self._id or flags != self._flags:
+            got = _ID_NAMES.get(cid, f"unknown id {cid}") + ("+zstd" if flags == 1 else "")
+            raise PayloadError(
+                f"payload was encoded as {got} (flags 0x{flags:02x}), expected {self.spec}"
+            )
+        if n_hdr != n:
+            raise PayloadError(f"payload holds {n_hdr} values, expected {n}")
+        fields = self._ext.unpack_from(mv, _HEADER.size) if self._ext is not None else ()
+        expected = self._body_size(fields, n)
+        body = mv[head_size:]
+        if self._zstd:
+            body = _unzstd(body, expected)
+        elif len(body) != expected:
+            raise PayloadError(
+                f"{self.spec} body is {len(body)} bytes, expected exactly {expected} for n={n}"
+            )
+        return self._decode_body(body, fields, n)
+
+
+class RawCodec(_BaseCodec):
+    """``none``: raw little-endian float32; decode is a zero-copy read-only view."""
+
+    _id = _ID_NONE
+
+    def __init__(self, *, zstd: bool = False) -> None:
+        super().__init__("none", zstd=zstd)
+
+    def _encode_body(self, x: F32) -> tuple[tuple[int, ...], list[np.ndarray]]:
+        return (), [x]
+
+    def _body_size(self, fields: tuple[int, ...], n: int) -> int:
+        return 4 * n
+
+    def _decode_body(self, body: memoryview, fields: tuple[int, ...], n: int) -> F32:
+        out = np.frombuffer(body, dtype="<f4", count=n)
+        out.flags.writeable = False
+        return out
+
+
+class Fp16Codec(_BaseCodec):
+    """``fp16``: IEEE half precision, clipped to +-65504 (relative error <= 2**-11)."""
+
+    _id = _ID_FP16
+
+    def __init__(self, *, zstd: bool = False) -> None:
+        super().__init__("fp16", zstd=zstd)
+
+    def _encode_body(self, x: F32) -> tuple[tuple[int, ...], list[np.ndarray]]:
+        return (), [_to_f16(x)]
+
+    def _body_size(self, fields: tuple[int, ...], n: int) -> int:
+        return 2 * n
+
+    def _decode_body(self, body: memoryview, fields: tuple[int, ...], n: int) -> F32:
+        return np.frombuffer(body, dtype="<f2", count=n).astype(np.float32)
+
+
+class Int8Codec(_BaseCodec):
+    """``int8``: per-chunk absmax scale, round-to-nearest or stochastic rounding."""
+
+    _id = _ID_INT8
+    _ext = struct.Struct("<I")
+
+    def __init__(
+        self,
+        *,
+        chunk: int = DEFAULT_CHUNK,
+        stochastic: bool = False,
+        seed: Seed = None,
+        zstd: bool = False,
+    ) -> None:
+        super().__init__(_int8_spec(stochastic, chunk), zstd=zstd)
+        _check_chunk(chunk, self.spec)
+        self.chunk = chunk
+        self.stochastic = stochastic
+        self._rng = np.random.default_rng(seed) if stochastic else None
+
+    def _encode_body(self, x: F32) -> tuple[tuple[int, ...], list[np.ndarray]]:
+        scales, q = _quantize_int8(x, self.chunk, self._rng)
+        return (self.chunk,), [scales, q]
+
+    def _body_size(self, fields: tuple[int, ...], n: int) -> int:
+        if fields[0] != self.chunk:
+            raise PayloadError(f"int8 chunk is {fields[0]}, expected {self.chunk}")
+        return _int8_body_size(n, self.chunk)
+
+    def _decode_body(self, body: memoryview, fields: tuple[int, ...], n: int) -> F32:
+        return _dequantize_int8(body, n, self.chunk)
+
+
+class TopKCodec(_BaseCodec):
+    """``topk:F``: the k largest-|x| entries as sorted delta-coded indices + values."""
+
+    def __init__(
+        self,
+        fraction: float,
+        *,
+        values: str = "fp16",
+        chunk: int = DEFAULT_CHUNK,
+        stochastic: bool = False,
+        seed: Seed = None,
+        zstd: bool = False,
+    ) -> None:
+        fraction = float(fraction)
+        spec = f"topk:{fraction!r}"
+        if values == "int8":
+            spec += "+" + _int8_spec(stochastic, chunk)
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError("codec", spec, "a top-k fraction F in (0, 1], e.g. 'topk:0.01'")
+        if values not in ("fp16", "int8") or (values == "fp16" and stochastic):
+            raise ConfigError("codec", spec, "top-k values 'fp16' or 'int8[:stochastic]'")
+        super().__init__(spec, zstd=zstd)
+        _check_chunk(chunk, self.spec)
+        self.fraction = fraction
+        self.int8 = values == "int8"
+        self.chunk = chunk
+        self._id = _ID_TOPK_INT8 if self.int8 else _ID_TOPK_FP16
+        self._ext = struct.Struct("<IBI" if self.int8 else "<IB")
+        self._rng = np.random.default_rng(seed) if stochastic else None
+
+    def k_for(self, n: int) -> int:
+        """How many entries this spec keeps out of ``n``."""
+        return 0 if n == 0 else min(n, max(1, round(self.fraction * n)))
+
+    def _values_size(self, k: int) -> int:
+        return _int8_body_size(k, self.chunk) if self.int8 else 2 * k
+
+    def _encode_body(self, x: F32) -> tuple[tuple[int, ...], list[np.ndarray]]:
+        n = x.size
+        k = self.k_for(n)
+        idx: npt.NDArray[np.intp]
+        if k < n:
+            idx = np.argpartition(np.abs(x), n - k)[n - k :]
+            idx.sort()
+        else:
+            idx = np.arange(n, dtype=np.intp)
+        gaps = np.diff(idx, prepend=np.intp(0))
+        top = int(gaps.max()) if k else 0
+        width = 1 if top <= 0xFF else 2 if top <= 0xFFFF else 4
+        parts: list[np.ndarray] = [gaps.astype(f"<u{width}")]
+        vals = x[idx]
+        if self.int8:
+            parts.extend(_quantize_int8(vals, self.chunk, self._rng))
+            return (k, width, self.chunk), parts
+        parts.append(_to_f16(vals))
+        return (k, width), parts
+
+    def _body_size(self, fields: tuple[int, ...], n: int) -> int:
+        k, width = fields[0], fields[1]
+        if k != self.k_for(n):
+            raise PayloadError(f"top-k count is {k}, expected {self.k_for(n)} for n={n}")
+        if width not in (1, 2, 4):
+            raise PayloadError(f"top-k index width is {width}, expected 1, 2 or 4")
+        if self.int8 and fields[2] != self.chunk:
+            raise PayloadError(f"top-k int8 chunk is {fields[2]}, expected {self.chunk}")
+        return k * width + self._values_size(k)
+
+    def _decode_body(self, body: memoryview, fields: tuple[int, ...], n: int) -> F32:
+        k, width = fields[0], fields[1]
+        gaps = np.frombuffer(body, dtype=f"<u{width}", count=k)
+        if k > 1 and not gaps[1:].all():
+            i = int(np.flatnonzero(gaps[1:] == 0)[0]) + 1
+            raise PayloadError(f"top-k indices must be strictly increasing; entry {i} repeats")
+        idx = np.cumsum(gaps, dtype=np.int64)
+        if k and idx[-1] >= n:
+            raise PayloadError(f"top-k index {int(idx[-1])} out of range, expected < {n}")
+        vbody = body[k * width :]
+        if self.int8:
+            vals = _dequantize_int8(vbody, k, self.chunk)
+        else:
+            vals = np.frombuffer(vbody, dtype="<f2", count=k).astype(np.float32)
+        out = np.zeros(n, dtype=np.float32)
+        out[idx] = vals
+        return out
+
+
+# ----------------------------------------------------------------------- entry points
+
+
+def parse_codec(spec: str, *, seed: Seed = None) -> Codec:
+    """Build the codec a spec string names; ``seed`` feeds stochastic rounding.
+
+    Errors: ``ConfigError("codec", spec, <what is accepted>)``.
+    """
+    if not isinstance(spec, str) or len(spec) > MAX_SPEC_LEN:
+        raise ConfigError("codec", spec, f"a string of at most {MAX_SPEC_LEN} chars: {_ACCEPTED}")
+    parts = spec.strip().split("+")
+    zstd = len(parts) > 1 and parts[-1] == "zstd"
+    if zstd:
+        parts.pop()
+    try:
+        codec = _build(parts, zstd, seed)
+    except ConfigError as exc:  # report the spec as the user wrote it
+        raise ConfigError("codec", spec, exc.expected) from None
+    if codec is None:
+        raise ConfigError("codec", spec, _ACCEPTED)
+    return codec
+
+
+def _build(parts: list[str], zstd: bool, seed: Seed) -> Codec | None:
+    name, _, arg = parts[0].partition(":")
+    rest = parts[1:]
+    if name == "topk" and len(rest) <= 1 and _FRACTION_RE.fullmatch(arg):
+        vname, _, varg = (rest[0] if rest else "fp16").partition(":")
+        opts = _parse_int8_opts(varg) if vname == "int8" else None
+        if vname == "fp16" and not varg:
+            return TopKCodec(float(arg), zstd=zstd)
+        if opts is not None:
+            stochastic, chunk = opts
+            return TopKCodec(
+                float(arg), values="int8", chunk=chunk, stochastic=stochastic, seed=seed, zstd=zstd
+            )
+    elif not rest and name in ("none", "fp16") and not arg:
+        return RawCodec(zstd=zstd) if name == "none" else Fp16Codec(zstd=zstd)
+    elif not rest and name == "int8" and (opts := _parse_int8_opts(arg)) is not None:
+        stochastic, chunk = opts
+        return Int8Codec(chunk=chunk, stochastic=stochastic, seed=seed, zstd=zstd)
+    return None
+
+
+class ErrorFeedback:
+    """Sender-side residual memory (EF-SGD, Karimireddy et al. 2019; DGC, Lin et al. 2018).
+
+    Each call encodes ``vec + residual`` and keeps what the codec lost as the new
+    residual, so over many rounds the sum of decoded updates equals the sum of true
+    updates minus the (bounded) current residual. If ``encode`` raises, the residual
+    is unchanged.
+    """
+
+    def __init__(self, codec: Codec, n: int) -> None:
+        self.codec = codec
+        self.n = n
+        self.residual: F32 = np.zeros(n, dtype=np.float32)
+
+    def encode(self, vec: F32) -> bytes:
+        """Encode ``vec`` plus the carried residual. Errors: as ``Codec.encode``."""
+        if not isinstance(vec, np.ndarray) or vec.shape != (self.n,) or vec.dtype != np.float32:
+            got = f"{vec.dtype}{list(vec.shape)}" if isinstance(vec, np.ndarray) else type(vec)
+            raise ValueError(f"expected a float32 vector of length {self.n}, got {got}")
+        corrected = vec + self.residual
+        payload = self.codec.encode(corrected)
+        np.subtract(corrected, self.codec.decode(payload, self.n), out=self.residual)
+        return payload
+
+    def reset(self) -> None:
+        """Forget the residual (e.g. after the global model was replaced)."""
+        self.residual.fill(0)

@@ -1,0 +1,71 @@
+"""Config: defaults work, bad values fail at start naming field, value and expectation."""
+
+import pytest
+
+from fednode.config import NodeConfig, load_config
+from fednode.errors import ConfigError
+
+
+def test_defaults_are_valid():
+    config = load_config()
+    assert isinstance(config, NodeConfig)
+    assert config.train.local_epochs == 5 and config.train.lr == 0.05
+    assert config.train.batch_size == 32 and config.train.momentum == 0.9
+
+
+def test_toml_file_and_override(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text('role = "coordinator"\n[rounds]\nrounds = 7\nfraction_fit = 0.5\n')
+    config = load_config(path, {"rounds.rounds": 9, "train.lr": None})
+    assert config.role == "coordinator"
+    assert config.rounds.rounds == 9  # the override wins
+    assert config.rounds.fraction_fit == 0.5
+    assert config.train.lr == 0.05  # None means "not given"
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "fragment"),
+    [
+        ('rolee = "client"', "rolee", "a known key"),
+        ('role = "server"', "role", "one of client, aggregator"),
+        ("[rounds]\nrounds = 0", "rounds.rounds", "integer >= 1"),
+        ('[rounds]\nrounds = "ten"', "rounds.rounds", "an integer"),
+        ("[rounds]\nfraction_fit = 1.5", "rounds.fraction_fit", "(0, 1]"),
+        (
+            "[rounds]\nmin_fit_clients = 5\nmin_available_clients = 2",
+            "rounds.min_available_clients",
+            ">= min_fit_clients",
+        ),
+        ("[train]\nlr = -1", "train.lr", "> 0"),
+        ("[train]\nlocal_epochs = true", "train.local_epochs", "an integer"),
+        ('[data]\npartition = "dirichlet:-1"', "data.partition", "dirichlet:<alpha>"),
+        ("[data]\nclient_index = 4\nnum_clients = 4", "data.client_index", "[0, num_clients=4)"),
+        ('[wire]\ncodec = "gzip"', "codec", ""),
+        ("[net]\nlisten = 'tcp://x'", "net.listen", "multiaddr"),
+        ("train = 3", "train", "a table"),
+        ("[train]\nepochs = 3", "train.epochs", "a known key"),
+    ],
+)
+def test_bad_config_names_field_value_and_expectation(tmp_path, toml, field, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.field == field
+    assert fragment in info.value.expected
+    assert repr(info.value.value) in str(info.value) or str(info.value.value) in str(info.value)
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "x.toml"
+    bad.write_text("role = \n")
+    with pytest.raises(ConfigError, match="valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="readable TOML"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_config_is_frozen():
+    config = load_config()
+    with pytest.raises(AttributeError):
+        config.seed = 3  # type: ignore[misc]
