@@ -2,12 +2,13 @@
 
 Signature input: ``b"fednode/v1\\0" || header`` where the CBOR header carries the
 payload's length and BLAKE3-256 digest — so the 64-byte Ed25519 signature covers the
-payload without hashing it twice.
+payload without hashing it twice (hash-then-sign). ``docs/PROTOCOL.md`` specifies the
+format, ``docs/SECURITY.md`` what this does and does not defend against.
 
 :meth:`Receiver.open` checks, in this order, and stops at the first failure:
 
 1. frame and header size limits               -> :class:`FrameTooLarge`
-2. frame prefix, CBOR schema and types         -> :class:`SchemaError`
+2. frame prefix, CBOR profile, schema, types   -> :class:`SchemaError`
 3. sender is a member (and is who the transport says sent it) -> :class:`AuthError`
 4. Ed25519 signature                           -> :class:`AuthError`
 5. replay window: timestamp skew, nonce cache  -> :class:`ReplayError`
@@ -16,23 +17,38 @@ payload without hashing it twice.
 8. payload decodes with its codec to the model's size -> :class:`PayloadError`
 9. all values finite                           -> :class:`PayloadError`
 
+Cheap checks that need no key come first, so a stranger costs us a few microseconds and
+no allocation beyond the header; the payload is hashed only for a member's correctly
+signed, fresh message addressed to us.
+
 Every rejection is counted by error type in :attr:`Receiver.rejected` and changes no
-state: the nonce of a message is remembered only after every check passed.
+state: the nonce of a message is remembered only after every check passed. ``open``
+raises nothing but :class:`FednodeError` subclasses, whatever the input: it is the
+boundary between wire bytes and the node.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
+import math
 import secrets
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import blake3
 import numpy as np
 
-from ..errors import AuthError, FednodeError, FrameTooLarge, PayloadError, ReplayError
+from ..errors import (
+    AuthError,
+    FednodeError,
+    FrameTooLarge,
+    PayloadError,
+    ReplayError,
+    WireError,
+)
 from ..p2p.transport import Frame, Inbound
 from ..wire import messages as m
 from ..wire.codecs import Codec, parse_codec
@@ -41,13 +57,30 @@ from .identity import Identity, public_key_from_peer_id, verify
 
 DOMAIN = b"fednode/v1\0"
 Clock = Callable[[], float]
+#: payloads above this many bytes are hashed on all cores (measured crossover on 2 cores,
+#: ``scripts/bench/wire.py``: below it, starting threads costs more than it saves)
+THREADED_DIGEST_BYTES = 1 << 22
+MAX_CACHED_KEYS = 4096
 
 
 def digest(payload: bytes | memoryview) -> bytes:
     """BLAKE3-256 of the payload (multi-threaded for big payloads)."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if len(payload) > (1 << 22) else 1)
-    hasher.update(payload)
-    return hasher.digest()
+    view = memoryview(payload)
+    threads = blake3.blake3.AUTO if view.nbytes > THREADED_DIGEST_BYTES else 1
+    return blake3.blake3(view, max_threads=threads).digest()
+
+
+def byte_view(buf: bytes | memoryview) -> memoryview:
+    """A flat unsigned-byte view of ``buf``, without copying: ``len()`` counts bytes.
+
+    Errors: TypeError if ``buf`` is not a C-contiguous buffer.
+    """
+    view = memoryview(buf)
+    if not view.c_contiguous:
+        raise TypeError("expected a C-contiguous buffer")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
 
 
 @functools.lru_cache(maxsize=64)
@@ -56,16 +89,26 @@ def _codec(spec: str) -> Codec:
 
 
 def codec_for(spec: str) -> Codec:
-    """The (cached, stateless) codec named by ``spec``; PayloadError if unknown."""
+    """The (cached) codec named by ``spec`` for decoding.
+
+    Errors: PayloadError if ``spec`` is unknown or not in canonical form (``Codec.spec``:
+    one spelling per codec, as senders write it).
+    """
     try:
-        return _codec(spec)
+        codec = _codec(spec)
     except FednodeError as exc:
         raise PayloadError(f"unknown codec {spec!r}: {exc}") from exc
+    if codec.spec != spec:
+        raise PayloadError(f"codec {spec!r} is not in canonical form {codec.spec!r}")
+    return codec
 
 
 @dataclass(frozen=True)
 class Membership:
-    """Who may talk to this node: an allow-list of peer ids, or anyone (open mode)."""
+    """Who may talk to this node: an allow-list of peer ids, or anyone (open mode).
+
+    Open mode must be asked for explicitly; the default admits nobody.
+    """
 
     allow: frozenset[str] = frozenset()
     open: bool = False
@@ -87,30 +130,127 @@ class Sealer:
         self.identity = identity
         self._clock = clock
         self._nonce = nonce
+        self._codecs: dict[str, Codec] = {}  # one instance per spec: stochastic rounding state
 
     def seal(self, msg: m.Message) -> Frame:
-        """Encode ``msg`` (and its vector with its codec, unless already encoded) and sign."""
-        payload: bytes | memoryview = msg.payload
-        if msg.has_tensor and not len(payload) and msg.vector is not None:
-            payload = codec_for(msg.codec).encode(msg.vector)
+        """Encode ``msg`` (and its vector with its codec, unless already encoded) and sign.
+
+        The frame's payload is ``msg.payload`` itself (as a byte view, no copy), so the
+        caller must not modify that buffer until the frame has been sent.
+
+        Errors: :class:`~fednode.errors.LocalProtocolError` if the message breaks the
+        schema or its vector holds NaN/Inf; ConfigError for an unknown codec.
+        """
+        payload = byte_view(msg.payload)
+        spec = msg.codec
+        if msg.has_tensor:
+            codec = self._codecs.get(spec)
+            if codec is None:
+                codec = self._codecs[spec] = parse_codec(spec)
+            spec = codec.spec  # the canonical spelling receivers insist on
+            if not len(payload) and msg.vector is not None:
+                payload = byte_view(codec.encode(msg.vector))
         msg = replace(
             msg,
             sender=self.identity.peer_id,
             timestamp=self._clock(),
             nonce=self._nonce(m.NONCE_LEN),
+            codec=spec,
         )
         header = m.encode_header(msg, len(payload), digest(payload))
         signature = self.identity.sign(DOMAIN + header)
         return Frame(head=m.frame_head(header, signature), payload=payload)
 
 
+class ReplayWindow:
+    """Refuses a message whose (sender, nonce) was accepted before, in bounded memory.
+
+    A message is fresh iff ``|now - t| <= skew``, ``t`` is above this sender's floor and
+    the global floor, and (sender, nonce) is not remembered. At most ``capacity`` nonces
+    and ``capacity`` per-sender floors are kept.
+
+    The invariant that makes forgetting safe: every (sender, nonce, t) ever remembered
+    is still remembered, or ``t <= floor[sender]``, or ``t <= floor_all``. So a nonce
+    that was evicted is refused by its (signed) timestamp, never replayed. Evictions:
+
+    * expiry — entries with ``t < now - skew`` are dropped; the skew check refuses them
+      anyway, and ``floor_all`` rises to their ``t`` so a clock stepping back cannot
+      revive them (it stays below the window, so it refuses nothing fresh);
+    * capacity — the entry with the smallest ``t`` goes and only its sender's floor
+      rises to ``t``: a member flooding the window pushes out its own old entries and
+      at worst makes one honest sender's out-of-order older message refused;
+    * too many floors (only in a huge open federation) — floors below the window are
+      dropped; if still too many, all are folded into ``floor_all``: older messages from
+      everyone are refused until the window moves on. Degraded, never a replay.
+
+    ``check`` never changes state; ``remember`` is called only for accepted messages.
+    """
+
+    def __init__(self, max_clock_skew_s: float, capacity: int) -> None:
+        if not max_clock_skew_s > 0 or capacity < 1:
+            raise ValueError("max_clock_skew_s must be > 0 and capacity >= 1")
+        self.skew = float(max_clock_skew_s)
+        self.capacity = int(capacity)
+        self.floor_all = -math.inf
+        self._seen: set[tuple[str, bytes]] = set()
+        self._heap: list[tuple[float, tuple[str, bytes]]] = []
+        self._floors: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def floor(self, sender: str) -> float:
+        return max(self.floor_all, self._floors.get(sender, -math.inf))
+
+    def check(self, sender: str, nonce: bytes, t: float, now: float) -> None:
+        """Raise :class:`ReplayError` unless the message is fresh. Changes nothing."""
+        if not abs(now - t) <= self.skew:
+            raise ReplayError(
+                f"timestamp {t:.3f} is {t - now:+.1f}s from now; allowed skew is ±{self.skew}s"
+            )
+        floor = self.floor(sender)
+        if t <= floor:
+            raise ReplayError(
+                f"timestamp {t:.6f} is not after {floor:.6f}, the oldest time still "
+                "remembered for this sender (refused: it may be a replay)"
+            )
+        if (sender, nonce) in self._seen:
+            raise ReplayError("nonce already seen (replayed message)")
+
+    def remember(self, sender: str, nonce: bytes, t: float, now: float) -> None:
+        """Record an accepted message, evicting as described in the class docstring."""
+        key = (sender, nonce)
+        self._seen.add(key)
+        heapq.heappush(self._heap, (t, key))
+        horizon = now - self.skew
+        heap = self._heap
+        while heap and (heap[0][0] < horizon or len(heap) > self.capacity):
+            old_t, old_key = heapq.heappop(heap)
+            self._seen.discard(old_key)
+            if old_t < horizon:
+                self.floor_all = max(self.floor_all, old_t)
+            else:
+                peer = old_key[0]
+                self._floors[peer] = max(self._floors.get(peer, -math.inf), old_t)
+        if len(self._floors) > self.capacity:
+            self._prune_floors(horizon)
+
+    def _prune_floors(self, horizon: float) -> None:
+        old = [peer for peer, t in self._floors.items() if t < horizon]
+        for peer in old:  # below the window: the skew check already refuses these times
+            self.floor_all = max(self.floor_all, self._floors.pop(peer))
+        if len(self._floors) > self.capacity // 2:
+            self.floor_all = max(self.floor_all, *self._floors.values())
+            self._floors.clear()
+
+
 class Receiver:
     """Verifies and decodes frames addressed to ``local_peer``.
 
     ``model_size`` is the number of float32 values of the model this node runs; tensor
-    payloads are decoded and checked against it. Bounded memory: the nonce cache holds at
-    most ``nonce_capacity`` entries; once full, messages older than the newest evicted
-    entry are refused (so an evicted nonce can never be replayed).
+    payloads are decoded and checked against it. Bounded memory: the replay window holds
+    at most ``nonce_capacity`` nonces (see :class:`ReplayWindow`), the key cache at most
+    MAX_CACHED_KEYS public keys.
     """
 
     def __init__(
@@ -121,7 +261,7 @@ class Receiver:
         model_size: int | None = None,
         clock: Clock = time.time,
         max_frame_bytes: int = 512 * 1024 * 1024,
-        max_header_bytes: int = 64 * 1024,
+        max_header_bytes: int = m.MAX_HEADER_BYTES,
         max_clock_skew_s: float = 300.0,
         nonce_capacity: int = 65536,
     ) -> None:
@@ -131,69 +271,79 @@ class Receiver:
         self._clock = clock
         self.max_frame_bytes = max_frame_bytes
         self.max_header_bytes = max_header_bytes
-        self.max_clock_skew_s = max_clock_skew_s
-        self._nonces: OrderedDict[bytes, float] = OrderedDict()
-        self._capacity = nonce_capacity
-        self._floor = float("-inf")
+        self.replay = ReplayWindow(max_clock_skew_s, nonce_capacity)
         self._keys: dict[str, bytes] = {}
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
+    @property
+    def max_clock_skew_s(self) -> float:
+        return self.replay.skew
+
     def open(self, inbound: Inbound) -> m.Message:
-        """Verify ``inbound`` and return its typed message, or raise (and count) a typed error."""
+        """Verify ``inbound`` and return its typed message, or raise (and count) a typed error.
+
+        Errors: FrameTooLarge, SchemaError, AuthError, ReplayError, PayloadError, in the
+        order of the module docstring. Anything unexpected (a bug this input exposed)
+        becomes a plain :class:`WireError` counted as ``"WireError"``: the frame is
+        dropped and the node goes on.
+        """
         try:
             msg = self._open(inbound)
         except FednodeError as exc:
             exc.peer = exc.peer or inbound.peer
             self.rejected[type(exc).__name__] += 1
             raise
+        except Exception as exc:  # the wire boundary: no input may take the node down
+            self.rejected["WireError"] += 1
+            raise WireError(
+                f"unexpected {type(exc).__name__} while verifying a frame: {str(exc)[:200]}",
+                peer=inbound.peer,
+            ) from exc
         self.accepted += 1
         return msg
 
     def _public_key(self, peer: str) -> bytes:
         key = self._keys.get(peer)
-        if key is None:
-            key = public_key_from_peer_id(peer)
-            if len(self._keys) < 4096:
-                self._keys[peer] = key
-        return key
+        return key if key is not None else public_key_from_peer_id(peer)
 
     def _open(self, inbound: Inbound) -> m.Message:
         frame = inbound.frame
         # 1. size limits, before anything is parsed
-        if frame.nbytes > self.max_frame_bytes:
+        payload_bytes = memoryview(frame.payload).nbytes
+        if len(frame.head) + payload_bytes > self.max_frame_bytes:
             raise FrameTooLarge(
-                f"frame of {frame.nbytes} bytes exceeds the limit of {self.max_frame_bytes}"
+                f"frame of {len(frame.head) + payload_bytes} bytes exceeds the limit of "
+                f"{self.max_frame_bytes}"
             )
         raw_header, signature = m.split_head(frame.head, max_header=self.max_header_bytes)
-        # 2. schema
+        # 2. prefix (above), CBOR profile, schema and types
         header = m.decode_header(raw_header)
+        sender = header.sender
         # 3. membership; the transport-authenticated peer must be the claimed sender
-        if header.sender != inbound.peer:
+        if not self.membership.admits(sender):
+            raise AuthError(f"sender {sender!r} is not a member of this federation")
+        if sender != inbound.peer:
             raise AuthError(
-                f"header names sender {header.sender!r} but the connection is from {inbound.peer!r}"
+                f"header names sender {sender!r} but the connection is from {inbound.peer!r}"
             )
-        if not self.membership.admits(header.sender):
-            raise AuthError("sender is not a member of this federation")
         # 4. signature
-        if not verify(
-            self._public_key(header.sender), DOMAIN + bytes(raw_header), bytes(signature)
-        ):
+        key = self._public_key(sender)
+        if not verify(key, DOMAIN + bytes(raw_header), bytes(signature)):
             raise AuthError("signature does not verify")
+        if sender not in self._keys and len(self._keys) < MAX_CACHED_KEYS:
+            self._keys[sender] = key  # only keys that have signed something valid
         # 5. replay window
         now = self._clock()
-        if abs(now - header.timestamp) > self.max_clock_skew_s:
-            raise ReplayError(
-                f"timestamp {header.timestamp:.3f} is {header.timestamp - now:+.1f}s from now; "
-                f"allowed skew is ±{self.max_clock_skew_s}s"
-            )
-        if header.nonce in self._nonces or header.timestamp <= self._floor:
-            raise ReplayError("nonce already seen (replayed message)")
+        self.replay.check(sender, header.nonce, header.timestamp, now)
         # 6. recipient
         if header.recipient != self.local_peer:
             raise AuthError(f"message is addressed to {header.recipient!r}, not to this node")
         # 7. payload length and digest
-        payload = frame.payload
+        try:
+            payload = byte_view(frame.payload)
+        except TypeError as exc:
+            raise PayloadError(f"payload is not a contiguous buffer: {exc}") from None
         if len(payload) != header.payload_len:
             raise PayloadError(
                 f"payload is {len(payload)} bytes, header announced {header.payload_len}"
@@ -202,28 +352,15 @@ class Receiver:
             raise PayloadError("payload digest does not match the signed header")
         msg = m.build_message(header, payload)
         # 8-9. tensor payloads: decode, shape, finiteness
-        if msg.has_tensor and self.model_size is not None:
+        if msg.has_tensor:
+            if self.model_size is None:
+                raise PayloadError("tensor message received before the model layout is known")
             vector = codec_for(header.codec).decode(payload, self.model_size)
             check_vector(vector, self.model_size)
             check_finite(vector)
             msg = replace(msg, vector=_readonly(vector))
-        elif msg.has_tensor:
-            raise PayloadError("tensor message received before the model layout is known")
-        self._remember(header.nonce, header.timestamp, now)
+        self.replay.remember(sender, header.nonce, header.timestamp, now)
         return msg
-
-    def _remember(self, nonce: bytes, timestamp: float, now: float) -> None:
-        nonces = self._nonces
-        # expire entries that fell out of the skew window: they are refused by time anyway
-        horizon = now - self.max_clock_skew_s
-        while nonces:
-            oldest_nonce, oldest_ts = next(iter(nonces.items()))
-            if oldest_ts >= horizon and len(nonces) < self._capacity:
-                break
-            del nonces[oldest_nonce]
-            if oldest_ts >= horizon:
-                self._floor = max(self._floor, oldest_ts)
-        nonces[nonce] = timestamp
 
 
 def _readonly(vec: np.ndarray) -> np.ndarray:
