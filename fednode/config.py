@@ -1,8 +1,8 @@
 """Configuration: TOML file + CLI overrides -> frozen, validated dataclasses.
 
 A config file is optional; every field has a default that gives a working node. The file
-has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``) and
-top-level keys for the node itself::
+has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``,
+``[tier]``, ``[selection]``, ``[server]``) and top-level keys for the node itself::
 
     role = "client"
     seed = 0
@@ -64,6 +64,10 @@ class RoundParams:
     max_failure_fraction: float = 0.5
     wait_for_clients_s: float = 300.0
     target_accuracy: float = 0.0
+    #: straggler cut-off: close the round once this fraction of the selected reported
+    cutoff_fraction: float = 1.0
+    #: how often a failed round is retried before the coordinator gives up
+    max_retries: int = 2
 
     def validate(self) -> None:
         _check(self.rounds >= 1, "rounds.rounds", self.rounds, "an integer >= 1")
@@ -108,6 +112,145 @@ class RoundParams:
             "rounds.target_accuracy",
             self.target_accuracy,
             "a float in [0, 1] (0 = run all rounds)",
+        )
+        _check(
+            0 < self.cutoff_fraction <= 1,
+            "rounds.cutoff_fraction",
+            self.cutoff_fraction,
+            "a float in (0, 1] (1 = wait for every selected child or the deadline)",
+        )
+        _check(self.max_retries >= 0, "rounds.max_retries", self.max_retries, "an integer >= 0")
+
+
+PLACEMENTS = ("least_loaded", "region", "none")
+SELECTIONS = ("uniform", "power_of_choice", "deadline", "oort")
+OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+MODES = ("sync", "async")
+
+
+@dataclass(frozen=True)
+class TierParams:
+    """Two-tier federation: where clients go, what a regional aggregator does, promotion."""
+
+    #: this node's region label (clients go under an aggregator of their region)
+    region: str = ""
+    #: coordinator places clients under aggregators: same region first, then the least
+    #: loaded (``least_loaded``), same region only (``region``), or never (``none``)
+    placement: str = "least_loaded"
+    #: local rounds an aggregator runs per global round (HierFAVG, Liu et al. 2020)
+    edge_rounds: int = 1
+    #: an aggregator's own deadline, as a fraction of the coordinator's round deadline
+    aggregator_deadline_fraction: float = 0.8
+    #: promote a client to aggregator once this many direct clients share a region (0 = off)
+    promote_at: int = 0
+    #: how long a round start waits for a promotion to settle (new aggregator's advert)
+    settle_s: float = 5.0
+
+    def validate(self) -> None:
+        _check(
+            len(self.region) <= 64, "tier.region", self.region, "a label of at most 64 characters"
+        )
+        _check(
+            self.placement in PLACEMENTS,
+            "tier.placement",
+            self.placement,
+            f"one of {', '.join(PLACEMENTS)}",
+        )
+        _check(self.edge_rounds >= 1, "tier.edge_rounds", self.edge_rounds, "an integer >= 1")
+        _check(
+            0 < self.aggregator_deadline_fraction < 1,
+            "tier.aggregator_deadline_fraction",
+            self.aggregator_deadline_fraction,
+            "a float in (0, 1) (the aggregator must answer before the coordinator's deadline)",
+        )
+        _check(
+            self.promote_at == 0 or self.promote_at >= 2,
+            "tier.promote_at",
+            self.promote_at,
+            "0 (off) or an integer >= 2",
+        )
+        _check(self.settle_s > 0, "tier.settle_s", self.settle_s, "a float > 0 (seconds)")
+
+
+@dataclass(frozen=True)
+class SelectionParams:
+    """Which children the coordinator asks each round (see ``hierarchy/selection.py``)."""
+
+    strategy: str = "uniform"
+    #: power-of-choice candidate set size d (0 = 2k)
+    candidates: int = 0
+    #: Oort / deadline-aware: share of picks spent exploring clients never seen
+    explore: float = 0.1
+    #: Oort straggler penalty exponent alpha
+    straggler_penalty: float = 2.0
+
+    def validate(self) -> None:
+        _check(
+            self.strategy in SELECTIONS,
+            "selection.strategy",
+            self.strategy,
+            f"one of {', '.join(SELECTIONS)}",
+        )
+        _check(self.candidates >= 0, "selection.candidates", self.candidates, "an integer >= 0")
+        _check(0 <= self.explore <= 1, "selection.explore", self.explore, "a float in [0, 1]")
+        _check(
+            self.straggler_penalty >= 0,
+            "selection.straggler_penalty",
+            self.straggler_penalty,
+            "a float >= 0",
+        )
+
+
+@dataclass(frozen=True)
+class ServerParams:
+    """The coordinator's model update: optimiser, sync/async mode, checkpoints."""
+
+    #: server optimiser (Reddi et al. 2021): fedavg, fedavgm, fedadam, fedyogi
+    optimizer: str = "fedavg"
+    #: server learning rate; 0 = the optimiser's default
+    lr: float = 0.0
+    momentum: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    #: ``sync`` rounds or ``async`` buffered aggregation (FedBuff, Nguyen et al. 2022)
+    mode: str = "sync"
+    #: async: aggregate every ``buffer_size`` arrivals
+    buffer_size: int = 10
+    #: async: children training at once (0 = every available child)
+    concurrency: int = 0
+    #: async: updates more than this many versions old are dropped
+    max_staleness: int = 10
+    #: directory for versioned checkpoints ("" = none)
+    checkpoint_dir: str = ""
+    checkpoint_keep: int = 3
+
+    def validate(self) -> None:
+        _check(
+            self.optimizer in OPTIMIZERS,
+            "server.optimizer",
+            self.optimizer,
+            f"one of {', '.join(OPTIMIZERS)}",
+        )
+        _check(
+            self.lr >= 0 and math.isfinite(self.lr),
+            "server.lr",
+            self.lr,
+            "a finite float >= 0 (0 = optimiser default)",
+        )
+        _check(0 <= self.momentum < 1, "server.momentum", self.momentum, "a float in [0, 1)")
+        _check(0 <= self.beta2 < 1, "server.beta2", self.beta2, "a float in [0, 1)")
+        _check(self.tau > 0, "server.tau", self.tau, "a float > 0")
+        _check(self.mode in MODES, "server.mode", self.mode, f"one of {', '.join(MODES)}")
+        _check(self.buffer_size >= 1, "server.buffer_size", self.buffer_size, "an integer >= 1")
+        _check(self.concurrency >= 0, "server.concurrency", self.concurrency, "an integer >= 0")
+        _check(
+            self.max_staleness >= 0, "server.max_staleness", self.max_staleness, "an integer >= 0"
+        )
+        _check(
+            self.checkpoint_keep >= 1,
+            "server.checkpoint_keep",
+            self.checkpoint_keep,
+            "an integer >= 1",
         )
 
 
@@ -209,11 +352,23 @@ class NodeConfig:
     data: DataParams = field(default_factory=DataParams)
     net: NetParams = field(default_factory=NetParams)
     wire: WireParams = field(default_factory=WireParams)
+    tier: TierParams = field(default_factory=TierParams)
+    selection: SelectionParams = field(default_factory=SelectionParams)
+    server: ServerParams = field(default_factory=ServerParams)
 
     def validate(self) -> None:
         _check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        for group in (self.train, self.rounds, self.data, self.net, self.wire):
+        for group in (
+            self.train,
+            self.rounds,
+            self.data,
+            self.net,
+            self.wire,
+            self.tier,
+            self.selection,
+            self.server,
+        ):
             group.validate()
 
 

@@ -1,22 +1,44 @@
-"""Client role: train on local data when a parent asks, send back a compressed delta.
+"""Client role: train on local data when its parent asks, send back a compressed delta.
 
-Pure state machine. The parent is whoever sent the ``Fit`` (coordinator or regional
-aggregator), so re-homing after a failover needs no extra step here. Error feedback
-(EF-SGD, Karimireddy et al. 2019; DGC, Lin et al. 2018) keeps what the lossy codec
-dropped and adds it to the next update.
+Pure state machine. Error feedback (EF-SGD, Karimireddy et al. 2019; DGC, Lin et al. 2018)
+keeps what the lossy codec dropped and adds it to the next update.
+
+Where it sits in the tree:
+
+* parent = the coordinator when it has none, or an aggregator of its own (non-empty)
+  region; the coordinator may move it with ``Assign(role="client", parent=...)``. Every
+  change of parent is advertised to the old and the new parent, so both trees agree.
+* it trains only for its parent: a ``Fit`` from anyone else is answered with its advert
+  (which tells the sender where it is) — a client is never counted under two parents.
+* parent lost (peer down, ``Bye``, failed send): it re-homes at once to a coordinator it
+  has heard from (or else an aggregator), which may place it again.
+* not accepting (``accepting=False``): a ``Fit`` is declined with a ``Reject``.
+
+Promotion without restart: on ``Assign(role="aggregator")`` from its coordinator the
+client builds a :class:`~fednode.hierarchy.aggregator.RegionalAggregator` and from then on
+delegates every call to it (``role`` becomes ``"aggregator"``). The runner keeps the same
+object, so no runner change is needed.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..actions import Action, Compute, Emit, EvalResult, Send, TrainJob, TrainResult
+from ..config import TierParams
 from ..errors import RemoteProtocolError
 from ..wire import messages as m
 from ..wire.codecs import ErrorFeedback, parse_codec
+from .aggregator import RegionalAggregator
+
+MAX_KNOWN = 256
+MAX_UNANNOUNCED = 65536
+#: a client with no parent this long after a peer appeared adverts to the peers it saw
+DISCOVERY_S = 1.0
 
 
 class State(enum.Enum):
@@ -25,8 +47,6 @@ class State(enum.Enum):
 
 
 class Client:
-    role = "client"
-
     def __init__(
         self,
         *,
@@ -38,12 +58,15 @@ class Client:
         region: str = "",
         accepting: bool = True,
         parent: str = "",
+        tier: TierParams | None = None,
     ) -> None:
+        self.role = "client"
         self.federation = federation
         self.task = task
         self.region = region
         self.accepting = accepting
         self.parent = parent
+        self.tier = tier
         self.codec = parse_codec(codec)
         self.ef = (
             ErrorFeedback(self.codec, model_size) if error_feedback and codec != "none" else None
@@ -53,6 +76,23 @@ class Client:
         self._job: tuple[str, m.Fit, np.ndarray] | None = None
         self._pending: m.Fit | None = None
         self.rounds_trained = 0
+        self.declined = 0
+        #: coordinators and aggregators heard from (re-homing candidates)
+        self.known: dict[str, m.Advert] = {}
+        self._assigned = False
+        self._drop_results = 0
+        self._unannounced: set[str] = set()
+        self._discover_at: float | None = None
+        #: set once promoted: every call is delegated to it
+        self.promoted: RegionalAggregator | None = None
+        self._table: dict[tuple[State, m.Kind], Callable[[Any, float], list[Action]]] = {}
+        for state in State:
+            self._table[(state, m.Kind.ADVERT)] = self._on_advert
+            self._table[(state, m.Kind.FIT)] = self._on_fit
+            self._table[(state, m.Kind.ASSIGN)] = self._on_assign
+            self._table[(state, m.Kind.BYE)] = lambda msg, now: self.on_peer(msg.sender, False, now)
+            self._table[(state, m.Kind.ACK)] = lambda msg, now: []
+            self._table[(state, m.Kind.REJECT)] = lambda msg, now: []
 
     def advert(self) -> m.Advert:
         return m.Advert(
@@ -64,51 +104,154 @@ class Client:
             accepting=self.accepting,
         )
 
+    # --- role interface (delegates once promoted) ------------------------------------
     def start(self, now: float) -> list[Action]:
         return [Send(self.parent, self.advert())] if self.parent else []
 
     def next_deadline(self) -> float | None:
-        return None
+        return self.promoted.next_deadline() if self.promoted else self._discover_at
 
     def poll(self, now: float) -> list[Action]:
-        return []
+        if self.promoted:
+            return self.promoted.poll(now)
+        if self._discover_at is None or now < self._discover_at:
+            return []
+        peers, self._unannounced, self._discover_at = sorted(self._unannounced), set(), None
+        if self.parent:
+            return []
+        advert = self.advert()
+        return [Send(p, advert) for p in peers]
 
     def on_peer(self, peer: str, up: bool, now: float) -> list[Action]:
+        if self.promoted:
+            return self.promoted.on_peer(peer, up, now)
         if up:
-            return [Send(peer, self.advert())]
+            return self._peer_up(peer, now)
+        self.known.pop(peer, None)
+        self._unannounced.discard(peer)
         if peer == self.parent:
-            return [Emit("parent_lost", {"peer": peer})]
+            return self._rehome(peer)
         return []
 
     def handle(self, msg: m.Message, now: float) -> list[Action]:
-        if isinstance(msg, m.Advert):
-            return self._on_advert(msg)
-        if isinstance(msg, m.Fit):
-            return self._on_fit(msg)
-        if isinstance(msg, m.Assign):
-            self.parent = msg.parent
-            return [Send(msg.parent, self.advert())] if msg.parent else []
-        if isinstance(msg, m.Bye | m.Ack | m.Reject):
-            return []
-        raise RemoteProtocolError(f"client does not accept {msg.KIND.name}", peer=msg.sender)
+        if self.promoted:
+            return self.promoted.handle(msg, now)
+        handler = self._table.get((self.state, msg.KIND))
+        if handler is None:
+            raise RemoteProtocolError(
+                f"client in state {self.state.value} does not accept {msg.KIND.name}",
+                peer=msg.sender,
+            )
+        return handler(msg, now)
 
-    def _on_advert(self, msg: m.Advert) -> list[Action]:
-        if msg.federation != self.federation or msg.role not in ("coordinator", "aggregator"):
-            return []
-        if not self.parent or (
-            msg.role == "aggregator" and msg.region == self.region and self.region
-        ):
-            self.parent = msg.sender
-            return [Send(msg.sender, self.advert())]
+    def set_accepting(self, accepting: bool) -> list[Action]:
+        """Start or stop taking work (battery, metered network...); tells the parent."""
+        self.accepting = accepting
+        return [Send(self.parent, self.advert())] if self.parent and not self.promoted else []
+
+    # --- tree ------------------------------------------------------------------------
+    def _peer_up(self, peer: str, now: float) -> list[Action]:
+        """Coordinators and aggregators advertise themselves to every peer that appears and
+        clients answer them: O(N) messages, not a client-to-everyone O(N^2) broadcast. Only
+        a client still without a parent ``DISCOVERY_S`` after peers appeared adverts to them
+        (the coordinator may have missed its peer-up event, e.g. a full event queue)."""
+        if peer == self.parent or peer in self.known:
+            return [Send(peer, self.advert())]
+        if not self.parent and len(self._unannounced) < MAX_UNANNOUNCED:
+            self._unannounced.add(peer)
+            if self._discover_at is None:
+                self._discover_at = now + DISCOVERY_S
         return []
 
-    def _on_fit(self, msg: m.Fit) -> list[Action]:
+    def _move_to(self, parent: str) -> list[Action]:
+        self._unannounced, self._discover_at = set(), None
+        old, self.parent = self.parent, parent
+        actions: list[Action] = [Send(parent, self.advert())]
+        if old and old != parent:
+            actions.append(Send(old, self.advert()))  # so the old parent lets go
+        return actions
+
+    def _rehome(self, lost: str) -> list[Action]:
+        self.parent = ""
+        self._assigned = False
+        actions: list[Action] = [Emit("parent_lost", {"peer": lost})]
+        known = sorted(self.known.items())
+        pick = [p for p, a in known if a.role == "coordinator"] or [
+            p
+            for p, a in sorted(known, key=lambda kv: (kv[1].region != self.region, kv[1].load))
+            if a.role == "aggregator"
+        ]
+        if pick:
+            actions += self._move_to(pick[0])
+            actions.append(Emit("rehomed", {"from": lost, "to": pick[0]}))
+        return actions
+
+    def _on_advert(self, msg: m.Advert, now: float) -> list[Action]:
+        if msg.federation != self.federation or msg.role not in ("coordinator", "aggregator"):
+            return []
+        if len(self.known) < MAX_KNOWN or msg.sender in self.known:
+            self.known[msg.sender] = msg
+        if msg.sender == self.parent:
+            return []
+        if not self.parent and msg.role == "coordinator":
+            return self._move_to(msg.sender)
+        current = self.known.get(self.parent)
+        at_home = bool(current and current.role == "aggregator" and current.region == self.region)
+        if (
+            msg.role == "aggregator"
+            and self.region
+            and msg.region == self.region
+            and not self._assigned
+            and not at_home
+        ):
+            return self._move_to(msg.sender)
+        return []
+
+    def _on_assign(self, msg: m.Assign, now: float) -> list[Action]:
+        sender = self.known.get(msg.sender)
+        if msg.sender != self.parent and (sender is None or sender.role != "coordinator"):
+            raise RemoteProtocolError("Assign from neither parent nor coordinator", peer=msg.sender)
+        if msg.role == "aggregator":
+            return self._promote(msg, now)
+        if msg.role != "client" or not msg.parent:
+            raise RemoteProtocolError(f"cannot take role {msg.role!r}", peer=msg.sender)
+        self._assigned = True
+        return self._move_to(msg.parent) if msg.parent != self.parent else []
+
+    def _promote(self, msg: m.Assign, now: float) -> list[Action]:
+        agg = RegionalAggregator(
+            federation=self.federation,
+            task=self.task,
+            region=self.region,
+            parent=msg.parent or msg.sender,
+            children=msg.children,
+            tier=self.tier,
+            trains=True,
+        )
+        agg.known = {p: a for p, a in self.known.items() if a.role == "coordinator"}
+        agg.me = msg.recipient
+        self.promoted, self.role = agg, agg.role
+        # a training job in flight is dropped: its result must not reach the aggregator
+        self._drop_results = 1 if self._job is not None else 0
+        self._job = self._pending = None
+        promoted = Emit("promoted", {"parent": agg.parent, "children": len(msg.children)})
+        return [promoted, *agg.start(now)]
+
+    # --- training --------------------------------------------------------------------
+    def _on_fit(self, msg: m.Fit, now: float) -> list[Action]:
         if msg.vector is None:
             raise RemoteProtocolError("Fit without a model", peer=msg.sender)
+        if self.parent and msg.sender != self.parent:
+            return [Send(msg.sender, self.advert())]  # not my parent: tell it where I am
+        if not self.accepting:
+            self.declined += 1
+            reject = m.Reject(round=msg.round, model_version=msg.model_version, reason="declined")
+            return [Send(msg.sender, reject)]
+        if not self.parent:
+            self.parent = msg.sender
         if self.state is State.TRAINING:
             self._pending = msg  # the newest request wins once the current job ends
             return []
-        self.parent = msg.sender
         return self._start(msg)
 
     def _start(self, msg: m.Fit) -> list[Action]:
@@ -123,7 +266,14 @@ class Client:
         ]
 
     def on_result(self, result: TrainResult | EvalResult, now: float) -> list[Action]:
-        assert isinstance(result, TrainResult) and self._job is not None
+        if self._drop_results:  # the client job that was running when it was promoted
+            self._drop_results -= 1
+            return []
+        if self.promoted:
+            return self.promoted.on_result(result, now)
+        if self._job is None:
+            return []
+        assert isinstance(result, TrainResult)
         to, fit, base = self._job
         self._job = None
         self.state = State.IDLE

@@ -1,33 +1,46 @@
-"""Global coordinator: owns the model and runs rounds (pure state machine, no I/O).
+"""Global coordinator: owns the model and runs synchronous rounds (pure state machine).
 
 One round (FedAvg, McMahan et al. 2017)::
 
-    WAITING --enough children--> FITTING --all in / deadline--> EVALUATING --result--> WAITING
-       |                            |  too few results: retry (same round) or fail          |
-       +---- waited too long: Stop(RoundFailed)                        last round: DONE ---+
+    WAITING --enough clients, tree settled--> FITTING --all in / cut-off / deadline-->
+       ^   |                                     |  too few results: retry or fail
+       |   +-- waited too long: Stop(RoundFailed)                                  |
+       +---- next round <-- EVALUATING (checkpoint written) <-- server step <------+
+                              last round / target reached: DONE
 
 Children are clients or regional aggregators alike: each answers a ``Fit`` with one
 ``Update`` carrying a model delta and its ``num_examples`` (an aggregator's is the total
-of its region). Deltas are folded into one streaming accumulator as they arrive.
+of its region), or declines with a ``Reject``. Deltas are folded into one streaming
+accumulator as they arrive; the server optimiser (``server_update``; FedAvgM / FedAdam /
+FedYogi in :mod:`fednode.training.server_opt`) applies the mean.
+
+Round lifecycle: the round closes when every selected child answered, when
+``cutoff_fraction`` of them did (the rest are *stragglers*; cf. over-selection in
+Bonawitz et al., "Towards Federated Learning at Scale", MLSys 2019), or at the deadline
+(the rest *failed*). Declines are neither. The round log (``Emit("round", ...)``) carries
+``failure_rate`` and ``participation_rate`` for children and, via the aggregators' leaf
+accounting, for clients.
 """
 
 from __future__ import annotations
 
 import enum
-import random
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainResult
-from ..config import RoundParams, TrainParams
+from ..config import RoundParams, TierParams, TrainParams
 from ..errors import RemoteProtocolError, RoundFailed
-from ..training.aggregate import Aggregator, StreamingMean
+from ..training.aggregate import Aggregator
 from ..wire import messages as m
-from ..wire.codecs import parse_codec
-from .selection import Candidate, Selection, UniformSelection
+from .checkpoint import DirectoryCheckpoints
+from .root import RootRole, ServerUpdate
+from .selection import Selection
 
 
 class State(enum.Enum):
@@ -44,19 +57,24 @@ class RoundState:
     started: float
     deadline: float
     selected: frozenset[str]
+    available: int = 0
+    leaves: dict[str, int] = field(default_factory=dict)
     arrived: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    declined: set[str] = field(default_factory=set)
+    stragglers: set[str] = field(default_factory=set)
     stale: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
     examples: int = 0
     train_loss: float = 0.0
+    aggregators: int = 0
+    clients: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
 
 
-class Coordinator:
-    """Runs ``rounds.rounds`` rounds of FedAvg over whichever children advertise."""
-
-    role = "coordinator"
+class Coordinator(RootRole):
+    """Runs ``rounds.rounds`` synchronous rounds over whichever children advertise."""
 
     def __init__(
         self,
@@ -72,60 +90,59 @@ class Coordinator:
         seed: int = 0,
         start_round: int = 1,
         model_version: int = 0,
-        max_retries: int = 2,
-        server_update: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        max_retries: int | None = None,
+        server_update: ServerUpdate | None = None,
+        tier: TierParams | None = None,
+        checkpoints: DirectoryCheckpoints | None = None,
+        resume_from: str | Path | None = None,
     ) -> None:
-        self.params = np.array(params, dtype=np.float32, copy=True)
-        self.rounds = rounds
-        self.train = train
-        self.federation = federation
-        self.task = task
-        self.codec_down = parse_codec(codec_down)
-        self.aggregator = aggregator or StreamingMean()
-        self.selection = selection or UniformSelection()
-        self.rng = random.Random(seed)
-        self.round_number = start_round
-        self.model_version = model_version
-        self.max_retries = max_retries
-        self.server_update = server_update or (lambda params, delta: params + delta)
-        self.children: dict[str, m.Advert] = {}
+        super().__init__(
+            params=params,
+            rounds=rounds,
+            train=train,
+            federation=federation,
+            task=task,
+            codec_down=codec_down,
+            aggregator=aggregator,
+            selection=selection,
+            seed=seed,
+            start_round=start_round,
+            model_version=model_version,
+            server_update=server_update,
+            tier=tier,
+            checkpoints=checkpoints,
+            resume_from=resume_from,
+        )
+        self.max_retries = rounds.max_retries if max_retries is None else max_retries
         self.state = State.WAITING
         self.current: RoundState | None = None
+        self.previous: RoundState | None = None
         self.waiting_since: float | None = None
         self._attempt = 0
-        self.history: list[dict[str, Any]] = []
-        self.done = False
         self._table: dict[tuple[State, m.Kind], Callable[[Any, float], list[Action]]] = {}
         for state in State:
             self._table[(state, m.Kind.ADVERT)] = self._on_advert
             self._table[(state, m.Kind.BYE)] = self._on_bye
             self._table[(state, m.Kind.UPDATE)] = self._on_stale_update
+            self._table[(state, m.Kind.REJECT)] = lambda msg, now: []
+            self._table[(state, m.Kind.ACK)] = lambda msg, now: []
         self._table[(State.FITTING, m.Kind.UPDATE)] = self._on_update
+        self._table[(State.FITTING, m.Kind.REJECT)] = self._on_reject
 
     # --- inputs --------------------------------------------------------------------------
     def start(self, now: float) -> list[Action]:
         self.waiting_since = now
         return self.poll(now)
 
-    def advert(self) -> m.Advert:
-        return m.Advert(
-            role="coordinator",
-            federation=self.federation,
-            task=self.task,
-            load=len(self.children),
-            round=self.round_number,
-            model_version=self.model_version,
-        )
-
     def on_peer(self, peer: str, up: bool, now: float) -> list[Action]:
         if up:
-            return [Send(peer, self.advert())]
-        self.children.pop(peer, None)
+            return self._peer_up(peer)
+        actions = self._peer_down(peer)
         cur = self.current
         if self.state is State.FITTING and cur and peer in cur.selected and peer not in cur.arrived:
             cur.failed.add(peer)
-            return self._maybe_finish(now)
-        return []
+            return actions + self._maybe_finish(now)
+        return actions
 
     def handle(self, msg: m.Message, now: float) -> list[Action]:
         handler = self._table.get((self.state, msg.KIND))
@@ -145,7 +162,8 @@ class Coordinator:
         if self.state is State.FITTING and self.current:
             return self.current.deadline
         if self.state is State.WAITING and self.waiting_since is not None:
-            return self.waiting_since + self.rounds.wait_for_clients_s
+            wait = self.waiting_since + self.rounds.wait_for_clients_s
+            return min([wait, *self.tree.promoting.values()])
         return None
 
     def poll(self, now: float) -> list[Action]:
@@ -157,22 +175,26 @@ class Coordinator:
 
     # --- handlers ------------------------------------------------------------------------
     def _on_advert(self, msg: m.Advert, now: float) -> list[Action]:
-        if msg.federation != self.federation or msg.role not in ("client", "aggregator"):
-            return []
-        if msg.parent and msg.parent != self._me(msg):
-            self.children.pop(msg.sender, None)
-            return []
-        self.children[msg.sender] = msg
-        return self.poll(now) if self.state is State.WAITING else []
-
-    @staticmethod
-    def _me(msg: m.Message) -> str:
-        return msg.recipient
+        actions = self._advert_in(msg)
+        cur = self.current
+        moved = msg.parent and msg.parent != self.tree.me
+        if (
+            self.state is State.FITTING
+            and cur
+            and moved
+            and msg.sender in cur.selected - cur.arrived - cur.failed
+        ):
+            cur.declined.add(msg.sender)  # it reports elsewhere now: will not answer us
+            return actions + self._maybe_finish(now)
+        return actions + self.poll(now) if self.state is State.WAITING else actions
 
     def _on_bye(self, msg: m.Bye, now: float) -> list[Action]:
         return self.on_peer(msg.sender, False, now)
 
     def _on_stale_update(self, msg: m.Update, now: float) -> list[Action]:
+        prev = self.previous
+        if prev and msg.round == prev.number and msg.sender in prev.selected:
+            self.observe(msg.sender).duration_s = now - prev.started  # a straggler's real time
         if self.current:
             self.current.stale += 1
         return [Emit("stale_update", {"peer": msg.sender, "round": msg.round})]
@@ -180,9 +202,13 @@ class Coordinator:
     def _on_update(self, msg: m.Update, now: float) -> list[Action]:
         cur = self.current
         assert cur is not None
-        if msg.round != cur.number or msg.sender not in cur.selected or msg.sender in cur.arrived:
-            cur.stale += 1
-            return [Emit("stale_update", {"peer": msg.sender, "round": msg.round})]
+        if (
+            msg.round != cur.number
+            or msg.model_version != self.model_version
+            or msg.sender not in cur.selected
+            or msg.sender in cur.arrived | cur.stragglers
+        ):
+            return self._on_stale_update(msg, now)
         if msg.vector is None or msg.num_examples <= 0:
             raise RemoteProtocolError("update without a decoded delta or examples", peer=msg.sender)
         self.aggregator.add(msg.vector, float(msg.num_examples))
@@ -190,91 +216,112 @@ class Coordinator:
         cur.failed.discard(msg.sender)
         cur.bytes_up += len(msg.payload)
         cur.examples += msg.num_examples
-        cur.train_loss += float(msg.metrics.get("train_loss", 0.0)) * msg.num_examples
+        loss = float(msg.metrics.get("train_loss", 0.0))
+        cur.train_loss += loss * msg.num_examples
+        clients = int(msg.metrics.get("clients", 1))
+        reported = int(msg.metrics.get("clients_selected", clients))
+        # clients it was asked for: what we knew at the start or what it found, if more
+        cur.leaves[msg.sender] = max(cur.leaves.get(msg.sender, 0), reported, clients)
+        cur.clients += clients
+        cur.losses[msg.sender] = loss
+        obs = self.observe(msg.sender)
+        obs.duration_s, obs.examples = now - cur.started, msg.num_examples
         return self._maybe_finish(now)
 
-    # --- round steps ---------------------------------------------------------------------
-    def _available(self) -> list[Candidate]:
-        return [
-            Candidate(peer, advert.load, advert.accepting)
-            for peer, advert in sorted(self.children.items())
-        ]
+    def _on_reject(self, msg: m.Reject, now: float) -> list[Action]:
+        cur = self.current
+        assert cur is not None
+        if msg.round != cur.number or msg.sender not in cur.selected - cur.arrived:
+            return []
+        if msg.reason.startswith("declined"):  # did not want to: not a failure
+            cur.declined.add(msg.sender)
+            cur.failed.discard(msg.sender)
+        else:  # e.g. an aggregator none of whose clients answered
+            cur.failed.add(msg.sender)
+        event = Emit(
+            "declined" if msg.sender in cur.declined else "child_failed",
+            {"peer": msg.sender, "reason": msg.reason},
+        )
+        return [event, *self._maybe_finish(now)]
 
+    # --- round steps ---------------------------------------------------------------------
     def _try_start_round(self, now: float) -> list[Action]:
-        available = [c for c in self._available() if c.accepting]
-        if len(available) < self.rounds.min_available_clients:
+        actions = self._tree_maintenance(now)
+        if self.tree.settling(now):
+            return actions  # a promotion is in flight: the next round uses the new tree
+        available = self.candidates()
+        leaves = sum(self.tree.leaves(c.peer) for c in available)
+        if leaves < self.rounds.min_available_clients or not available:
             since = self.waiting_since if self.waiting_since is not None else now
             if now - since >= self.rounds.wait_for_clients_s:
-                return self._fail(
+                return actions + self._fail(
                     now,
-                    f"only {len(available)} children available after "
+                    f"only {leaves} clients available after "
                     f"{self.rounds.wait_for_clients_s:g}s; min_available_clients is "
                     f"{self.rounds.min_available_clients}",
                 )
-            return []
+            return actions
         want = max(self.rounds.min_fit_clients, round(self.rounds.fraction_fit * len(available)))
         chosen = self.selection.select(available, min(want, len(available)), self.rng)
-        attempt = self._attempt
         self.current = RoundState(
             number=self.round_number,
-            attempt=attempt,
+            attempt=self._attempt,
             started=now,
             deadline=now + self.rounds.round_deadline_s,
             selected=frozenset(chosen),
+            available=leaves,
+            leaves={p: self.tree.leaves(p) for p in chosen},
+            aggregators=sum(self.tree.direct[p].role == "aggregator" for p in chosen),
         )
         self.aggregator.start(self.params.shape[0])
         self.state = State.FITTING
         payload = self.codec_down.encode(self.params)
-        config = self.train_config()
-        actions: list[Action] = []
+        fit = m.Fit(
+            round=self.round_number,
+            model_version=self.model_version,
+            codec=self.codec_down.spec,
+            payload=payload,
+            config=self.train_config(),
+        )
         for peer in sorted(chosen):
             self.current.bytes_down += len(payload)
-            actions.append(
-                Send(
-                    peer,
-                    m.Fit(
-                        round=self.round_number,
-                        model_version=self.model_version,
-                        codec=self.codec_down.spec,
-                        payload=payload,
-                        config=config,
-                    ),
-                )
-            )
+            self.observe(peer).last_selected = self.round_number
+            actions.append(Send(peer, fit))
         actions.append(
             Emit(
                 "round_start",
                 {
                     "round": self.round_number,
-                    "attempt": attempt,
+                    "attempt": self._attempt,
                     "selected": len(chosen),
                     "available": len(available),
+                    "clients": sum(self.current.leaves.values()),
                 },
             )
         )
         return actions
 
-    def train_config(self) -> dict[str, Any]:
-        t = self.train
-        return {
-            "round": self.round_number,
-            "local_epochs": t.local_epochs,
-            "batch_size": t.batch_size,
-            "lr": t.lr,
-            "momentum": t.momentum,
-            "prox_mu": t.prox_mu,
-        }
-
     def _maybe_finish(self, now: float) -> list[Action]:
         cur = self.current
-        if cur and len(cur.arrived) + len(cur.failed) >= len(cur.selected):
+        if cur is None or self.state is not State.FITTING:
+            return []
+        answered = len(cur.arrived) + len(cur.failed) + len(cur.declined)
+        if answered >= len(cur.selected):
+            return self._finish_round(now)
+        need = math.ceil(self.rounds.cutoff_fraction * (len(cur.selected) - len(cur.declined)))
+        if self.rounds.cutoff_fraction < 1 and len(cur.arrived) >= max(need, 1):
+            cur.stragglers = set(cur.selected) - cur.arrived - cur.failed - cur.declined
             return self._finish_round(now)
         return []
 
     def _finish_round(self, now: float) -> list[Action]:
         cur = self.current
         assert cur is not None
-        cur.failed |= set(cur.selected) - cur.arrived
+        cur.failed |= set(cur.selected) - cur.arrived - cur.declined - cur.stragglers
+        for peer in cur.failed | cur.stragglers:  # alive but slow: it took at least this long
+            if peer in self.tree.direct:
+                obs = self.observe(peer)
+                obs.duration_s = max(obs.duration_s or 0.0, now - cur.started)
         failure_rate = len(cur.failed) / len(cur.selected)
         if len(cur.arrived) < self.rounds.min_fit_clients or (
             failure_rate > self.rounds.max_failure_fraction
@@ -293,36 +340,58 @@ class Coordinator:
                 return actions + self._fail(now, reason)
             self.state = State.WAITING
             self.waiting_since = now
+            self.previous = cur
             self._attempt += 1
             return actions + self._try_start_round(now)
         delta, _total = self.aggregator.finish()
-        self.params = np.asarray(self.server_update(self.params, delta), dtype=np.float32)
-        self.model_version += 1
+        self._apply(delta)
+        mean_loss = cur.train_loss / max(cur.examples, 1)
+        for peer, loss in cur.losses.items():  # relative to its round: comparable across rounds
+            self.observe(peer).loss = loss / mean_loss if mean_loss > 0 else loss
         self.state = State.EVALUATING
         return [Compute(EvalJob(cur.number, self.params))]
 
-    def _on_evaluated(self, result: EvalResult, now: float) -> list[Action]:
-        cur = self.current
-        assert cur is not None
-        record = {
+    def round_record(self, cur: RoundState, result: EvalResult, now: float) -> dict[str, Any]:
+        selected = len(cur.selected)
+        clients_selected = sum(cur.leaves.values())
+        declined = sum(cur.leaves.get(p, 0) for p in cur.declined)
+        lost = clients_selected - cur.clients - declined
+        return {
             "round": cur.number,
             "accuracy": result.metrics.get("accuracy", float("nan")),
             "loss": result.loss,
-            "selected": len(cur.selected),
+            "selected": selected,
             "completed": len(cur.arrived),
             "failed": len(cur.failed),
-            "failure_rate": len(cur.failed) / len(cur.selected),
+            "declined": len(cur.declined),
+            "stragglers": len(cur.stragglers),
+            "failure_rate": len(cur.failed) / selected,
+            "available": cur.available,
+            "participation_rate": cur.clients / max(cur.available, 1),
+            "clients_selected": clients_selected,
+            "clients_completed": cur.clients,
+            "clients_failed": lost,
+            "client_failure_rate": lost / max(clients_selected, 1),
+            "clients_declined": declined,
+            "aggregators": cur.aggregators,
             "stale": cur.stale,
             "examples": cur.examples,
             "train_loss": cur.train_loss / max(cur.examples, 1),
             "bytes_up": cur.bytes_up,
             "bytes_down": cur.bytes_down,
             "duration_s": now - cur.started,
+            "time_s": now,
             "attempt": cur.attempt,
             "model_version": self.model_version,
         }
+
+    def _on_evaluated(self, result: EvalResult, now: float) -> list[Action]:
+        cur = self.current
+        assert cur is not None
+        record = self.round_record(cur, result, now)
         self.history.append(record)
-        actions: list[Action] = [Emit("round", record)]
+        actions: list[Action] = [Emit("round", record), *self._checkpoint(cur.number)]
+        self.previous = cur
         target = self.rounds.target_accuracy
         if cur.number >= self.rounds.rounds or (target and record["accuracy"] >= target):
             self.state = State.DONE

@@ -8,6 +8,9 @@ mean, Krum) need every update at once and say so with ``needs_all = True``.
 
 Input is checked, never cast: a vector that is not 1-D float32 of the started size, a
 non-finite value, or a non-positive/non-finite weight raises :class:`PayloadError`.
+
+What the coordinator does with the mean (FedAvg step, FedAvgM, FedAdam, FedYogi) lives in
+:mod:`fednode.training.server_opt`.
 """
 
 from __future__ import annotations

@@ -51,13 +51,18 @@ class Task(Protocol):
 def load_task(
     spec: str, *, client_index: int = 0, num_clients: int = 1, partition: str = "iid", seed: int = 0
 ) -> Task:
-    """Build the task named by ``spec`` (``digits`` or ``package.module:Class``).
+    """Build the task named by ``spec`` (``digits[:mlp|linear|numpy]``, ``synthetic[:<samples>]``
+    or ``package.module:Class``).
 
     Errors: :class:`TaskError` if the import fails or the object is not a Task.
     """
     kwargs: dict[str, Any] = dict(
         client_index=client_index, num_clients=num_clients, partition=partition, seed=seed
     )
+    if spec == "digits:numpy" or spec == "synthetic" or spec.startswith("synthetic:"):
+        from .linear import load_linear_task  # numpy softmax regression for big simulations
+
+        return load_linear_task(spec, **kwargs)
     if spec == "digits" or spec.startswith("digits:"):
         from .digits import DigitsTask
 

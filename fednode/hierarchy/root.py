@@ -1,0 +1,206 @@
+"""What the sync and async coordinators share: model, tree, observations, checkpoints.
+
+Pure (no I/O) except for the optional checkpoint store, which the coordinator calls at the
+end of a round (see :mod:`fednode.hierarchy.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..actions import Action, Emit, Send
+from ..config import RoundParams, TierParams, TrainParams
+from ..training.aggregate import Aggregator, StreamingMean
+from ..wire import messages as m
+from ..wire.codecs import parse_codec
+from .checkpoint import (
+    DirectoryCheckpoints,
+    Snapshot,
+    load_checkpoint,
+    rng_state_from_json,
+    rng_state_to_json,
+)
+from .selection import Candidate, Observed, Selection, UniformSelection
+from .tree import Tree
+
+ServerUpdate = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class RootRole:
+    """Base of :class:`~.coordinator.Coordinator` and :class:`~.fedbuff.AsyncCoordinator`."""
+
+    role = "coordinator"
+    mode = "sync"
+
+    def __init__(
+        self,
+        *,
+        params: np.ndarray,
+        rounds: RoundParams,
+        train: TrainParams,
+        federation: str = "fednode",
+        task: str = "digits",
+        codec_down: str = "none",
+        aggregator: Aggregator | None = None,
+        selection: Selection | None = None,
+        seed: int = 0,
+        start_round: int = 1,
+        model_version: int = 0,
+        server_update: ServerUpdate | None = None,
+        tier: TierParams | None = None,
+        checkpoints: DirectoryCheckpoints | None = None,
+        resume_from: str | Path | None = None,
+    ) -> None:
+        self.params = np.array(params, dtype=np.float32, copy=True)
+        self.rounds = rounds
+        self.train = train
+        self.federation = federation
+        self.task = task
+        self.codec_down = parse_codec(codec_down)
+        self.aggregator = aggregator or StreamingMean()
+        self.selection = selection or UniformSelection()
+        self.rng = random.Random(seed)
+        self.round_number = start_round
+        self.model_version = model_version
+        self.server_update: ServerUpdate = server_update or (lambda params, delta: params + delta)
+        self.tree = Tree(tier or TierParams())
+        self.observed: dict[str, Observed] = {}
+        self.checkpoints = checkpoints
+        self.history: list[dict[str, Any]] = []
+        self.done = False
+        self.resumed_from: Snapshot | None = None
+        self._promotions: list[tuple[str, float]] = []
+        if resume_from is not None:
+            self._restore(load_checkpoint(resume_from))
+
+    # --- tree ------------------------------------------------------------------------
+    @property
+    def children(self) -> dict[str, m.Advert]:
+        """Direct children (clients and aggregators) by their last advert."""
+        return self.tree.direct
+
+    def hierarchy(self) -> dict[str, list[str]]:
+        """The tree as ``{parent: [children]}``; the coordinator is the key "" until it
+        learned its own id from a message."""
+        return self.tree.as_dict()
+
+    def advert(self) -> m.Advert:
+        return m.Advert(
+            role="coordinator",
+            federation=self.federation,
+            task=self.task,
+            load=len(self.tree.direct),
+            round=self.round_number,
+            model_version=self.model_version,
+        )
+
+    def request_promotion(self, peer: str, share: float = 0.5) -> None:
+        """Promote direct client ``peer`` to aggregator before the next round starts and move
+        ``share`` of its region's direct clients under it (operator / API entry point)."""
+        self._promotions.append((peer, share))
+
+    def promote(self, peer: str, now: float, share: float = 0.5) -> list[Action]:
+        """Promote now (between rounds): returns the Assign messages."""
+        return self.tree.promote(peer, now, share)
+
+    def _tree_maintenance(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for peer, share in self._promotions:
+            actions += self.tree.promote(peer, now, share)
+        self._promotions.clear()
+        return actions + self.tree.auto_promote(now)
+
+    def _advert_in(self, msg: m.Advert) -> list[Action]:
+        if msg.federation != self.federation or msg.role not in ("client", "aggregator"):
+            return []
+        return self.tree.on_advert(msg)
+
+    def _peer_up(self, peer: str) -> list[Action]:
+        return [Send(peer, self.advert())]
+
+    def _peer_down(self, peer: str) -> list[Action]:
+        orphans = self.tree.on_down(peer)
+        return [Emit("orphaned", {"peer": peer, "clients": len(orphans)})] if orphans else []
+
+    # --- observations for selection --------------------------------------------------
+    def observe(self, peer: str) -> Observed:
+        obs = self.observed.get(peer)
+        if obs is None:
+            obs = self.observed[peer] = Observed()
+        return obs
+
+    def candidates(self) -> list[Candidate]:
+        """Direct children that accept work, with what we observed of them."""
+        out = []
+        for peer, advert in sorted(self.tree.direct.items()):
+            if advert.accepting and self.tree.leaves(peer) > 0:
+                obs = self.observed.get(peer) or Observed()
+                out.append(obs.candidate(peer, advert.load, True, self.round_number))
+        return out
+
+    def train_config(self) -> dict[str, Any]:
+        t = self.train
+        return {
+            "round": self.round_number,
+            "local_epochs": t.local_epochs,
+            "batch_size": t.batch_size,
+            "lr": t.lr,
+            "momentum": t.momentum,
+            "prox_mu": t.prox_mu,
+            "deadline_s": self.rounds.round_deadline_s,
+        }
+
+    def _apply(self, delta: np.ndarray) -> None:
+        self.params = np.asarray(self.server_update(self.params, delta), dtype=np.float32)
+        self.model_version += 1
+
+    # --- checkpoints -----------------------------------------------------------------
+    def snapshot(self, completed_round: int) -> Snapshot:
+        opt = self.server_update
+        state = opt.state_dict() if hasattr(opt, "state_dict") else {}
+        return Snapshot(
+            round=completed_round,
+            model_version=self.model_version,
+            params=self.params,
+            optimizer=str(getattr(opt, "name", "fedavg")),
+            optimizer_state=dict(state),
+            membership=self.hierarchy(),
+            extra={
+                "mode": self.mode,
+                "rng": rng_state_to_json(self.rng.getstate()),
+                "observed": {
+                    p: [o.loss, o.duration_s, o.examples, o.last_selected]
+                    for p, o in sorted(self.observed.items())
+                },
+            },
+        )
+
+    def _checkpoint(self, completed_round: int) -> list[Action]:
+        if self.checkpoints is None:
+            return []
+        path = self.checkpoints.save(self.snapshot(completed_round))
+        return [Emit("checkpoint", {"round": completed_round, "path": str(path)})]
+
+    def _restore(self, snap: Snapshot) -> None:
+        if snap.params.shape != self.params.shape:
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                "resume_from", snap.round, f"a model of {self.params.shape[0]} values"
+            )
+        self.params = np.array(snap.params, dtype=np.float32, copy=True)
+        self.round_number = snap.round + 1
+        self.model_version = snap.model_version
+        opt = self.server_update
+        if hasattr(opt, "load_state_dict") and getattr(opt, "name", None) == snap.optimizer:
+            opt.load_state_dict(snap.optimizer_state)
+        if "rng" in snap.extra:
+            self.rng.setstate(rng_state_from_json(snap.extra["rng"]))
+        for peer, (loss, duration, examples, last) in snap.extra.get("observed", {}).items():
+            self.observed[peer] = Observed(loss, duration, examples, last)
+        self.resumed_from = snap
