@@ -1,0 +1,628 @@
+"""The real transport: a py-libp2p host (TCP + Noise + Yamux) moving fednode frames.
+
+One stream per frame, protocol ``/fednode/1.0.0/msg``. The stream framing is internal
+to this transport::
+
+    sender -> receiver   select       multistream-select header + protocol id
+                                      (pipelined; the receiver's libp2p echoes both)
+                         payload_len  u64 BE        (8 B)
+                         head         prefix "!2sBBI" (8 B) + CBOR header + signature;
+                                      its length comes from wire.messages.head_length()
+                         payload      payload_len raw bytes
+    receiver -> sender   select echo  (libp2p's multistream-select answer)
+                         status       1 B: 0 = delivered (queued on ``incoming``),
+                                      1 = too large, 2 = bad prefix, 3 = not taken in
+                                      time, 4 = sender not accepted (``accept_from``)
+
+The receiver checks ``head_len + payload_len <= max_frame_bytes`` *before* allocating.
+It then reads the payload with ``read(n)`` into one preallocated ``bytearray`` and hands
+it on as a read-only ``memoryview`` (no further copy). The transport treats frames as
+opaque. It does not check that the header's announced payload length matches
+``payload_len``; the envelope does that, in its fixed order.
+
+Why one stream per frame and not one persistent stream per peer: a new Yamux stream
+costs no extra round trip, because multistream-select is pipelined ahead of the frame
+(see :meth:`Libp2pTransport._send_on`). A 200-byte frame is one round trip. In exchange,
+a 500 MB update does not block a 200-byte advert (Yamux interleaves the streams), a
+cancelled or failed send only resets its own stream and never leaves a shared stream
+half-written, and a receiver can refuse one frame without tearing down anything else.
+The status byte makes ``send`` return only after the frame reached the receiver's
+``incoming`` channel, so a slow consumer pushes back on senders and a dead peer surfaces
+as :class:`~fednode.errors.PeerGone`. Measurements: ``docs/BENCHMARKS.md``.
+
+Security: Noise only. py-libp2p offers TLS, SECIO and *plaintext* by default, and a
+plaintext peer could claim any peer id, so they are switched off. Yamux only. The peer
+id in :class:`Inbound` is the remote key that Noise authenticated for the connection.
+With ``network_key`` set (32 bytes), every connection is wrapped in py-libp2p's private
+network layer (``libp2p.security.pnet``: Salsa20 over the raw TCP stream, keyed with
+the PSK, below Noise). A node without the key cannot even complete the Noise handshake,
+so none of its frames reach the handler. The layer is not wire-compatible with
+go-libp2p's pnet: py-libp2p uses Salsa20 with an 8-byte nonce, go uses XSalsa20 with a
+24-byte nonce.
+
+Errors: ``send``/``connect`` raise :class:`PeerGone` when the peer cannot be reached or
+stops answering, :class:`TransportError` when this transport is not running or the peer
+refuses the frame, and :class:`LocalProtocolError` for a malformed frame given to us.
+No libp2p or OS exception escapes this module.
+
+Cancellation: a cancelled ``send`` resets its stream, and the receiver then drops the
+partial frame. The patched Noise writer (``_libp2p_patches``) finishes the Yamux frame
+in flight (at most 1 MiB), so the connection stays usable. Shutdown: cancel
+:meth:`Libp2pTransport.run`, or call :meth:`aclose`.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.config import RetryConfig
+from libp2p.peer.id import ID
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils import encode_delim
+
+from ..errors import (
+    FednodeError,
+    FrameTooLarge,
+    LocalProtocolError,
+    PeerGone,
+    RemoteProtocolError,
+    SchemaError,
+    TransportError,
+)
+from ..wire.messages import PREFIX, head_length
+from . import _libp2p_patches
+from .transport import Frame, Inbound, PeerEvent, Transport
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_ID = TProtocol("/fednode/1.0.0/msg")
+#: multistream-select 1.0 header + our protocol, pipelined ahead of the frame; a
+#: listener that speaks the protocol echoes exactly these bytes
+SELECT = encode_delim(b"/multistream/1.0.0") + encode_delim(PROTOCOL_ID.encode())
+MiB = 1 << 20
+#: transport preamble: u64 payload length, then the 8-byte frame prefix
+PREAMBLE = struct.Struct("!Q")
+STATUS_OK, STATUS_TOO_LARGE, STATUS_BAD_PREFIX, STATUS_BUSY, STATUS_NOT_ACCEPTED = range(5)
+_STATUS_TEXT = {
+    STATUS_TOO_LARGE: "frame larger than the receiver's limit",
+    STATUS_BAD_PREFIX: "bad frame prefix",
+    STATUS_BUSY: "receiver did not take the frame in time",
+    STATUS_NOT_ACCEPTED: "receiver does not accept frames from this peer",
+}
+#: payload bytes per stream.write (Yamux cuts it into 1 MiB frames)
+WRITE_CHUNK = 4 * MiB
+#: max bytes per stream.read(n) into the frame buffer
+READ_CHUNK = 4 * MiB
+#: frames up to this size go out in a single write (preamble + head + payload)
+SMALL_FRAME = 64 * 1024
+#: bound on best-effort cleanup (stream reset/close) in shielded scopes
+CLEANUP_S = 2.0
+#: how long the peer's addresses stay in the peerstore (0 = until replaced)
+ADDR_TTL = 0
+
+# Everything libp2p, trio or the OS may raise from stream and dial operations.
+_FOREIGN: tuple[type[BaseException], ...] = (
+    BaseLibp2pError,
+    OSError,
+    EOFError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+def _p2p_suffix_stripped(addr: str, peer: str | None) -> multiaddr.Multiaddr:
+    """Parse ``addr``; drop a trailing ``/p2p/<id>`` (must match ``peer`` if given)."""
+    maddr = multiaddr.Multiaddr(addr)
+    try:
+        p2p = maddr.value_for_protocol("p2p")
+    except LookupError:  # multiaddr's ProtocolLookupError: no /p2p component
+        p2p = None
+    if p2p:
+        if peer is not None and p2p != peer:
+            raise ValueError(f"address {addr} names peer {p2p}, expected {peer}")
+        maddr = maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{p2p}"))
+    return maddr
+
+
+def _expand_unspecified(maddr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
+    """``/ip4/0.0.0.0/tcp/P`` -> one address per local IPv4 interface (dialable)."""
+    text = str(maddr)
+    if not text.startswith("/ip4/0.0.0.0/"):
+        return [maddr]
+    import ifaddr  # a zeroconf dependency; only reads local interface addresses
+
+    rest = text[len("/ip4/0.0.0.0") :]
+    ips = sorted(
+        {
+            str(ip.ip)
+            for adapter in ifaddr.get_adapters()
+            for ip in adapter.ips
+            if isinstance(ip.ip, str)
+        }
+    )
+    return [multiaddr.Multiaddr(f"/ip4/{ip}{rest}") for ip in ips] or [maddr]
+
+
+async def _read_exactly(stream: INetStream, n: int) -> bytes:
+    """Read exactly ``n`` (small) bytes; EOF before that is a remote protocol error."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        chunk = await stream.read(n - got)
+        if not chunk:
+            raise RemoteProtocolError(f"stream ended after {got} of {n} bytes")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+class _Notifee(INotifee):
+    """libp2p network notifee: marks peers whose connection state may have changed.
+
+    Runs inside libp2p's connection tasks, so it never blocks: it only records the
+    peer and wakes the transport's event pump.
+    """
+
+    def __init__(self, transport: Libp2pTransport) -> None:
+        self._transport = transport
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._transport._mark_peer(conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._transport._mark_peer(conn.muxed_conn.peer_id)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+class Libp2pTransport(Transport):
+    """fednode frames over py-libp2p. Start with ``await nursery.start(t.run)``.
+
+    ``key_pair`` is the node's Ed25519 key (``Identity.to_libp2p_keypair()``); its
+    libp2p peer id is :attr:`local_peer`. ``network_key`` (32 bytes) turns on the
+    private network. Limits: ``max_frame_bytes`` bounds head + payload of one inbound
+    frame (checked before allocating), ``max_header_bytes`` the CBOR header.
+    ``dial_timeout`` bounds a connect, ``send_timeout`` one whole frame (send until
+    acknowledged; receive from first to last byte). ``accept_from(peer)``, if given, is
+    asked before anything of an inbound frame is read: a peer it refuses (say, not on
+    the allow-list) gets its stream reset and costs no allocation. ``muxer="mplex"``
+    exists only for the benchmark.
+    """
+
+    def __init__(
+        self,
+        key_pair: KeyPair,
+        *,
+        listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        network_key: bytes | None = None,
+        max_frame_bytes: int = 512 * MiB,
+        max_header_bytes: int = 64 * 1024,
+        dial_timeout: float = 10.0,
+        send_timeout: float = 60.0,
+        channel_size: int = 16,
+        accept_from: Callable[[str], bool] | None = None,
+        muxer: Literal["yamux", "mplex"] = "yamux",
+    ) -> None:
+        if network_key is not None and len(network_key) != 32:
+            raise ValueError(f"network_key must be 32 bytes, got {len(network_key)}")
+        if max_frame_bytes < PREFIX.size or max_header_bytes < 0:
+            raise ValueError("max_frame_bytes/max_header_bytes out of range")
+        self._key_pair = key_pair
+        self._pid = ID.from_pubkey(key_pair.public_key)
+        self.local_peer = self._pid.to_base58()
+        self._listen = [multiaddr.Multiaddr(a) for a in listen]
+        self._psk = network_key.hex() if network_key is not None else None
+        self._max_frame = max_frame_bytes
+        self._max_header = max_header_bytes
+        self._dial_timeout = dial_timeout
+        self._send_timeout = send_timeout
+        self._muxer = muxer
+        self._accept_from = accept_from
+        self._in_send, self.incoming = trio.open_memory_channel[Inbound](channel_size)
+        self._ev_send, self.events = trio.open_memory_channel[PeerEvent](channel_size)
+        self._host: IHost | None = None
+        self._run_scope: trio.CancelScope | None = None
+        self._dirty: dict[ID, None] = {}  # peers whose up/down state may have changed
+        self._wake = trio.Event()
+        self._reported: dict[ID, bool] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def _make_host(self) -> IHost:
+        sec = {NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, new_x25519_key_pair().private_key)}
+        muxers: Any = (
+            {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
+            if self._muxer == "yamux"
+            else {TProtocol(MPLEX_PROTOCOL_ID): Mplex}
+        )
+        host = new_host(
+            key_pair=self._key_pair,
+            sec_opt=sec,
+            muxer_opt=muxers,
+            listen_addrs=self._listen,
+            connection_config=_libp2p_patches.connection_config(),
+            psk=self._psk,
+            disable_identify_address_discovery=True,
+        )
+        network: Any = host.get_network()
+        # one retry instead of three: a refused dial is answered within ~0.1 s
+        network.retry_config = RetryConfig(max_retries=1, initial_delay=0.1)
+        host.set_stream_handler(PROTOCOL_ID, self._handle_stream)
+        network.register_notifee(_Notifee(self))
+        return host
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled (or :meth:`aclose`).
+
+        Errors: :class:`TransportError` if none of the listen addresses could be bound.
+        Cancellation: closes every connection; ``incoming``/``events`` then end.
+        """
+        _libp2p_patches.apply()
+        host = self._make_host()
+        try:
+            with trio.CancelScope() as scope:
+                self._run_scope = scope
+                async with host.run(listen_addrs=self._listen), trio.open_nursery() as nursery:
+                    if not host.get_transport_addrs():
+                        wanted = [str(a) for a in self._listen]
+                        raise TransportError(f"could not listen on {wanted}")
+                    # no background re-dialing of every peer in the peerstore (aiming
+                    # for 200 connections); fednode dials whom discovery names
+                    await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
+                    nursery.start_soon(self._pump_events)
+                    self._host = host
+                    log.info("libp2p %s listening on %s", self.local_peer, self.addresses())
+                    task_status.started()
+                    await trio.sleep_forever()
+        except OSError as exc:
+            raise TransportError(f"libp2p host failed: {exc}") from exc
+        except BaseExceptionGroup as group:
+            # libp2p's nested nurseries wrap whatever ends the host; unwrap our own
+            # error (and OS errors) so callers see one TransportError, not a tree
+            first = _first_error(group)
+            if isinstance(first, TransportError):
+                raise first from None
+            if isinstance(first, OSError):
+                raise TransportError(f"libp2p host failed: {first}") from group
+            raise
+        finally:
+            self._host = None
+            self._in_send.close()
+            self._ev_send.close()
+
+    async def aclose(self) -> None:
+        """Stop :meth:`run`; pending sends fail with :class:`PeerGone`."""
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+        await trio.lowlevel.checkpoint()
+
+    def _require_host(self) -> IHost:
+        if self._host is None:
+            raise TransportError("libp2p transport is not running")
+        return self._host
+
+    # ------------------------------------------------------------------ queries
+    def peers(self) -> frozenset[str]:
+        if self._host is None:
+            return frozenset()
+        network: Any = self._host.get_network()
+        return frozenset(
+            pid.to_base58()
+            for pid, conns in network.connections.items()
+            if any(not c.is_closed for c in conns)
+        )
+
+    def addresses(self) -> tuple[str, ...]:
+        """Dialable ``/ip4/.../tcp/.../p2p/<id>`` addresses (0.0.0.0 expanded)."""
+        if self._host is None:
+            return ()
+        out: list[str] = []
+        for maddr in self._host.get_transport_addrs():
+            for concrete in _expand_unspecified(maddr):
+                out.append(f"{concrete}/p2p/{self.local_peer}")
+        return tuple(out)
+
+    def _parse_peer(self, peer: str) -> ID:
+        try:
+            pid = ID.from_base58(peer)
+        except ValueError as exc:
+            raise PeerGone(f"not a peer id: {peer!r}", peer=peer) from exc
+        if not peer or pid == self._pid:
+            raise LocalProtocolError(f"cannot talk to {peer!r}: empty or own peer id")
+        return pid
+
+    def _is_connected(self, pid: ID) -> bool:
+        if self._host is None:
+            return False
+        network: Any = self._host.get_network()
+        return any(not c.is_closed for c in network.connections.get(pid, ()))
+
+    # ------------------------------------------------------------------ dialing
+    async def connect(self, peer: str, addrs: tuple[str, ...] = ()) -> None:
+        """Dial ``peer`` at ``addrs`` (replacing addresses known for it) unless connected.
+
+        Errors: :class:`PeerGone` when no address answers within ``dial_timeout`` or
+        the remote key is not ``peer``; :class:`TransportError` for a malformed address.
+        """
+        host = self._require_host()
+        pid = self._parse_peer(peer)
+        try:
+            maddrs = [_p2p_suffix_stripped(a, peer) for a in addrs]
+        except ValueError as exc:
+            raise TransportError(f"bad address for {peer}: {exc}", peer=peer) from exc
+        if self._is_connected(pid):
+            return
+        if maddrs:
+            store = host.get_peerstore()
+            store.clear_addrs(pid)
+            store.add_addrs(pid, maddrs, ADDR_TTL)
+            cache = getattr(host.get_network(), "_negative_peer_cache", None)
+            if cache is not None:  # fresh addresses: forget an earlier failed dial
+                cache.evict(str(pid))
+        await self._dial(host, pid, peer)
+
+    async def _dial(self, host: IHost, pid: ID, peer: str) -> None:
+        try:
+            with trio.fail_after(self._dial_timeout):
+                conns = await host.get_network().dial_peer(pid)
+                for conn in conns:
+                    started = getattr(conn, "event_started", None)
+                    if started is not None:
+                        await started.wait()
+        except trio.TooSlowError as exc:
+            raise PeerGone(f"dial timed out after {self._dial_timeout}s", peer=peer) from exc
+        except _FOREIGN as exc:
+            raise PeerGone(f"dial failed: {exc}", peer=peer) from exc
+
+    # ------------------------------------------------------------------ sending
+    async def send(self, peer: str, frame: Frame) -> None:
+        host = self._require_host()
+        pid = self._parse_peer(peer)
+        head = frame.head
+        try:
+            want = head_length(head[: PREFIX.size], max_header=self._max_header)
+            payload = memoryview(frame.payload).cast("B")  # bytes, whatever the item type
+        except (FednodeError, struct.error, TypeError) as exc:
+            raise LocalProtocolError(f"frame is malformed: {exc}", peer=peer) from exc
+        if want != len(head):
+            raise LocalProtocolError(
+                f"frame head is {len(head)} bytes but its prefix announces {want}", peer=peer
+            )
+        if len(head) + len(payload) > self._max_frame:
+            raise LocalProtocolError(
+                f"frame of {len(head) + len(payload)} bytes exceeds the limit of {self._max_frame}",
+                peer=peer,
+            )
+        if not self._is_connected(pid):
+            await self._dial(host, pid, peer)
+        try:
+            with trio.fail_after(self._send_timeout):
+                # a bare stream: _send_on pipelines the protocol selection
+                stream = await host.get_network().new_stream(pid)
+                stream.set_protocol(PROTOCOL_ID)
+                status = STATUS_BUSY
+                try:
+                    status = await self._send_on(stream, head, payload)
+                finally:
+                    # delivered: close; refused, failed or cancelled: reset, so the
+                    # receiver drops whatever part of the frame it has
+                    with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_S):
+                        try:
+                            await (stream.close() if status == STATUS_OK else stream.reset())
+                        except _FOREIGN as exc:
+                            log.debug("closing stream to %s: %r", peer, exc)
+        except trio.TooSlowError as exc:
+            text = f"frame not acknowledged within {self._send_timeout}s"
+            raise PeerGone(text, peer=peer) from exc
+        except RemoteProtocolError as exc:
+            raise PeerGone(f"peer broke the stream protocol: {exc}", peer=peer) from exc
+        except _FOREIGN as exc:
+            raise PeerGone(f"send failed: {exc}", peer=peer) from exc
+        if status != STATUS_OK:
+            text = _STATUS_TEXT.get(status, f"unknown status {status}")
+            raise TransportError(f"peer refused the frame: {text}", peer=peer)
+
+    async def _send_on(self, stream: INetStream, head: bytes, payload: memoryview) -> int:
+        """Select the protocol, write the frame, and wait for the status byte.
+
+        Protocol selection is pipelined ("lazy" multistream-select, as go-libp2p does
+        for a single protocol): the header, the protocol id and the frame go out in
+        one write instead of two round trips first. The listener's echo is checked
+        before the status. A listener that does not speak the protocol answers "na" and
+        resets the stream, and that is reported as :class:`PeerGone`.
+
+        The receiver answers early when it refuses a frame (too large, bad prefix);
+        the writer is then cancelled at once instead of pushing the rest of the payload.
+        """
+        written = False
+
+        async def write_frame() -> None:
+            nonlocal written
+            start = SELECT + PREAMBLE.pack(len(payload))
+            if len(payload) <= SMALL_FRAME:
+                await stream.write(b"".join((start, head, payload)))
+            else:
+                await stream.write(start + head)
+                for off in range(0, len(payload), WRITE_CHUNK):
+                    await stream.write(payload[off : off + WRITE_CHUNK])  # type: ignore[arg-type]
+            written = True
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write_frame)
+                answer = await _read_exactly(stream, len(SELECT) + 1)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        if answer[: len(SELECT)] != SELECT:
+            raise RemoteProtocolError(f"peer does not speak {PROTOCOL_ID}: {answer!r}")
+        status = answer[-1]
+        if status == STATUS_OK and not written:
+            raise RemoteProtocolError("acknowledged before the whole frame was sent")
+        return status
+
+    # ------------------------------------------------------------------ receiving
+    async def _handle_stream(self, stream: INetStream) -> None:
+        """One inbound frame. Per-peer boundary: nothing a peer sends escapes from here."""
+        peer = stream.muxed_conn.peer_id.to_base58()
+        try:
+            status = STATUS_BUSY
+            if self._accept_from is not None and not self._accept_from(peer):
+                log.info("refused a frame from %s: peer not accepted", peer)
+                status = STATUS_NOT_ACCEPTED  # answered before reading anything
+            else:
+                with trio.move_on_after(self._send_timeout) as deadline:
+                    status = await self._receive(stream, peer)
+                if deadline.cancelled_caught:
+                    log.warning("frame from %s not taken within %ss", peer, self._send_timeout)
+            with trio.move_on_after(CLEANUP_S):
+                await stream.write(bytes((status,)))
+                await stream.close()
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("inbound frame from %s dropped: transport closing", peer)
+        except RemoteProtocolError as exc:
+            log.info("incomplete frame from %s: %s", peer, exc)
+        except Exception as exc:  # per-peer boundary: drop this stream, keep serving
+            log.info("inbound stream from %s failed: %r", peer, exc)
+        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_S):
+            try:
+                await stream.reset()
+            except Exception as exc:  # per-peer boundary (cleanup of a dead stream)
+                log.debug("resetting stream from %s: %r", peer, exc)
+
+    async def _receive(self, stream: INetStream, peer: str) -> int:
+        """Read one frame and queue it on ``incoming``; the status byte to answer."""
+        try:
+            frame = await self._read_frame(stream)
+        except FrameTooLarge as exc:
+            log.warning("refused frame from %s: %s", peer, exc)
+            return STATUS_TOO_LARGE
+        except SchemaError as exc:
+            log.warning("refused frame from %s: %s", peer, exc)
+            return STATUS_BAD_PREFIX
+        await self._in_send.send(Inbound(peer, frame, trio.current_time()))
+        return STATUS_OK
+
+    async def _read_frame(self, stream: INetStream) -> Frame:
+        first = await _read_exactly(stream, PREAMBLE.size + PREFIX.size)
+        (payload_len,) = PREAMBLE.unpack_from(first)
+        head_len = head_length(first[PREAMBLE.size :], max_header=self._max_header)
+        if head_len + payload_len > self._max_frame:
+            raise FrameTooLarge(
+                f"frame of {head_len} + {payload_len} bytes exceeds the limit of {self._max_frame}"
+            )
+        head = first[PREAMBLE.size :] + await _read_exactly(stream, head_len - PREFIX.size)
+        buf = bytearray(payload_len)
+        view = memoryview(buf)
+        got = 0
+        while got < payload_len:
+            chunk = await stream.read(min(payload_len - got, READ_CHUNK))
+            if not chunk:
+                raise RemoteProtocolError(f"stream ended after {got} of {payload_len} payload B")
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        return Frame(head, view.toreadonly())
+
+    # ------------------------------------------------------------------ peer events
+    def _mark_peer(self, pid: ID) -> None:
+        self._dirty.pop(pid, None)
+        self._dirty[pid] = None
+        self._wake.set()
+
+    async def _pump_events(self) -> None:
+        """Turn notifee marks into up/down events, in order, from the live swarm state.
+
+        Memory is bounded by the number of peers; only this task blocks when the
+        ``events`` consumer is slow (never libp2p's connection tasks). A peer that
+        flaps faster than the consumer reads may have the flap coalesced away.
+        """
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._dirty:
+                pid = next(iter(self._dirty))
+                del self._dirty[pid]
+                up = self._is_connected(pid)
+                if self._reported.get(pid, False) == up:
+                    continue
+                self._reported[pid] = up
+                if not up:
+                    self._reported.pop(pid, None)
+                addrs = self._peer_addrs(pid) if up else ()
+                await self._ev_send.send(PeerEvent(pid.to_base58(), up, addrs))
+
+    def _peer_addrs(self, pid: ID) -> tuple[str, ...]:
+        host = self._host
+        if host is None:
+            return ()
+        try:
+            addrs = host.get_peerstore().addrs(pid)
+        except Exception:  # libp2p PeerStoreError: unknown or expired; nothing to report
+            return ()
+        return tuple(f"{a}/p2p/{pid.to_base58()}" for a in addrs)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in ``group`` that is not a :class:`trio.Cancelled` (else the group)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _first_error(exc)
+            if inner is not exc:
+                return inner
+        elif not isinstance(exc, trio.Cancelled):
+            return exc
+    return group
+
+
+def read_network_key(data: bytes) -> bytes:
+    """Parse a network key file: go-libp2p ``swarm.key`` (``/key/swarm/psk/1.0.0/``,
+    ``/base16/``, 64 hex digits), or just 64 hex digits, or 32 raw bytes.
+
+    Errors: :class:`ValueError` naming what was expected.
+    """
+    text = data.strip()
+    lines = text.splitlines()
+    if lines and lines[0].strip() == b"/key/swarm/psk/1.0.0/":
+        if len(lines) < 3 or lines[1].strip() != b"/base16/":
+            raise ValueError("swarm.key: expected '/base16/' on line 2 and the key on line 3")
+        text = lines[2].strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValueError("network key: expected 64 hex digits") from exc
+    if len(data) == 32:
+        return data
+    raise ValueError(f"network key: expected 32 bytes or 64 hex digits, got {len(text)} bytes")
+
+
+__all__ = [
+    "PROTOCOL_ID",
+    "Libp2pTransport",
+    "read_network_key",
+]
