@@ -8,10 +8,9 @@ exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,11 @@ COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
     "batch_size": ("train.batch_size", int, "local minibatch size"),
     "lr": ("train.lr", float, "local SGD learning rate"),
     "prox_mu": ("train.prox_mu", float, "FedProx proximal term (0 = off)"),
-    "task": ("data.task", str, "'digits' (built in) or 'package.module:Class'"),
+    "task": (
+        "data.task",
+        str,
+        "digits, digits:linear, digits:numpy, synthetic[:<n>] or package.module:Class",
+    ),
     "partition": ("data.partition", str, "'iid', 'dirichlet:<alpha>' or 'shards:<k>'"),
     "codec": ("wire.codec", str, "update codec: none, fp16, int8, topk:<f>[+int8][+zstd]"),
 }
@@ -80,6 +83,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fednode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    run = sub.add_parser(
+        "run",
+        help="run a real node (libp2p; finds peers by mDNS)",
+        description="Run one fednode node on the network. With no config it listens on "
+        "all interfaces, finds peers by mDNS and takes the role given.",
+    )
+    run.add_argument(
+        "--role", choices=("client", "aggregator", "coordinator", "peer"), help="node role"
+    )
+    run.add_argument("--client-index", type=int, help="this client's partition index")
+    run.add_argument("--num-clients", type=int, help="number of partitions")
+    run.add_argument("--listen", help="listen multiaddr (/ip4/0.0.0.0/tcp/0)")
+    run.add_argument("--bootstrap", action="append", help="peer multiaddr to dial (repeat)")
+    run.add_argument(
+        "--no-mdns", dest="mdns", action="store_const", const=False, help="disable mDNS discovery"
+    )
+    run.add_argument("--federation", help="federation name (nodes only join their own)")
+    run.add_argument("--key-file", help="node key file (created if missing)")
+    run.add_argument("--allow", action="append", help="allowed peer id (repeat); closes membership")
+    run.add_argument("--network-key-file", help="pre-shared network key (private network)")
+    run.add_argument(
+        "--log",
+        choices=("human", "json"),
+        default="human",
+        help="event output: a round table (human) or JSON lines (json)",
+    )
+    _add_common(run)
+
     demo = sub.add_parser(
         "demo",
         help="simulated federation on the built-in digits task",
@@ -95,11 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run N nodes in one process over the memory transport "
         "with virtual time; the same role code as real nodes.",
     )
-    sim.add_argument("--nodes", type=int, default=10, help="number of clients (10)")
-    sim.add_argument("--topology", default="star", help="star (more in topologies/)")
-    sim.add_argument("--out", type=Path, help="write rounds.jsonl and summary.json here")
-    sim.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _add_common(sim)
+    from .sim.cli_sim import add_sim_arguments
+
+    add_sim_arguments(sim)
 
     train = sub.add_parser(
         "train",
@@ -210,37 +239,9 @@ def _summary(result: Any, wall: float) -> None:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from .sim.scenarios import build_star
+    from .sim.cli_sim import run_sim
 
-    if args.topology != "star":
-        raise ConfigError("topology", args.topology, "'star' (more topologies: see topologies/)")
-    config = _config(args, {"rounds.min_available_clients": args.nodes})
-    t0 = time.perf_counter()
-    sim, root = build_star(config, args.nodes)
-    result = sim.run(root)
-    wall = time.perf_counter() - t0
-    summary = {
-        "topology": args.topology,
-        "nodes": args.nodes,
-        "rounds": len(result.rounds),
-        "final_accuracy": result.final_accuracy,
-        "rounds_to_95": result.rounds_to(0.95),
-        "wall_s": round(wall, 3),
-        "virtual_s": round(result.virtual_s, 3),
-        "error": result.stop.reason if result.stop and result.stop.error else None,
-    }
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(args.out / "rounds.jsonl", "w") as f:
-            for r in result.rounds:
-                f.write(json.dumps(r, sort_keys=True) + "\n")
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    if args.json:
-        print(json.dumps(summary, sort_keys=True))
-    else:
-        console.print(round_table(result.rounds, f"{args.topology}, {args.nodes} clients"))
-        _summary(result, wall)
-    return 0 if summary["error"] is None else 1
+    return run_sim(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -278,7 +279,63 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "sim": cmd_sim, "train": cmd_train, "keygen": cmd_keygen}
+def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    import trio
+
+    from .node import Node, json_lines
+
+    extra: dict[str, Any] = {
+        "role": args.role,
+        "data.client_index": args.client_index,
+        "data.num_clients": args.num_clients,
+        "net.listen": args.listen,
+        "net.bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
+        "net.mdns": args.mdns,
+        "net.federation": args.federation,
+        "net.key_file": args.key_file,
+        "net.network_key_file": args.network_key_file,
+    }
+    if args.allow:
+        extra["net.allow"] = tuple(args.allow)
+        extra["net.open_membership"] = False
+    config = _config(args, extra)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    sink = json_lines() if args.log == "json" else _human_events()
+    node = Node(config, on_event=sink)
+    console.print(f"[bold]fednode[/] {config.role} {node.peer_id}", highlight=False)
+    stop = trio.run(node.run)
+    if stop is None:
+        return 130
+    console.print(f"stopped: {stop.reason}")
+    return 0 if stop.error is None else 1
+
+
+def _human_events() -> Callable[[str, str, dict[str, Any]], None]:
+    def sink(peer: str, event: str, data: dict[str, Any]) -> None:
+        if event == "round":
+            console.print(
+                f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss "
+                f"{data['loss']:.4f}  clients {data['completed']}/{data['selected']}  "
+                f"up {_human(data['bytes_up'])}  down {_human(data['bytes_down'])}  "
+                f"{data['duration_s']:.1f}s"
+            )
+        elif event in ("round_failed", "rejected", "send_failed", "parent_lost"):
+            console.print(f"[yellow]{event}[/] {data}")
+
+    return sink
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "sim": cmd_sim,
+    "train": cmd_train,
+    "keygen": cmd_keygen,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -146,7 +146,11 @@ async def run_role(
         async for event in transport.events:
             await to_loop.send(("peer", event))
 
+    in_flight = 0
+    drained: trio.Event | None = None
+
     async def send_one(action: Send) -> None:
+        nonlocal in_flight
         try:
             frame = sealer.seal(replace(action.msg, recipient=action.to))
             with trio.fail_after(send_timeout_s):
@@ -161,6 +165,10 @@ async def run_role(
                 {"peer": action.to, "kind": action.msg.KIND.name, "error": type(exc).__name__},
             )
             await to_loop.send(("send_failed", action.to))
+        finally:
+            in_flight -= 1
+            if in_flight == 0 and drained is not None:
+                drained.set()
 
     async def run_job(job: TrainJob | EvalJob) -> None:
         result = await executor.run(job)
@@ -171,8 +179,10 @@ async def run_role(
         nursery.start_soon(pump_events)
 
         def execute(actions: list[Action]) -> Stop | None:
+            nonlocal in_flight
             for action in actions:
                 if isinstance(action, Send):
+                    in_flight += 1
                     nursery.start_soon(send_one, action)
                 elif isinstance(action, Compute):
                     nursery.start_soon(run_job, action.job)
@@ -223,5 +233,9 @@ async def run_role(
                     actions = role.on_result(value, now)
                 actions = actions + role.poll(now)
             stop = execute(actions)
+        if in_flight:  # a role's last messages (e.g. a final reply) must not be cancelled
+            drained = trio.Event()
+            with trio.move_on_after(send_timeout_s):
+                await drained.wait()
         nursery.cancel_scope.cancel()
     return stop

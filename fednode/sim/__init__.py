@@ -1,1 +1,71 @@
-"""Simulation: N nodes in one trio run over the memory transport; topologies and analysis."""
+"""The simulator: run federations of 10s to 10,000s of nodes in one process, in virtual time.
+
+Two drivers run the *same* role objects a deployed node runs:
+
+* :class:`DesSimulation` (:mod:`fednode.sim.des`) — a discrete-event driver in plain
+  Python: one heap of timed events, ~10 µs of driver per message; optionally every
+  message sealed and verified for real; :func:`run_experiment` can shard it across
+  worker processes.
+* :class:`Simulation` (:mod:`fednode.sim.engine`) — every node under the real trio runner
+  over the memory transport: the fidelity reference.
+
+Experiments: :func:`run_experiment` takes a topology spec (``topologies/*.toml``: graph,
+roles, links, ``[[faults]]``) and returns an :class:`ExperimentResult` of numpy arrays
+(``.to_pandas()`` when pandas is installed); :func:`compare` plots several on shared
+axes. Spectral helpers predict how fast gossip mixes on a graph. ``docs/SIMULATION.md``
+is the guide.
+"""
+
+from .des import DesResult, DesSimulation
+from .engine import SimResult, Simulation
+from .experiment import ExperimentResult, SimOptions, run_experiment
+from .faults import FaultSchedule
+from .report import compare, write_folder
+from .spectral import (
+    metropolis_hastings_sparse,
+    metropolis_hastings_weights,
+    mixing_rho,
+    predicted_iterations,
+    spectral_summary,
+)
+from .topology import Topology, build_topology, list_topologies, load_topology
+
+
+def mixing_time(graph: object, eps: float = 1e-3) -> float:
+    """Predicted synchronous gossip steps to shrink disagreement by ``eps`` on ``graph``:
+    ``log(eps) / log(rho)`` of its Metropolis-Hastings matrix (inf if disconnected)."""
+    import networkx as nx
+
+    assert isinstance(graph, nx.Graph)
+    n = graph.number_of_nodes()
+    if n > 2000:
+        rho = mixing_rho(metropolis_hastings_sparse(graph))
+    else:
+        rho = mixing_rho(metropolis_hastings_weights(graph)) if n else 0.0
+    if n > 1 and not nx.is_connected(graph):
+        rho = 1.0
+    return predicted_iterations(rho, eps)
+
+
+__all__ = [
+    "DesResult",
+    "DesSimulation",
+    "ExperimentResult",
+    "FaultSchedule",
+    "SimOptions",
+    "SimResult",
+    "Simulation",
+    "Topology",
+    "build_topology",
+    "compare",
+    "list_topologies",
+    "load_topology",
+    "metropolis_hastings_sparse",
+    "metropolis_hastings_weights",
+    "mixing_rho",
+    "mixing_time",
+    "predicted_iterations",
+    "run_experiment",
+    "spectral_summary",
+    "write_folder",
+]

@@ -1,21 +1,31 @@
-"""Ready-made federations for the simulator (star; two-tier and gossip build on it).
+"""Ready-made federations for the simulator: star, two-tier; fault hooks; restarts.
 
 Each builder returns a :class:`Simulation` plus its root node, with the same role
-objects a deployed node would construct from the same :class:`NodeConfig`.
+objects a deployed node would construct from the same :class:`NodeConfig`
+(:func:`fednode.hierarchy.factory.make_role`). Node indices: 0 is the coordinator; in a
+two-tier federation 1..A are the aggregators and A+1..A+N the clients.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import trio
+import trio.testing
+
 from ..config import NodeConfig
+from ..crypto.envelope import Membership, Receiver, Sealer
+from ..hierarchy.aggregator import RegionalAggregator
 from ..hierarchy.client import Client
-from ..hierarchy.coordinator import Coordinator
+from ..hierarchy.factory import make_coordinator
 from ..p2p.memory import LinkFaults
-from ..runner import InlineExecutor
+from ..runner import InlineExecutor, Role, run_role
 from ..training.task import Task, load_task
-from .engine import SimNode, SimResult, Simulation
+from .engine import SimNode, SimResult, Simulation, _seed_trio_scheduler, _seeded_nonces
 
 
 def client_task(config: NodeConfig, index: int, num_clients: int) -> Task:
@@ -28,27 +38,32 @@ def client_task(config: NodeConfig, index: int, num_clients: int) -> Task:
     )
 
 
-def build_star(
+def _add_root(
+    sim: Simulation,
     config: NodeConfig,
     num_clients: int,
-    *,
-    link: LinkFaults | None = None,
-    slow: dict[int, float] | None = None,
-    train_cost_s: float = 0.1,
-) -> tuple[Simulation, SimNode]:
-    """A coordinator and ``num_clients`` clients; clients find it by its advert."""
-    sim = Simulation(seed=config.seed, link=link)
+    checkpoint_dir: str | Path | None,
+    resume_from: str | Path | None = None,
+) -> tuple[SimNode, int, np.ndarray]:
     eval_task = client_task(config, 0, num_clients)
     size = eval_task.layout().size
-    coordinator = Coordinator(
-        params=eval_task.init_params(config.seed),
-        rounds=config.rounds,
-        train=config.train,
-        federation=config.net.federation,
-        task=config.data.task,
-        seed=config.seed,
+    params = eval_task.init_params(config.seed)
+    coordinator = make_coordinator(
+        config, params, checkpoint_dir=checkpoint_dir, resume_from=resume_from
     )
-    root = sim.add(coordinator, InlineExecutor(eval_task), size)
+    return sim.add(coordinator, InlineExecutor(eval_task), size), size, params
+
+
+def _add_clients(
+    sim: Simulation,
+    config: NodeConfig,
+    num_clients: int,
+    size: int,
+    *,
+    slow: dict[int, float] | None,
+    train_cost_s: float,
+    region: Callable[[int], str] = lambda i: "",
+) -> None:
     for i in range(num_clients):
         client = Client(
             model_size=size,
@@ -56,6 +71,8 @@ def build_star(
             task=config.data.task,
             codec=config.wire.codec,
             error_feedback=config.wire.error_feedback,
+            region=region(i),
+            tier=config.tier,
         )
         executor = InlineExecutor(
             client_task(config, i, num_clients),
@@ -63,11 +80,91 @@ def build_star(
             slowdown=(slow or {}).get(i, 1.0),
         )
         sim.add(client, executor, size)
+
+
+def build_star(
+    config: NodeConfig,
+    num_clients: int,
+    *,
+    link: LinkFaults | None = None,
+    slow: dict[int, float] | None = None,
+    train_cost_s: float = 0.1,
+    checkpoint_dir: str | Path | None = None,
+    regions: int = 0,
+) -> tuple[Simulation, SimNode]:
+    """A coordinator and ``num_clients`` clients; clients find it by its advert.
+
+    ``slow`` maps a client index (0-based) to a compute slowdown factor; ``regions`` > 0
+    labels client i with region ``r{i % regions}`` (for promotion by region).
+    """
+    sim = Simulation(seed=config.seed, link=link)
+    root, size, _ = _add_root(sim, config, num_clients, checkpoint_dir)
+    _add_clients(
+        sim,
+        config,
+        num_clients,
+        size,
+        slow=slow,
+        train_cost_s=train_cost_s,
+        region=(lambda i: f"r{i % regions}") if regions else (lambda i: ""),
+    )
     return sim, root
 
 
+def build_two_tier(
+    config: NodeConfig,
+    num_aggregators: int,
+    num_clients: int,
+    *,
+    assignment: str = "region",
+    link: LinkFaults | None = None,
+    slow: dict[int, float] | None = None,
+    train_cost_s: float = 0.1,
+    checkpoint_dir: str | Path | None = None,
+) -> tuple[Simulation, SimNode]:
+    """Coordinator, ``num_aggregators`` regional aggregators, ``num_clients`` clients.
+
+    ``assignment``: ``"region"`` labels aggregator j and client i with ``r{j}`` /
+    ``r{i % A}``, and clients join their region's aggregator from its advert;
+    ``"coordinator"`` leaves everyone unlabelled and the coordinator places each client
+    (``tier.placement``, least-loaded by default) with an ``Assign``.
+    """
+    if assignment not in ("region", "coordinator"):
+        raise ValueError(f"assignment must be 'region' or 'coordinator', not {assignment!r}")
+    labelled = assignment == "region"
+    sim = Simulation(seed=config.seed, link=link)
+    root, size, _ = _add_root(sim, config, num_clients, checkpoint_dir)
+    for j in range(num_aggregators):
+        agg = RegionalAggregator(
+            federation=config.net.federation,
+            task=config.data.task,
+            region=f"r{j}" if labelled else "",
+            tier=config.tier,
+            default_deadline_s=config.rounds.round_deadline_s,
+        )
+        sim.add(agg, InlineExecutor(client_task(config, 0, num_clients)), size)
+    _add_clients(
+        sim,
+        config,
+        num_clients,
+        size,
+        slow=slow,
+        train_cost_s=train_cost_s,
+        region=(lambda i: f"r{i % num_aggregators}") if labelled else (lambda i: ""),
+    )
+    return sim, root
+
+
+def run_two_tier(
+    config: NodeConfig, num_aggregators: int, num_clients: int, **kwargs: Any
+) -> SimResult:
+    sim, root = build_two_tier(config, num_aggregators, num_clients, **kwargs)
+    return sim.run(root)
+
+
 def crash_at_round(round_number: int, clients: Iterable[int]):
-    """Fault hook: crash the given client nodes (1-based node index) when a round starts."""
+    """Fault hook: crash the given nodes (by node index; 0 is the coordinator) when the
+    coordinator's round ``round_number`` starts (first attempt)."""
     victims = set(clients)
     fired: set[int] = set()
 
@@ -84,3 +181,95 @@ def crash_at_round(round_number: int, clients: Iterable[int]):
 def run_star(config: NodeConfig, num_clients: int, **kwargs: Any) -> SimResult:
     sim, root = build_star(config, num_clients, **kwargs)
     return sim.run(root)
+
+
+# --- coordinator restart ---------------------------------------------------------------
+def _nonces(seed: int, index: int, incarnation: int) -> Callable[[int], bytes]:
+    rng = random.Random(f"nonce/{seed}/{index}/{incarnation}")
+    return rng.randbytes
+
+
+async def _run_incarnation(sim: Simulation, node: SimNode, incarnation: int) -> None:
+    """``Simulation._run_node`` with a nonce stream per incarnation: a restarted node must
+    not repeat the nonces its peers already saw (they would drop it as a replay)."""
+    transport = sim.network.attach(node.peer)
+    membership = Membership(sim.allow, open=sim.open_membership)
+    nonce = (
+        _seeded_nonces(sim.seed, node.index)  # the engine's stream
+        if incarnation == 0
+        else _nonces(sim.seed, node.index, incarnation)
+    )
+    sealer = Sealer(node.identity, clock=sim.clock, nonce=nonce)
+    receiver = Receiver(node.peer, membership, model_size=node.model_size, clock=sim.clock)
+    with trio.CancelScope() as scope:
+        node.scope = scope
+        node.stop = await run_role(
+            node.role,
+            transport,
+            sealer,
+            receiver,
+            node.executor,
+            on_event=sim._on_event,
+            stats=node.stats,
+        )
+    node.stats.rejected.update(receiver.rejected)
+
+
+def run_with_restart(
+    sim: Simulation,
+    root: SimNode,
+    *,
+    crash_round: int,
+    make_root: Callable[[], Role],
+    down_s: float = 1.0,
+    max_virtual_s: float = 1e7,
+) -> SimResult:
+    """Run; when round ``crash_round`` starts, crash the root, keep it down ``down_s``
+    virtual seconds, then start ``make_root()`` (e.g. a coordinator resuming from its
+    checkpoint) under the same identity, and run until that one stops."""
+    import time
+
+    t0 = time.perf_counter()
+    fired = False
+
+    def hook(s: Simulation, peer: str, event: str, data: dict[str, Any]) -> None:
+        nonlocal fired
+        if (
+            not fired
+            and peer == root.peer
+            and event == "round_start"
+            and data.get("round") == crash_round
+        ):
+            fired = True
+            s.crash(root.peer)
+
+    sim.fault_hooks.append(hook)
+
+    async def main() -> float:
+        _seed_trio_scheduler(sim.seed)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.network.run)
+            with trio.move_on_after(max_virtual_s):
+                async with trio.open_nursery() as nodes:
+                    for node in sim.nodes:
+                        if node is not root:
+                            nodes.start_soon(_run_incarnation, sim, node, 0)
+                    await _run_incarnation(sim, root, 0)
+                    if fired:
+                        await trio.sleep(down_s)
+                        root.role = make_root()
+                        root.stop = None
+                        await _run_incarnation(sim, root, 1)
+                    nodes.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+        return trio.current_time()
+
+    virtual = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    rounds = [
+        {k: v for k, v in e.items() if k not in ("t", "node", "event")}
+        for e in sim.events
+        if e["event"] == "round" and e["node"] == root.index
+    ]
+    return SimResult(
+        rounds, sim.events, root.stop, time.perf_counter() - t0, virtual, sim.nodes, sim.network
+    )

@@ -1,0 +1,215 @@
+"""``fednode sim``: run topology specs in the simulator, write experiment folders, compare.
+
+::
+
+    fednode sim                                   # star, 10 clients (as before)
+    fednode sim --topology topologies/ring16.toml --rounds 30 --task synthetic --out runs/ring
+    fednode sim --topology random_regular_4 --nodes 10000 --task synthetic --rounds 100
+    fednode sim --compare ring16 torus4x4 exponential16 --task synthetic --out runs/cmp
+
+``--topology`` takes a spec path or a shipped name (``topologies/``); ``star`` alone (the
+default) is a star of ``--nodes`` clients. ``--nodes`` overrides the spec's node count
+(for ``star``: the number of clients). Parsing and presentation only: the work is
+:func:`fednode.sim.experiment.run_experiment`.
+
+Wiring (``fednode/cli.py``)::
+
+    sim = sub.add_parser("sim", ...)
+    add_sim_arguments(sim)          # includes the common flags (--rounds, --task, ...)
+    COMMANDS["sim"] = run_sim
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .experiment import ExperimentResult, SimOptions, run_experiment
+from .topology import Topology, build_topology, load_topology
+
+
+def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every ``fednode sim`` flag, the common config flags included."""
+    from ..cli import _add_common
+
+    parser.add_argument(
+        "--topology",
+        default="star",
+        help="spec file or name in topologies/ (default: a star of --nodes clients)",
+    )
+    parser.add_argument(
+        "--compare", nargs="+", metavar="SPEC", help="run several specs; plot them on shared axes"
+    )
+    parser.add_argument(
+        "--nodes", type=int, help="node count (overrides the spec; for 'star': clients, 10)"
+    )
+    parser.add_argument("--graph-seed", type=int, help="seed of a random graph (overrides spec)")
+    parser.add_argument("--out", type=Path, help="experiment folder (jsonl, summary, plots)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--driver",
+        choices=("des", "trio"),
+        default="des",
+        help="des: discrete-event driver (fast, default); trio: the real runner (fidelity)",
+    )
+    parser.add_argument(
+        "--sealed", action="store_true", help="des: sign and verify every message (slower)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="des: worker processes sharing the nodes (1)"
+    )
+    parser.add_argument(
+        "--train-cost",
+        type=float,
+        default=0.1,
+        help="virtual seconds of compute per 100 examples per epoch (0.1)",
+    )
+    parser.add_argument(
+        "--eval-nodes",
+        type=int,
+        default=200,
+        help="gossip: peers scored on the test set each round (200; 0 = all)",
+    )
+    parser.add_argument(
+        "--node-metrics",
+        type=int,
+        default=1000,
+        help="per-node metrics for at most this many nodes (1000; 0 = all)",
+    )
+    parser.add_argument(
+        "--gossip-mode", choices=("sync", "async"), default="sync", help="gossip averaging"
+    )
+    parser.add_argument(
+        "--consensus-only",
+        action="store_true",
+        help="gossip: average random models without training (the spectral bound applies)",
+    )
+    _add_common(parser)
+
+
+def _options(args: argparse.Namespace) -> SimOptions:
+    return SimOptions(
+        driver=args.driver,
+        sealed=args.sealed,
+        workers=args.workers,
+        train_cost_s=args.train_cost,
+        eval_nodes=args.eval_nodes,
+        node_metrics=args.node_metrics,
+        gossip_mode=args.gossip_mode,
+        consensus_only=args.consensus_only,
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from ..cli import COMMON_FLAGS
+
+    out = {dotted: getattr(args, flag, None) for flag, (dotted, _t, _h) in COMMON_FLAGS.items()}
+    out["wire.error_feedback"] = getattr(args, "error_feedback", None)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _topology(spec: str, args: argparse.Namespace) -> Topology | str:
+    if spec == "star" and not Path(spec).is_file():
+        clients = args.nodes if args.nodes is not None else 10
+        if clients < 1:
+            raise ConfigError("nodes", clients, "an integer >= 1")
+        return build_topology("star", "star", clients + 1, name="star")
+    return spec
+
+
+def _run_one(spec: str, args: argparse.Namespace, out: Path | None) -> ExperimentResult:
+    from ..config import load_config
+    from .report import write_folder
+
+    topo = _topology(spec, args)
+    base = load_config(args.config, None) if args.config else None
+    res = run_experiment(
+        topo,
+        base,
+        overrides=_overrides(args),
+        options=_options(args),
+        n=None if isinstance(topo, Topology) else args.nodes,
+        graph_seed=args.graph_seed,
+    )
+    if isinstance(topo, Topology):  # the star shortcut: --nodes counts clients
+        res.extra_summary = {"nodes": topo.n - 1, "topology": "star"}
+    if out is not None:
+        write_folder(res, out)
+    return res
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    """``fednode sim``: 0 when every run finished, 1 when one failed (ConfigError -> caller)."""
+    from ..cli import console
+
+    specs = args.compare or [args.topology]
+    if args.compare:
+        for spec in specs:  # fail fast on a bad spec, before any run
+            if spec != "star":
+                load_topology(spec, n=args.nodes, seed=args.graph_seed)
+    results: list[ExperimentResult] = []
+    for i, spec in enumerate(specs):
+        sub = None
+        if args.out is not None:
+            sub = args.out / f"{i:02d}-{Path(spec).stem}" if args.compare else args.out
+        t0 = time.perf_counter()
+        res = _run_one(spec, args, sub)
+        results.append(res)
+        if not args.json:
+            _print(console, res, time.perf_counter() - t0)
+    if args.compare and args.out is not None:
+        from .report import compare
+
+        compare(results, args.out)
+        if not args.json:
+            console.print(f"comparison plots in {args.out}")
+    if args.json:
+        rows = [_summary(r, args) for r in results]
+        print(json.dumps(rows if args.compare else rows[0], sort_keys=True))
+    return 0 if all(r.error is None for r in results) else 1
+
+
+def _summary(res: ExperimentResult, args: argparse.Namespace) -> dict[str, Any]:
+    return {"topology": res.name, **res.summary()}
+
+
+def _print(console: Any, res: ExperimentResult, wall: float) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{res.name}: {res.kind}, {res.n} nodes", title_justify="left")
+    cols = ["round", "accuracy", "loss", "MB"] + (
+        ["consensus"] if res.consensus is not None else []
+    )
+    for col in cols:
+        table.add_column(col, justify="right")
+    rows = res.table()
+    shown = rows if len(rows) <= 30 else rows[:10] + rows[-10:]
+    for row in shown:
+        cells = [
+            str(row["round"]),
+            _fmt(row["accuracy"]),
+            _fmt(row["loss"]),
+            f"{row['bytes'] / 1e6:.2f}",
+        ]
+        if res.consensus is not None:
+            ce = row.get("consensus_error")
+            cells.append("-" if ce is None else f"{ce:.2e}")
+        table.add_row(*cells)
+    console.print(table)
+    if res.error:
+        console.print(f"[red]failed[/]: {res.error}")
+    for note in res.notes:
+        console.print(f"note: {note}")
+    console.print(
+        f"final accuracy [bold]{res.final_accuracy:.4f}[/] after {len(res.rounds)} rounds; "
+        f"{res.messages:,} messages, {res.bytes.sum() / 1e6:.1f} MB; {wall:.1f}s wall, "
+        f"{res.virtual_s:.1f}s virtual" + (f"; folder {res.out_dir}" if res.out_dir else "")
+    )
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"

@@ -1,0 +1,544 @@
+"""Topology experiments: run a spec in the simulator, get arrays, write an experiment folder.
+
+::
+
+    from fednode.sim import run_experiment
+    res = run_experiment("ring16", overrides={"rounds.rounds": 20, "data.task": "synthetic"})
+    res.accuracy, res.consensus, res.bound      # numpy arrays, one value per round
+    res.to_pandas()                             # when pandas is installed
+
+A spec (:mod:`fednode.sim.topology`) says the graph, the roles, the links and the faults;
+the :class:`~fednode.config.NodeConfig` says the task, partition, rounds, codec and seed.
+Star and two-tier specs run the hierarchy roles (:func:`~fednode.sim.scenarios.build_star`,
+:func:`~fednode.sim.scenarios.build_two_tier`), gossip specs the
+:class:`~fednode.gossip.peer.GossipPeer` (:func:`~fednode.sim.gossip.build_gossip`) — the
+builders' own role objects, driven by the discrete-event driver (:mod:`fednode.sim.des`,
+the default), its parallel form (``workers > 1``, :mod:`fednode.sim.parallel`) or the trio
+engine (``driver="trio"``, fidelity; small runs).
+
+Metrics (:class:`~fednode.sim.metrics.Collector`) come from the events the roles emit anyway
+plus an omniscient look at the gossip peers' models; the folder layout and plots are in
+:mod:`fednode.sim.report` and ``docs/SIMULATION.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import NodeConfig, load_config
+from ..errors import ConfigError
+from ..p2p.memory import LinkFaults
+from .des import DesSimulation
+from .engine import Simulation
+from .faults import FaultSchedule
+from .metrics import Collector, RoundTable
+from .spectral import spectral_summary
+from .topology import TOPOLOGY_DIR, Topology, load_topology
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """How to run (not what): driver, fidelity, cost model, how much to measure."""
+
+    #: "des" (discrete events, fast) or "trio" (the real runner over the memory transport)
+    driver: str = "des"
+    #: des: route every message through the real Sealer / Receiver (signed, CBOR)
+    sealed: bool = False
+    #: des: worker processes (> 1 shards the nodes; see fednode.sim.parallel)
+    workers: int = 1
+    #: virtual seconds of compute per 100 examples per local epoch
+    train_cost_s: float = 0.1
+    #: gossip: peers whose model is scored on the test set each round (0 = all)
+    eval_nodes: int = 200
+    #: per-node metrics lines for at most this many nodes (a fixed sample; 0 = all)
+    node_metrics: int = 1000
+    #: gossip: "sync" or "async" averaging
+    gossip_mode: str = "sync"
+    #: gossip: pure averaging from random models (train off): the spectral bound applies
+    consensus_only: bool = False
+    max_virtual_s: float = 1e6
+    #: draw the topology up to this many nodes
+    draw_max_nodes: int = 500
+
+    def validate(self) -> None:
+        if self.driver not in ("des", "trio"):
+            raise ConfigError("driver", self.driver, "'des' or 'trio'")
+        if self.workers < 1:
+            raise ConfigError("workers", self.workers, "an integer >= 1")
+        if self.driver == "trio" and (self.sealed or self.workers > 1):
+            raise ConfigError("driver", "trio", "the des driver for --sealed / --workers")
+        if self.train_cost_s < 0:
+            raise ConfigError("train_cost_s", self.train_cost_s, "a float >= 0")
+        if self.gossip_mode not in ("sync", "async"):
+            raise ConfigError("gossip_mode", self.gossip_mode, "'sync' or 'async'")
+
+
+@dataclass
+class ExperimentResult:
+    """Plain result of one run: numpy arrays over rounds, per-node rows, summary numbers."""
+
+    name: str
+    kind: str
+    n: int
+    config: dict[str, Any]
+    spectral: dict[str, Any]
+    rounds: np.ndarray
+    accuracy: np.ndarray
+    loss: np.ndarray
+    bytes: np.ndarray
+    time_s: np.ndarray
+    #: gossip: mean consensus error per round (round 0 = start); None for star / two-tier
+    consensus: np.ndarray | None
+    accuracy_min: np.ndarray
+    accuracy_max: np.ndarray
+    accuracy_of_mean: np.ndarray
+    node_rows: list[dict[str, Any]]
+    #: star / two-tier: the coordinator's full round records (selected, completed, ...)
+    records: list[dict[str, Any]]
+    faults: list[dict[str, Any]]
+    wall_s: float
+    virtual_s: float
+    messages: int
+    error: str | None
+    notes: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+    #: merged into :meth:`summary` (e.g. the CLI's client count for ``--topology star``)
+    extra_summary: dict[str, Any] = field(default_factory=dict)
+    topology: Topology | None = field(default=None, repr=False)
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.accuracy[-1]) if len(self.accuracy) else math.nan
+
+    @property
+    def bound(self) -> np.ndarray | None:
+        """Spectral prediction of the consensus error: ``e_0 * rho^(steps * r)`` (gossip)."""
+        if self.consensus is None or not len(self.consensus):
+            return None
+        rho = float(self.spectral.get("rho", math.nan))
+        steps = int(self.config.get("gossip_steps", 1))
+        start = (
+            self.consensus[0]
+            if self.consensus[0] > 0
+            else self.consensus[min(1, len(self.consensus) - 1)]
+        )
+        first = 0 if self.consensus[0] > 0 else 1
+        return np.array([start * rho ** (steps * max(r - first, 0)) for r in self.consensus_rounds])
+
+    @property
+    def consensus_rounds(self) -> np.ndarray:
+        return np.arange(len(self.consensus)) if self.consensus is not None else np.arange(0)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One dict per round (what ``rounds.jsonl`` holds)."""
+        out = []
+        for i, r in enumerate(self.rounds):
+            row: dict[str, Any] = {
+                "round": int(r),
+                "accuracy": _num(self.accuracy[i]),
+                "loss": _num(self.loss[i]),
+                "bytes": int(self.bytes[i]),
+                "time_s": _num(self.time_s[i]),
+            }
+            if i < len(self.records):
+                rec = self.records[i]
+                for key in ("selected", "completed", "failed", "clients_completed"):
+                    row[key] = rec.get(key)
+            if self.consensus is not None:
+                row["consensus_error"] = (
+                    _num(self.consensus[int(r)]) if int(r) < len(self.consensus) else None
+                )
+                row["accuracy_min"] = _num(self.accuracy_min[i])
+                row["accuracy_max"] = _num(self.accuracy_max[i])
+                row["accuracy_of_mean"] = _num(self.accuracy_of_mean[i])
+            out.append(row)
+        return out
+
+    def to_pandas(self) -> Any:
+        """The per-round table as a ``pandas.DataFrame`` (pandas is not a dependency)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
+        return pd.DataFrame(self.table()).set_index("round")
+
+    def nodes_to_pandas(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.node_rows)
+
+    def summary(self) -> dict[str, Any]:
+        hit = next((int(r) for r, a in zip(self.rounds, self.accuracy) if a >= 0.9), None)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "nodes": self.n,
+            "rounds": len(self.rounds),
+            "final_accuracy": _num(self.final_accuracy),
+            "rounds_to_90": hit,
+            "final_consensus_error": _num(self.consensus[-1])
+            if self.consensus is not None and len(self.consensus)
+            else None,
+            "total_bytes": int(self.bytes.sum()) if len(self.bytes) else 0,
+            "messages": self.messages,
+            "virtual_s": round(self.virtual_s, 6),
+            "wall_s": round(self.wall_s, 3),
+            "spectral": self.spectral,
+            "faults": self.faults,
+            "error": self.error,
+            "notes": self.notes,
+            **self.extra_summary,
+        }
+
+
+def _num(x: Any) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else v
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _config(
+    topo: Topology, config: NodeConfig | None, overrides: Mapping[str, Any] | None
+) -> NodeConfig:
+    """``config`` with ``overrides``; for a tree, round sizes that fit the spec: wait for
+    every client the faults do not take down at the start, and (two-tier, where the
+    coordinator's children are the aggregators) accept a round from one aggregator —
+    unless the overrides set those fields."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    flat = _flatten(dataclasses.asdict(config or load_config(None, None)))
+    flat.update(given)
+    if topo.kind != "gossip":
+        ready = max(1, min(_clients_reachable(topo, 0), _clients_reachable(topo, 1)))
+        fit = 1 if topo.kind == "two-tier" else min(int(flat["rounds.min_fit_clients"]), ready)
+        flat.setdefault("rounds.min_available_clients", ready)
+        if "rounds.min_available_clients" not in given:
+            flat["rounds.min_available_clients"] = ready
+        if "rounds.min_fit_clients" not in given:
+            flat["rounds.min_fit_clients"] = fit
+        flat["rounds.min_fit_clients"] = min(
+            int(flat["rounds.min_fit_clients"]), int(flat["rounds.min_available_clients"])
+        )
+    return load_config(None, flat)
+
+
+def _operator(topo: Topology, built: Built, nodes: Any) -> Any:
+    """For a tree with faults: before each round, tell the coordinator how many clients to
+    wait for — those the spec leaves reachable — as an operator would. The coordinator picks
+    round ``r + 1``'s clients in the step that closes round ``r``, which is when the faults
+    of boundary ``r + 1`` apply; so it waits for ``min(reachable(b), reachable(b + 1))``
+    (a node restarted at ``b`` advertises itself during round ``b``)."""
+    if topo.kind == "gossip" or not topo.faults or built.root is None:
+        return None
+    reach: dict[int, int] = {}
+
+    def reachable(r: int) -> int:
+        if r not in reach:
+            reach[r] = _clients_reachable(topo, r)
+        return reach[r]
+
+    def on_round(b: int) -> None:
+        role = nodes[built.root.index].role
+        want = max(1, min(reachable(b), reachable(b + 1)))
+        fit = min(role.rounds.min_fit_clients, want)
+        role.rounds = dataclasses.replace(
+            role.rounds, min_available_clients=want, min_fit_clients=fit
+        )
+
+    return on_round
+
+
+def _add_operator(schedule: FaultSchedule, topo: Topology, built: Built, nodes: Any) -> None:
+    op = _operator(topo, built, nodes)
+    if op is not None:
+        schedule.on_round.append(op)
+
+
+def _clients_reachable(topo: Topology, rnd: int) -> int:
+    """Clients the coordinator can reach in round ``rnd`` under the spec's faults."""
+    sched = FaultSchedule(topo.faults, {v: v for v in range(topo.n)})
+    down = sched.down_at(rnd)
+    part = sched.partition_at(rnd)
+    coord = next(v for v, r in topo.roles.items() if r == "coordinator")
+
+    def reachable(v: int) -> bool:
+        return v not in down and not (part is not None and part.separates(v, coord))
+
+    return sum(
+        1
+        for v, r in topo.roles.items()
+        if r == "client" and reachable(v) and reachable(topo.parent.get(v, coord))
+    )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+@dataclass
+class Built:
+    sim: Simulation
+    root: Any
+    node_of: dict[int, int]  # topology node -> simulator index
+    roles: dict[int, str]  # simulator index -> role
+
+
+def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
+    """The builder's simulation for ``topo`` and the topology -> simulator index map."""
+    kind = topo.kind
+    if kind == "star":
+        from .scenarios import build_star
+
+        coord = next(v for v, r in topo.roles.items() if r == "coordinator")
+        clients = sorted(v for v, r in topo.roles.items() if r == "client")
+        sim, root = build_star(config, len(clients), train_cost_s=options.train_cost_s)
+        node_of = {coord: 0, **{v: i + 1 for i, v in enumerate(clients)}}
+        return Built(sim, root, node_of, {node_of[v]: topo.roles[v] for v in node_of})
+    if kind == "two-tier":
+        from .scenarios import build_two_tier
+
+        coord = next(v for v, r in topo.roles.items() if r == "coordinator")
+        aggs = sorted(v for v, r in topo.roles.items() if r == "aggregator")
+        clients = sorted(v for v, r in topo.roles.items() if r == "client")
+        sim, root = build_two_tier(
+            config, len(aggs), len(clients), train_cost_s=options.train_cost_s
+        )
+        node_of = {coord: 0}
+        node_of.update({v: 1 + j for j, v in enumerate(aggs)})
+        node_of.update({v: 1 + len(aggs) + i for i, v in enumerate(clients)})
+        rank = {v: j for j, v in enumerate(aggs)}
+        for v in clients:  # the spec's parent decides the region (the builder's is i % A)
+            sim.nodes[node_of[v]].role.region = f"r{rank[topo.parent[v]]}"  # type: ignore[attr-defined]
+        return Built(sim, root, node_of, {node_of[v]: topo.roles[v] for v in node_of})
+    from ..gossip.params import GossipParams
+    from .gossip import build_gossip, random_init
+
+    train = not options.consensus_only
+    init = None
+    if options.consensus_only:
+        from .scenarios import client_task
+
+        size = client_task(config, 0, topo.n).layout().size
+        init = random_init(config.seed, size)
+    sim, _nodes = build_gossip(
+        config,
+        topo.graph,
+        mode=options.gossip_mode,
+        train=train,
+        gossip=GossipParams(),
+        init=init,
+        train_cost_s=options.train_cost_s,
+    )
+    node_of = {v: v for v in range(topo.n)}
+    return Built(sim, None, node_of, dict.fromkeys(range(topo.n), "peer"))
+
+
+def visibility(topo: Topology, node_of: dict[int, int]) -> list[list[int]]:
+    """Who hears of whom (peer up/down): graph neighbours; in a tree also the coordinator
+    and everyone (its role advert reaches the whole LAN, so orphans can re-home)."""
+    n = topo.n
+    vis: list[set[int]] = [set() for _ in range(n)]
+    for a, b in topo.graph.edges():
+        vis[node_of[a]].add(node_of[b])
+        vis[node_of[b]].add(node_of[a])
+    if topo.kind != "gossip":
+        c = node_of[next(v for v, r in topo.roles.items() if r == "coordinator")]
+        for i in range(n):
+            if i != c:
+                vis[i].add(c)
+                vis[c].add(i)
+    return [sorted(s) for s in vis]
+
+
+def _apply_links(topo: Topology, built: Built, sim: DesSimulation | Simulation) -> None:
+    if isinstance(sim, DesSimulation):
+        sim.default_link = topo.links
+        for (a, b), lp in topo.edge_links.items():
+            sim.set_link(built.node_of[a], built.node_of[b], lp)
+        return
+    d = topo.links
+    sim.network.default = LinkFaults(d.latency_s, d.bandwidth_Bps or math.inf, d.loss)
+    for (a, b), lp in topo.edge_links.items():
+        pa, pb = sim.nodes[built.node_of[a]].peer, sim.nodes[built.node_of[b]].peer
+        sim.network.set_link(
+            pa, pb, LinkFaults(lp.latency_s, lp.bandwidth_Bps or math.inf, lp.loss)
+        )
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_experiment(
+    topology: Topology | str | Path,
+    config: NodeConfig | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    options: SimOptions | None = None,
+    n: int | None = None,
+    graph_seed: int | None = None,
+    out: str | Path | None = None,
+) -> ExperimentResult:
+    """Run one topology spec; write the experiment folder to ``out`` if given.
+
+    ``topology`` is a :class:`Topology`, a ``.toml`` path or a shipped spec's name
+    (``n`` / ``graph_seed`` override the spec's). ``overrides`` are dotted config fields
+    (``{"rounds.rounds": 20, "data.task": "synthetic"}``) applied over ``config``.
+    Errors: ConfigError for a bad spec, config or option.
+    """
+    options = options or SimOptions()
+    options.validate()
+    topo = (
+        topology
+        if isinstance(topology, Topology)
+        else load_topology(topology, n=n, seed=graph_seed)
+    )
+    cfg = _config(topo, config, overrides)
+    t0 = time.perf_counter()
+    built = build(topo, cfg, options)
+    spectral = spectral_summary(topo.graph)
+    collector = Collector(topo, built, cfg, options)
+    schedule = FaultSchedule(topo.faults, built.node_of)
+    notes: list[str] = []
+    gc.collect()
+    gc.freeze()  # the built federation lives for the whole run: keep full collections off it
+    try:
+        virtual, messages, error = _run(topo, built, cfg, options, schedule, collector, notes)
+    finally:
+        gc.unfreeze()
+    table: RoundTable = collector.table()
+    if topo.n > options.draw_max_nodes:
+        notes.append(f"topology drawing skipped: {topo.n} nodes > {options.draw_max_nodes}")
+    result = ExperimentResult(
+        name=topo.name,
+        kind=topo.kind,
+        n=topo.n,
+        config=_describe(topo, cfg, options, _source(topology)),
+        spectral=spectral,
+        rounds=table.rounds,
+        accuracy=table.accuracy,
+        loss=table.loss,
+        bytes=table.bytes,
+        time_s=table.time_s,
+        consensus=table.consensus,
+        accuracy_min=table.accuracy_min,
+        accuracy_max=table.accuracy_max,
+        accuracy_of_mean=table.accuracy_of_mean,
+        node_rows=collector.node_rows,
+        records=sorted(collector.root_rows, key=lambda r: r["round"]),
+        faults=schedule.log,
+        wall_s=time.perf_counter() - t0,
+        virtual_s=virtual,
+        messages=messages,
+        error=error,
+        notes=notes,
+        topology=topo,
+    )
+    if out is not None:
+        from .report import write_folder
+
+        write_folder(result, Path(out))
+    return result
+
+
+def _rejoin(node: Any) -> None:
+    """A restarted gossip peer lost its state: it rejoins like a new peer, adopting the
+    model and round of its first welcome (``GossipPeer(bootstrap=True)``)."""
+    if getattr(node.role, "role", "") == "peer" and hasattr(node.role, "bootstrapping"):
+        node.role.bootstrapping = True
+
+
+def _source(topology: Topology | str | Path) -> str | None:
+    """The spec file a topology came from (None when built in code)."""
+    if isinstance(topology, Topology):
+        return None
+    path = Path(topology)
+    if not path.is_file() and len(path.parts) == 1:
+        path = TOPOLOGY_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    return str(path) if path.is_file() else None
+
+
+def _run(
+    topo: Topology,
+    built: Built,
+    cfg: NodeConfig,
+    options: SimOptions,
+    schedule: FaultSchedule,
+    collector: Collector,
+    notes: list[str],
+) -> tuple[float, int, str | None]:
+    """Run the built federation with the chosen driver: (virtual s, messages, error)."""
+    if options.driver == "trio":
+        if topo.kind == "gossip":
+            raise ConfigError("driver", "trio", "the des driver for gossip experiments")
+        _apply_links(topo, built, built.sim)
+        built.sim.fault_hooks.append(collector.trio_hook)  # first: rows see the round's state
+        _add_operator(schedule, topo, built, built.sim.nodes)
+        schedule.install(built.sim)
+        trio_res = built.sim.run(built.root, max_virtual_s=options.max_virtual_s)
+        virtual, messages = trio_res.virtual_s, built.sim.network.sent_frames
+        error = trio_res.stop.reason if trio_res.stop and trio_res.stop.error else None
+        collector.finish(built.sim.nodes)
+    elif options.workers > 1:
+        from .parallel import run_sharded
+
+        vis = visibility(topo, built.node_of)
+        outcome = run_sharded(built, topo, schedule, collector, options, vis)
+        virtual, messages, error = outcome.virtual_s, outcome.messages, outcome.error
+        notes += outcome.notes
+    else:
+        vis = visibility(topo, built.node_of)
+        des = DesSimulation.from_simulation(
+            built.sim,
+            hooks=topo.kind != "gossip",
+            sealed=options.sealed,
+            visible=vis.__getitem__,
+            keep_events=frozenset({"round", "round_failed", "crashed", "restarted"}),
+        )
+        _apply_links(topo, built, des)
+        des.on_restart.append(_rejoin)
+        des.listeners.append(collector.des_listener(des))  # first: rows see the round's state
+        _add_operator(schedule, topo, built, des.nodes)
+        schedule.install(des)
+        root = des.nodes[built.root.index] if built.root is not None else None
+        res = des.run(root, max_virtual_s=options.max_virtual_s)
+        virtual, messages = res.virtual_s, res.network.sent_frames
+        error = res.stop.reason if res.stop and res.stop.error else None
+        collector.finish(des.nodes)
+    return virtual, messages, error
+
+
+def _describe(
+    topo: Topology, cfg: NodeConfig, options: SimOptions, source: str | None
+) -> dict[str, Any]:
+    return {
+        "topology": {
+            "source": source,
+            "name": topo.name,
+            "kind": topo.kind,
+            "n": topo.n,
+            "edges": topo.graph.number_of_edges(),
+            "description": topo.description,
+            "links": dataclasses.asdict(topo.links),
+            "faults": [{"type": f.type, **dataclasses.asdict(f)} for f in topo.faults],
+        },
+        "node_config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+        "options": dataclasses.asdict(options),
+        "gossip_steps": 1,
+    }

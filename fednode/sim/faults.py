@@ -1,0 +1,218 @@
+"""Fault schedules: a topology's ``[[faults]]`` applied by the simulator at round boundaries.
+
+A spec names faults by *round* (see :mod:`fednode.sim.topology`): a crash for rounds
+``round <= r < restart_round``, a partition / extra loss / stragglers while
+``from_round <= r < to_round``. The simulator has no global round clock, so the schedule
+keeps one from the events the roles emit anyway:
+
+* ``round`` / ``gossip_round`` (round ``r`` finished: the coordinator's round record, or
+  a gossip peer's) means round ``r + 1`` is next;
+* ``round_start`` (round ``r`` started) means round ``r`` is current.
+
+The *boundary* is the highest round reached that way by any node (0 before anything
+happened). Whenever it moves, :meth:`FaultSchedule.apply` brings the simulation to the state
+the spec asks for at that round: crash or restart nodes, split or heal the network, set
+the extra loss rate and each node's slowdown. A fault therefore takes effect before the
+first message of its round is delivered (the coordinator's ``round`` event of ``r - 1``
+comes before its ``Fit`` sends for ``r``) — in the star and two-tier roles exactly at the
+boundary; in gossip, when the fastest peer gets there.
+
+Both drivers are supported: the discrete-event driver (:class:`~fednode.sim.des.DesSimulation`,
+every fault type) and, for fidelity runs, the trio :class:`~fednode.sim.engine.Simulation`
+(crash, partition, straggler; a restart or a loss fault there is a ConfigError — the memory
+transport cannot rebuild a role or change the loss of a running network).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import ConfigError
+from .des import DesSimulation
+from .engine import Simulation
+from .topology import CrashFault, Fault, LossFault, PartitionFault, StragglerFault
+
+
+class FaultSchedule:
+    """The faults of one topology, mapped onto simulator node indices.
+
+    ``node_of`` maps a topology node id to the simulator's node index (builders may put
+    the coordinator first); it must cover every node the faults name.
+    """
+
+    def __init__(self, faults: tuple[Fault, ...], node_of: Mapping[int, int]) -> None:
+        self.faults = faults
+        self.node_of = dict(node_of)
+        self.boundary = 0
+        self.applied = -1
+        #: sharded runs: only track the boundary; :meth:`advance` applies it
+        self.defer = False
+        #: called with the round after the faults of each new boundary were applied
+        self.on_round: list[Callable[[int], None]] = []
+        self.log: list[dict[str, Any]] = []
+        self._down: set[int] = set()
+        self._partition: PartitionFault | None = None
+        self._loss = 0.0
+        self._slow: dict[int, float] = {}
+        self._base_slow: dict[int, float] = {}
+        self._des: DesSimulation | None = None
+        self._trio: Simulation | None = None
+        for fault in faults:
+            for v in _nodes(fault):
+                if v not in self.node_of:
+                    raise ConfigError("faults", v, "a node id of the topology")
+
+    @property
+    def empty(self) -> bool:
+        return not self.faults
+
+    # --- state the spec asks for at round r ---------------------------------------------
+    def down_at(self, rnd: int) -> set[int]:
+        return {f.node for f in self.faults if isinstance(f, CrashFault) and f.active(rnd)}
+
+    def partition_at(self, rnd: int) -> PartitionFault | None:
+        active = [f for f in self.faults if isinstance(f, PartitionFault) and f.active(rnd)]
+        return active[-1] if active else None  # the last one listed wins
+
+    def loss_at(self, rnd: int) -> float:
+        keep = math.prod(
+            1.0 - f.rate for f in self.faults if isinstance(f, LossFault) and f.active(rnd)
+        )
+        return round(1.0 - keep, 12)
+
+    def slowdown_at(self, rnd: int) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for f in self.faults:
+            if isinstance(f, StragglerFault) and f.active(rnd):
+                for v in f.nodes:
+                    out[v] = out.get(v, 1.0) * f.slowdown
+        return out
+
+    # --- wiring ---------------------------------------------------------------------------
+    def install(self, sim: DesSimulation | Simulation) -> None:
+        """Hook into a simulation before it runs: round tracking, restart snapshots, and
+        the state for round 0 (applied at virtual time 0, after the nodes started)."""
+        if isinstance(sim, DesSimulation):
+            self._des = sim
+            for f in self.faults:
+                if isinstance(f, CrashFault) and f.restart_round is not None:
+                    sim.prepare_restart(self.node_of[f.node])
+            sim.listeners.append(self._on_des_event)
+            sim.call_at(0.0, lambda now: self.apply(self.boundary))
+            return
+        for f in self.faults:
+            if isinstance(f, CrashFault) and f.restart_round is not None:
+                raise ConfigError("faults.restart_round", f.restart_round, "the des driver")
+            if isinstance(f, LossFault):
+                raise ConfigError("faults.type", "loss", "the des driver (--driver des)")
+        self._trio = sim
+        sim.fault_hooks.append(self._on_trio_event)
+
+    def _on_des_event(self, index: int, event: str, data: dict[str, Any], now: float) -> None:
+        self._observe(event, data)
+
+    def _on_trio_event(self, sim: Any, peer: str, event: str, data: dict[str, Any]) -> None:
+        self._observe(event, data)
+
+    def _observe(self, event: str, data: dict[str, Any]) -> None:
+        if event == "round" or event == "gossip_round":
+            reached = int(data.get("round", 0)) + 1
+        elif event == "round_start":
+            reached = int(data.get("round", 0))
+        else:
+            return
+        if reached > self.boundary:
+            self.boundary = reached
+            if not self.defer:
+                self.apply(reached)
+
+    def advance(self, boundary: int) -> None:
+        """Deferred mode (sharded runs): adopt the global boundary and apply it now."""
+        self.boundary = max(self.boundary, boundary)
+        self.apply(self.boundary)
+
+    def apply(self, rnd: int) -> None:
+        """Bring the simulation to the faults' state for round ``rnd``."""
+        if rnd <= self.applied:
+            return
+        self.applied = rnd
+        want_down = self.down_at(rnd)
+        for v in sorted(want_down - self._down):
+            self._crash(v, rnd)
+        for v in sorted(self._down - want_down):
+            self._restart(v, rnd)
+        self._down = want_down
+        part = self.partition_at(rnd)
+        if part is not self._partition:
+            self._split(part, rnd)
+            self._partition = part
+        loss = self.loss_at(rnd)
+        if loss != self._loss:
+            self._loss = loss
+            if self._des is not None:
+                self._des.extra_loss = loss
+            self.log.append({"round": rnd, "fault": "loss", "rate": loss})
+        slow = self.slowdown_at(rnd)
+        if slow != self._slow:
+            for v in set(slow) | set(self._slow):
+                self._set_slowdown(v, slow.get(v, 1.0))
+            self._slow = slow
+            self.log.append({"round": rnd, "fault": "straggler", "nodes": sorted(slow)})
+        for callback in self.on_round:
+            callback(rnd)
+
+    # --- effects, per driver --------------------------------------------------------------
+    def _peer(self, v: int) -> str:
+        sim = self._des if self._des is not None else self._trio
+        assert sim is not None
+        return sim.nodes[self.node_of[v]].peer
+
+    def _crash(self, v: int, rnd: int) -> None:
+        self.log.append({"round": rnd, "fault": "crash", "node": v})
+        if self._des is not None:
+            self._des.crash(self._peer(v))
+        elif self._trio is not None:
+            self._trio.crash(self._peer(v))
+
+    def _restart(self, v: int, rnd: int) -> None:
+        self.log.append({"round": rnd, "fault": "restart", "node": v})
+        if self._des is not None:
+            self._des.restart(self._peer(v))
+
+    def _split(self, part: PartitionFault | None, rnd: int) -> None:
+        if part is None:
+            self.log.append({"round": rnd, "fault": "heal"})
+            if self._des is not None:
+                self._des.heal()
+            elif self._trio is not None:
+                self._trio.network.heal()
+            return
+        self.log.append({"round": rnd, "fault": "partition", "groups": len(part.groups)})
+        groups = [[self.node_of[v] for v in g] for g in part.groups]
+        if self._des is not None:
+            self._des.partition(groups)
+        elif self._trio is not None:
+            trio_sim = self._trio
+            self._trio.network.partition([[trio_sim.nodes[i].peer for i in g] for g in groups])
+
+    def _set_slowdown(self, v: int, factor: float) -> None:
+        i = self.node_of[v]
+        if self._des is not None:
+            self._des.nodes[i].slowdown = factor
+        elif self._trio is not None:
+            executor = self._trio.nodes[i].executor
+            if hasattr(executor, "slowdown"):  # on top of the builder's own slowdown
+                base = self._base_slow.setdefault(i, executor.slowdown)
+                executor.slowdown = base * factor
+
+
+def _nodes(fault: Fault) -> tuple[int, ...]:
+    if isinstance(fault, CrashFault):
+        return (fault.node,)
+    if isinstance(fault, StragglerFault):
+        return fault.nodes
+    if isinstance(fault, PartitionFault):
+        return tuple(v for g in fault.groups for v in g)
+    return ()

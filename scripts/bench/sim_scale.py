@@ -1,0 +1,252 @@
+"""Simulator scale: per-message cost against the trio engine, node-rounds per second, memory.
+
+Every case runs in a fresh subprocess (clean peak RSS, nothing warm) and prints one JSON
+line; this script collects them into a table (and ``--json FILE``).
+
+Baseline, measured in the same run: the trio engine (real runner, signed frames, memory
+transport) and the discrete-event driver on the *same* scenario — a star of 50 clients and
+a 100-peer gossip ring — give the driver cost per message, wall time minus the compute
+inside the tasks, and its ratio.
+
+Scale: synchronous gossip on a random 4-regular graph (5 ms links, no loss; the
+``synthetic`` 650-parameter numpy task, E = 1) at 1k / 10k (/ 50k with ``--big``) peers,
+with 1 and 2 worker processes; and the two runs the simulator is specified against:
+
+* 10,000 gossip peers, random 4-regular graph, 100 rounds (``--required``);
+* 1,000 clients in a two-tier tree (10 regions) with the digits MLP (torch), 20 rounds.
+
+    .venv/bin/python scripts/bench/sim_scale.py --quick          # ~3 min on 2 cores
+    .venv/bin/python scripts/bench/sim_scale.py --required       # + the two required runs
+    .venv/bin/python scripts/bench/sim_scale.py --case gossip:10000:10:2   # one case
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def _rss_mb() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(me, kids) / 1024  # Linux: KiB
+
+
+def _cpu_s() -> float:
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def case_baseline(kind: str, driver: str) -> dict[str, Any]:
+    """Star of 50 clients (5 rounds) or a 100-peer gossip ring (10 rounds), per driver."""
+    import torch
+
+    from fednode.config import load_config
+    from fednode.sim.des import DesSimulation
+
+    torch.set_num_threads(1)
+    if kind == "star":
+        from fednode.sim.scenarios import build_star
+
+        config = load_config(None, {
+            "data.task": "digits:numpy", "rounds.rounds": 5, "train.local_epochs": 1,
+            "rounds.min_available_clients": 50, "rounds.min_fit_clients": 50,
+        })  # fmt: skip
+        sim, root = build_star(config, 50)
+    else:
+        from fednode.sim.gossip import build_gossip
+        from fednode.sim.topology import build_topology
+
+        config = load_config(None, {"data.task": "synthetic", "rounds.rounds": 10})
+        sim, _nodes = build_gossip(config, build_topology("gossip", "cycle_graph", 100).graph)
+        root = None
+    t0, c0 = time.perf_counter(), _cpu_s()
+    if driver == "trio":
+        if root is not None:
+            sim.run(root)
+        else:
+            sim.run_all()  # type: ignore[attr-defined]
+        messages = sim.network.sent_frames
+        nodes = sim.nodes
+    else:
+        des = DesSimulation.from_simulation(
+            sim, hooks=False, sealed=driver == "des-sealed", keep_events=frozenset()
+        )
+        des.run(des.nodes[root.index] if root is not None else None)
+        messages = des.net.sent_frames
+        nodes = des.nodes  # type: ignore[assignment]
+    wall = time.perf_counter() - t0
+    compute = sum(n.executor.wall_compute_s for n in nodes)  # type: ignore[attr-defined]
+    return {
+        "case": f"baseline:{kind}:{driver}",
+        "nodes": len(nodes),
+        "messages": messages,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(_cpu_s() - c0, 3),
+        "compute_s": round(compute, 3),
+        "us_per_message": round((wall - compute) / messages * 1e6, 1),
+        "cpu_us_per_message": round((_cpu_s() - c0 - compute) / messages * 1e6, 1),
+    }
+
+
+def case_gossip(n: int, rounds: int, workers: int) -> dict[str, Any]:
+    from fednode.sim import SimOptions, build_topology, run_experiment
+
+    topo = build_topology(
+        "gossip", "random_regular_graph", n, d=4, links={"latency_s": 0.005}, name=f"rr4-{n}"
+    )
+    t0, c0 = time.perf_counter(), _cpu_s()
+    res = run_experiment(
+        topo,
+        overrides={"data.task": "synthetic", "rounds.rounds": rounds, "train.local_epochs": 1},
+        options=SimOptions(workers=workers, eval_nodes=100, node_metrics=100),
+    )
+    wall = time.perf_counter() - t0
+    assert res.error is None and len(res.rounds) == rounds, res.error
+    return {
+        "case": f"gossip:{n}:{rounds}:{workers}",
+        "nodes": n,
+        "rounds": rounds,
+        "workers": workers,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(_cpu_s() - c0, 2),
+        "node_rounds_per_s": round(n * rounds / wall),
+        "messages": res.messages,
+        "us_per_message": round(wall / res.messages * 1e6, 1),
+        "final_accuracy": round(res.final_accuracy, 4),
+        "final_consensus_error": round(float(res.consensus[-1]), 5),
+        "notes": res.notes,
+    }
+
+
+def case_two_tier(clients: int, rounds: int, workers: int) -> dict[str, Any]:
+    import torch
+
+    from fednode.sim import SimOptions, build_topology, run_experiment
+
+    torch.set_num_threads(1)
+    regions = 10
+    topo = build_topology(
+        "two-tier", "two_tier", 1 + regions + clients, regions=regions,
+        links={"latency_s": 0.002, "bandwidth_Bps": 12.5e6}, name=f"two-tier-{clients}",
+    )  # fmt: skip
+    t0, c0 = time.perf_counter(), _cpu_s()
+    res = run_experiment(
+        topo,
+        overrides={"data.task": "digits", "rounds.rounds": rounds},
+        options=SimOptions(workers=workers),
+    )
+    wall = time.perf_counter() - t0
+    assert res.error is None and len(res.rounds) == rounds, res.error
+    return {
+        "case": f"two-tier:{clients}:{rounds}:{workers}",
+        "nodes": topo.n,
+        "rounds": rounds,
+        "workers": workers,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(_cpu_s() - c0, 2),
+        "node_rounds_per_s": round(topo.n * rounds / wall),
+        "messages": res.messages,
+        "final_accuracy": round(res.final_accuracy, 4),
+        "clients_per_round": [r["clients_completed"] for r in res.records][-1],
+        "notes": res.notes,
+    }
+
+
+def run_case(spec: str) -> dict[str, Any]:
+    kind, *args = spec.split(":")
+    if kind == "baseline":
+        out = case_baseline(args[0], args[1])
+    elif kind == "gossip":
+        out = case_gossip(*(int(a) for a in args))  # type: ignore[call-arg]
+    else:
+        out = case_two_tier(*(int(a) for a in args))  # type: ignore[call-arg]
+    out["peak_rss_mb"] = round(_rss_mb())
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        info["cpu"] = next(
+            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln), "?"
+        )
+    except (OSError, subprocess.CalledProcessError):
+        info["cpu"] = platform.processor()
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", help="run one case in this process and print its JSON line")
+    ap.add_argument("--quick", action="store_true", help="smaller scale cases")
+    ap.add_argument("--required", action="store_true", help="also the two required runs")
+    ap.add_argument("--big", action="store_true", help="also 50,000 peers (needs ~4 GB)")
+    ap.add_argument("--json", help="append every result line to this file")
+    args = ap.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case)))
+        return
+    cases = [f"baseline:{k}:{d}" for k in ("star", "ring") for d in ("trio", "des-sealed", "des")]
+    cases += ["gossip:1000:20:1", "gossip:1000:20:2"]
+    cases += ["gossip:10000:3:1", "gossip:10000:3:2"] if args.quick else [
+        "gossip:10000:10:1", "gossip:10000:10:2",
+    ]  # fmt: skip
+    if args.big:
+        cases += ["gossip:50000:3:2"]
+    if args.required:
+        cases += ["gossip:10000:100:2", "gossip:10000:100:1", "two-tier:1000:20:1"]
+        cases += ["two-tier:1000:20:2"]
+    print(json.dumps(machine()))
+    results = []
+    for case in cases:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--case", case], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            print(f"{case}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        line = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(line)
+        print(json.dumps(line), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps({**line, "machine": machine()}) + "\n")
+    base = {r["case"]: r for r in results if r["case"].startswith("baseline")}
+    for kind in ("star", "ring"):
+        trio, des = base.get(f"baseline:{kind}:trio"), base.get(f"baseline:{kind}:des")
+        sealed = base.get(f"baseline:{kind}:des-sealed")
+        if trio and des:
+            print(
+                f"{kind}: simulator CPU per message (task compute excluded): trio "
+                f"{trio['cpu_us_per_message']} us, des sealed "
+                f"{sealed['cpu_us_per_message'] if sealed else '?'} us, des "
+                f"{des['cpu_us_per_message']} us -> "
+                f"{trio['cpu_us_per_message'] / des['cpu_us_per_message']:.1f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
