@@ -129,11 +129,15 @@ class Simulation:
             {"t": round(trio.current_time(), 6), "node": node.index, "event": "crashed"}
         )
 
-    async def _run_node(self, node: SimNode) -> None:
+    async def _run_node(self, node: SimNode, incarnation: int = 0) -> None:
+        """Run ``node`` until it stops; a restarted node (``incarnation`` > 0) gets its own
+        nonce stream, so its peers do not drop it as a replay."""
         transport = self.network.attach(node.peer)
         membership = Membership(self.allow, open=self.open_membership)
         sealer = Sealer(
-            node.identity, clock=self.clock, nonce=_seeded_nonces(self.seed, node.index)
+            node.identity,
+            clock=self.clock,
+            nonce=_seeded_nonces(self.seed, node.index, incarnation),
         )
         receiver = Receiver(node.peer, membership, model_size=node.model_size, clock=self.clock)
         with trio.CancelScope() as scope:
@@ -186,10 +190,11 @@ class Simulation:
         )
 
 
-def _seeded_nonces(seed: int, index: int) -> Callable[[int], bytes]:
+def _seeded_nonces(seed: int, index: int, incarnation: int = 0) -> Callable[[int], bytes]:
     import random
 
-    rng = random.Random(f"nonce/{seed}/{index}")
+    key = f"nonce/{seed}/{index}" if incarnation == 0 else f"nonce/{seed}/{index}/{incarnation}"
+    rng = random.Random(key)
     return rng.randbytes
 
 

@@ -8,7 +8,6 @@ two-tier federation 1..A are the aggregators and A+1..A+N the clients.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,13 @@ import trio
 import trio.testing
 
 from ..config import NodeConfig
-from ..crypto.envelope import Membership, Receiver, Sealer
 from ..hierarchy.aggregator import RegionalAggregator
 from ..hierarchy.client import Client
 from ..hierarchy.factory import make_coordinator
 from ..p2p.memory import LinkFaults
-from ..runner import InlineExecutor, Role, run_role
+from ..runner import InlineExecutor, Role
 from ..training.task import Task, load_task
-from .engine import SimNode, SimResult, Simulation, _seed_trio_scheduler, _seeded_nonces
+from .engine import SimNode, SimResult, Simulation, _seed_trio_scheduler
 
 
 def client_task(config: NodeConfig, index: int, num_clients: int) -> Task:
@@ -184,37 +182,6 @@ def run_star(config: NodeConfig, num_clients: int, **kwargs: Any) -> SimResult:
 
 
 # --- coordinator restart ---------------------------------------------------------------
-def _nonces(seed: int, index: int, incarnation: int) -> Callable[[int], bytes]:
-    rng = random.Random(f"nonce/{seed}/{index}/{incarnation}")
-    return rng.randbytes
-
-
-async def _run_incarnation(sim: Simulation, node: SimNode, incarnation: int) -> None:
-    """``Simulation._run_node`` with a nonce stream per incarnation: a restarted node must
-    not repeat the nonces its peers already saw (they would drop it as a replay)."""
-    transport = sim.network.attach(node.peer)
-    membership = Membership(sim.allow, open=sim.open_membership)
-    nonce = (
-        _seeded_nonces(sim.seed, node.index)  # the engine's stream
-        if incarnation == 0
-        else _nonces(sim.seed, node.index, incarnation)
-    )
-    sealer = Sealer(node.identity, clock=sim.clock, nonce=nonce)
-    receiver = Receiver(node.peer, membership, model_size=node.model_size, clock=sim.clock)
-    with trio.CancelScope() as scope:
-        node.scope = scope
-        node.stop = await run_role(
-            node.role,
-            transport,
-            sealer,
-            receiver,
-            node.executor,
-            on_event=sim._on_event,
-            stats=node.stats,
-        )
-    node.stats.rejected.update(receiver.rejected)
-
-
 def run_with_restart(
     sim: Simulation,
     root: SimNode,
@@ -253,13 +220,13 @@ def run_with_restart(
                 async with trio.open_nursery() as nodes:
                     for node in sim.nodes:
                         if node is not root:
-                            nodes.start_soon(_run_incarnation, sim, node, 0)
-                    await _run_incarnation(sim, root, 0)
+                            nodes.start_soon(sim._run_node, node)
+                    await sim._run_node(root)
                     if fired:
                         await trio.sleep(down_s)
                         root.role = make_root()
                         root.stop = None
-                        await _run_incarnation(sim, root, 1)
+                        await sim._run_node(root, 1)
                     nodes.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
         return trio.current_time()
