@@ -1,5 +1,6 @@
 """Star FedAvg in the simulator: it learns, matches the plain algorithm, survives crashes."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -107,3 +108,53 @@ def test_cli_config_error_names_field(capsys):
     assert main(["sim", "--nodes", "4", "--fraction-fit", "2"]) == 2
     out = capsys.readouterr().out
     assert "rounds.fraction_fit" in out and "(0, 1]" in out
+
+
+def test_restarted_client_rejoins_and_trains_again():
+    """Simulation.restart: a crashed client comes back as a new process (fresh role, same
+    identity, new nonce stream) and is counted in the rounds after it returned."""
+    from fednode.hierarchy.factory import make_role
+
+    config = star_config(**{"rounds.rounds": 5, "train.local_epochs": 1,
+                            "rounds.min_available_clients": 3, "rounds.min_fit_clients": 3})
+    sim, root = build_star(config, 4)
+    victim = sim.nodes[2]
+    size = victim.model_size
+
+    def hook(s, peer, event, data):
+        # rounds take 0.36 s of virtual time here
+        if peer == root.peer and event == "round_start" and data["round"] == 2:
+            s.crash(victim.peer)
+            s.restart(victim.peer, lambda: make_role(
+                dataclasses.replace(config, role="client"), size), after_s=0.2)
+
+    sim.fault_hooks.append(hook)
+    result = sim.run(root)
+    assert result.stop is not None and result.stop.error is None, result.stop
+    kinds = [e["event"] for e in result.events if e["node"] == victim.index]
+    assert "crashed" in kinds and "restarted" in kinds
+    assert kinds.index("crashed") < kinds.index("restarted")
+    assert victim.incarnation == 1
+    by_round = {r["round"]: r for r in result.rounds}
+    assert by_round[2]["completed"] == 3  # the crashed client is missing from round 2 ...
+    assert by_round[5]["completed"] == 4  # ... and trains again once it is back
+    assert sum(sum(n.stats.rejected.values()) for n in sim.nodes) == 0  # no replay drops
+
+
+def test_restart_refuses_a_running_node():
+    config = star_config(**{"rounds.rounds": 1, "rounds.min_available_clients": 2,
+                            "rounds.min_fit_clients": 2, "train.local_epochs": 1})
+    sim, root = build_star(config, 2)
+    errors = []
+
+    def hook(s, peer, event, data):
+        if event == "round_start" and not errors:
+            try:
+                s.restart(sim.nodes[1].peer, lambda: sim.nodes[1].role)
+            except ValueError as exc:
+                errors.append(str(exc))
+
+    sim.fault_hooks.append(hook)
+    result = sim.run(root)
+    assert result.stop is not None and result.stop.error is None
+    assert errors and "running" in errors[0]

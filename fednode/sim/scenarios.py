@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import trio
-import trio.testing
 
 from ..config import NodeConfig
 from ..hierarchy.aggregator import RegionalAggregator
@@ -23,7 +21,7 @@ from ..hierarchy.factory import make_coordinator
 from ..p2p.memory import LinkFaults
 from ..runner import InlineExecutor, Role
 from ..training.task import Task, load_task
-from .engine import SimNode, SimResult, Simulation, _seed_trio_scheduler
+from .engine import SimNode, SimResult, Simulation
 
 
 def client_task(config: NodeConfig, index: int, num_clients: int) -> Task:
@@ -194,9 +192,6 @@ def run_with_restart(
     """Run; when round ``crash_round`` starts, crash the root, keep it down ``down_s``
     virtual seconds, then start ``make_root()`` (e.g. a coordinator resuming from its
     checkpoint) under the same identity, and run until that one stops."""
-    import time
-
-    t0 = time.perf_counter()
     fired = False
 
     def hook(s: Simulation, peer: str, event: str, data: dict[str, Any]) -> None:
@@ -209,34 +204,7 @@ def run_with_restart(
         ):
             fired = True
             s.crash(root.peer)
+            s.restart(root.peer, make_root, after_s=down_s)
 
     sim.fault_hooks.append(hook)
-
-    async def main() -> float:
-        _seed_trio_scheduler(sim.seed)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(sim.network.run)
-            with trio.move_on_after(max_virtual_s):
-                async with trio.open_nursery() as nodes:
-                    for node in sim.nodes:
-                        if node is not root:
-                            nodes.start_soon(sim._run_node, node)
-                    await sim._run_node(root)
-                    if fired:
-                        await trio.sleep(down_s)
-                        root.role = make_root()
-                        root.stop = None
-                        await sim._run_node(root, 1)
-                    nodes.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
-        return trio.current_time()
-
-    virtual = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    rounds = [
-        {k: v for k, v in e.items() if k not in ("t", "node", "event")}
-        for e in sim.events
-        if e["event"] == "round" and e["node"] == root.index
-    ]
-    return SimResult(
-        rounds, sim.events, root.stop, time.perf_counter() - t0, virtual, sim.nodes, sim.network
-    )
+    return sim.run(root, max_virtual_s=max_virtual_s)
