@@ -28,19 +28,12 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Unpack
 
 from ..actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainResult
-from ..config import RoundParams, TierParams, TrainParams
 from ..errors import RemoteProtocolError, RoundFailed
-from ..training.aggregate import Aggregator
 from ..wire import messages as m
-from .checkpoint import DirectoryCheckpoints
-from .root import RootRole, ServerUpdate
-from .selection import Selection
+from .root import RootArgs, RootRole
 
 
 class State(enum.Enum):
@@ -76,44 +69,9 @@ class RoundState:
 class Coordinator(RootRole):
     """Runs ``rounds.rounds`` synchronous rounds over whichever children advertise."""
 
-    def __init__(
-        self,
-        *,
-        params: np.ndarray,
-        rounds: RoundParams,
-        train: TrainParams,
-        federation: str = "fednode",
-        task: str = "digits",
-        codec_down: str = "none",
-        aggregator: Aggregator | None = None,
-        selection: Selection | None = None,
-        seed: int = 0,
-        start_round: int = 1,
-        model_version: int = 0,
-        max_retries: int | None = None,
-        server_update: ServerUpdate | None = None,
-        tier: TierParams | None = None,
-        checkpoints: DirectoryCheckpoints | None = None,
-        resume_from: str | Path | None = None,
-    ) -> None:
-        super().__init__(
-            params=params,
-            rounds=rounds,
-            train=train,
-            federation=federation,
-            task=task,
-            codec_down=codec_down,
-            aggregator=aggregator,
-            selection=selection,
-            seed=seed,
-            start_round=start_round,
-            model_version=model_version,
-            server_update=server_update,
-            tier=tier,
-            checkpoints=checkpoints,
-            resume_from=resume_from,
-        )
-        self.max_retries = rounds.max_retries if max_retries is None else max_retries
+    def __init__(self, *, max_retries: int | None = None, **root: Unpack[RootArgs]) -> None:
+        super().__init__(**root)
+        self.max_retries = self.rounds.max_retries if max_retries is None else max_retries
         self.state = State.WAITING
         self.current: RoundState | None = None
         self.previous: RoundState | None = None

@@ -23,19 +23,15 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from ..actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainResult
-from ..config import RoundParams, ServerParams, TierParams, TrainParams
+from ..config import ServerParams
 from ..errors import RemoteProtocolError, RoundFailed
-from ..training.aggregate import Aggregator
 from ..wire import messages as m
-from .checkpoint import DirectoryCheckpoints
-from .root import RootRole, ServerUpdate
-from .selection import Selection
+from .root import RootArgs, RootRole
 
 
 class State(enum.Enum):
@@ -73,39 +69,8 @@ class Buffer:
 class AsyncCoordinator(RootRole):
     mode = "async"
 
-    def __init__(
-        self,
-        *,
-        params: np.ndarray,
-        rounds: RoundParams,
-        train: TrainParams,
-        server: ServerParams | None = None,
-        federation: str = "fednode",
-        task: str = "digits",
-        codec_down: str = "none",
-        aggregator: Aggregator | None = None,
-        selection: Selection | None = None,
-        seed: int = 0,
-        server_update: ServerUpdate | None = None,
-        tier: TierParams | None = None,
-        checkpoints: DirectoryCheckpoints | None = None,
-        resume_from: str | Path | None = None,
-    ) -> None:
-        super().__init__(
-            params=params,
-            rounds=rounds,
-            train=train,
-            federation=federation,
-            task=task,
-            codec_down=codec_down,
-            aggregator=aggregator,
-            selection=selection,
-            seed=seed,
-            server_update=server_update,
-            tier=tier,
-            checkpoints=checkpoints,
-            resume_from=resume_from,
-        )
+    def __init__(self, *, server: ServerParams | None = None, **root: Unpack[RootArgs]) -> None:
+        super().__init__(**root)
         if self.aggregator.needs_all:
             raise RoundFailed("async mode needs a streaming aggregation rule (fedavg)")
         self.server = server or ServerParams(mode="async")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import numpy as np
 
@@ -29,6 +29,27 @@ from .selection import Candidate, Observed, Selection, UniformSelection
 from .tree import Tree
 
 ServerUpdate = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class RootArgs(TypedDict, total=False):
+    """The keyword arguments of :class:`RootRole`; the coordinators forward them unchanged
+    (``**root: Unpack[RootArgs]``), so the list is written once and still type-checked."""
+
+    params: Required[np.ndarray]
+    rounds: Required[RoundParams]
+    train: Required[TrainParams]
+    federation: str
+    task: str
+    codec_down: str
+    aggregator: Aggregator | None
+    selection: Selection | None
+    seed: int
+    start_round: int
+    model_version: int
+    server_update: ServerUpdate | None
+    tier: TierParams | None
+    checkpoints: DirectoryCheckpoints | None
+    resume_from: str | Path | None
 
 
 class RootRole:
