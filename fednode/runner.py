@@ -1,14 +1,27 @@
 """The trio adapter that runs a role's state machine: the one I/O loop of every node.
 
-It merges four inputs into one bounded channel — verified messages, peer events, job
-results, timers — feeds them to the role, and executes the actions it returns: seal and
-send (concurrently, each under a deadline), run compute jobs, emit events, stop. Real
-nodes and the simulator run this same loop; they differ only in the transport and the
-executor (threads vs. inline with virtual time charged).
+It feeds four inputs to the role — verified messages, peer events, job results, timers —
+and executes the actions it returns: seal and send, run compute jobs, emit events, stop.
+Real nodes and the simulator run this same loop; they differ only in the transport and
+the executor (threads vs. inline with virtual time charged).
+
+Each input is handed to the role by the task that received it (the frame pump, the
+peer-event pump, a job, the timer), synchronously: trio runs one task at a time, so the
+role still sees one input at a time, and no input waits in a second queue behind the
+transport's own. The role's actions run in order before the next input: events are
+emitted first, then messages are sealed and sent, then jobs start (a :class:`Stop`
+drops whatever follows it). A message is sealed at once; it is handed to the transport
+without a task when the transport can take it without waiting
+(:meth:`Transport.send_nowait`: the memory transport), else a task sends it under
+``send_timeout_s``.
 
 Errors: anything a peer causes (bad frame, protocol violation) is counted, emitted as a
-``rejected`` event and dropped; the loop goes on. A :class:`Stop` action ends the loop and
-its error, if any, is returned to the caller.
+``rejected`` event and dropped; the loop goes on. A message this node may not send
+(:class:`~fednode.errors.LocalProtocolError`: e.g. a NaN/Inf update or metric, a frame
+over the size limit) is refused the same way: counted in :attr:`RunStats.refused`,
+emitted as ``send_refused`` (or ``local_error`` when the role itself raised it while
+building the message) and dropped. A :class:`Stop` action ends the loop and its error,
+if any, is returned to the caller.
 
 Cancellation: cancelling :func:`run_role` cancels in-flight sends and jobs; nothing is
 left behind (every task lives in the loop's nursery).
@@ -18,17 +31,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
 from .actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainJob, TrainResult
 from .crypto.envelope import Receiver, Sealer
-from .errors import FednodeError, PeerGone, TransportError
-from .p2p.transport import Transport
+from .errors import FednodeError, LocalProtocolError, PeerGone, TransportError
+from .p2p.transport import Frame, Transport
 from .training.task import Task
 from .wire import messages as m
 
@@ -78,6 +91,8 @@ class InlineExecutor:
 
     Train time = ``train_cost_s`` x work (local epochs) x examples/100 x ``slowdown``;
     deterministic, so the same seed gives the same schedule and the same results.
+    ``wall_compute_s`` / ``cpu_compute_s`` add up the wall-clock and thread CPU time spent
+    computing (benchmarks subtract them to get the framework's own cost).
     """
 
     task: Task
@@ -85,10 +100,12 @@ class InlineExecutor:
     eval_cost_s: float = 0.0
     slowdown: float = 1.0
     wall_compute_s: float = field(default=0.0, init=False)
+    cpu_compute_s: float = field(default=0.0, init=False)
 
     async def run(self, job: TrainJob | EvalJob) -> TrainResult | EvalResult:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         result = compute(self.task, job)
+        self.cpu_compute_s += time.thread_time() - c0
         self.wall_compute_s += time.perf_counter() - t0
         if isinstance(job, TrainJob):
             assert isinstance(result, TrainResult)
@@ -105,8 +122,11 @@ class RunStats:
     sent_frames: int = 0
     sent_bytes: int = 0
     received_frames: int = 0
+    #: inbound frames and messages dropped, by error type (blame: the peer)
     rejected: Counter[str] = field(default_factory=Counter)
     send_failures: int = 0
+    #: outbound messages this node refused to send, by error type (blame: us)
+    refused: Counter[str] = field(default_factory=Counter)
 
 
 async def run_role(
@@ -125,7 +145,137 @@ async def run_role(
     me = transport.local_peer
     emit = on_event or (lambda peer, event, data: None)
     stats = stats if stats is not None else RunStats()
-    to_loop, inbox = trio.open_memory_channel[tuple[str, Any]](256)
+    stop: Stop | None = None
+    pending: deque[tuple[str, Any]] = deque()  # inputs raised while a batch executes
+    wakeup: trio.CancelScope | None = None  # the main task's wait for the next deadline
+    in_flight = 0  # sends running as tasks
+    drained: trio.Event | None = None
+    nursery: trio.Nursery
+
+    def refuse(to: str, msg: m.Message, exc: FednodeError) -> None:
+        stats.refused[type(exc).__name__] += 1
+        emit(
+            me,
+            "send_refused",
+            {"peer": to, "kind": msg.KIND.name, "error": type(exc).__name__, "detail": str(exc)},
+        )
+
+    def failed(to: str, msg: m.Message, exc: BaseException) -> None:
+        stats.send_failures += 1
+        emit(me, "send_failed", {"peer": to, "kind": msg.KIND.name, "error": type(exc).__name__})
+        pending.append(("send_failed", to))
+
+    def send(action: Send) -> None:
+        nonlocal in_flight
+        to, msg = action.to, action.msg
+        try:
+            frame = sealer.seal(msg, to)
+            if transport.send_nowait(to, frame):
+                stats.sent_frames += 1
+                stats.sent_bytes += frame.nbytes
+                return
+        except LocalProtocolError as exc:
+            refuse(to, msg, exc)
+            return
+        except (PeerGone, TransportError) as exc:
+            failed(to, msg, exc)
+            return
+        in_flight += 1
+        nursery.start_soon(send_later, to, msg, frame)
+
+    async def send_later(to: str, msg: m.Message, frame: Frame) -> None:
+        nonlocal in_flight
+        try:
+            with trio.fail_after(send_timeout_s):
+                await transport.send(to, frame)
+            stats.sent_frames += 1
+            stats.sent_bytes += frame.nbytes
+        except LocalProtocolError as exc:
+            refuse(to, msg, exc)
+        except (trio.TooSlowError, PeerGone, TransportError) as exc:
+            failed(to, msg, exc)
+            feed()
+        finally:
+            in_flight -= 1
+            if in_flight == 0 and drained is not None:
+                drained.set()
+
+    def execute(actions: list[Action]) -> None:
+        """Emits in order, then sends and jobs; a Stop drops the rest of the batch."""
+        nonlocal stop
+        later: list[Action] = []
+        emitted = False
+        for action in actions:
+            if isinstance(action, Emit):
+                emit(me, action.event, action.data)
+                emitted = True
+            elif isinstance(action, Send | Compute):
+                later.append(action)
+            elif isinstance(action, Stop):
+                stop = action
+                break
+        if emitted and trio.current_effective_deadline() == -math.inf:
+            return  # an event hook cancelled this node (a simulated crash): do nothing more
+        for action in later:
+            if isinstance(action, Send):
+                send(action)
+            else:
+                assert isinstance(action, Compute)
+                nursery.start_soon(run_job, action.job)
+
+    def local_error(exc: LocalProtocolError) -> list[Action]:
+        """The role refused to build a message (e.g. a NaN update): drop it, go on."""
+        stats.refused[type(exc).__name__] += 1
+        emit(me, "local_error", {"error": type(exc).__name__, "detail": str(exc)})
+        return []
+
+    def react(kind: str, value: Any, now: float) -> list[Action]:
+        try:
+            if kind == "msg":
+                try:
+                    return role.handle(value, now)
+                except LocalProtocolError:
+                    raise
+                except FednodeError as exc:  # blame the peer, keep running
+                    stats.rejected[type(exc).__name__] += 1
+                    data = {
+                        "peer": exc.peer or value.sender,
+                        "error": type(exc).__name__,
+                        "detail": str(exc),
+                    }
+                    emit(me, "rejected", data)
+                    return []
+            if kind == "peer":
+                return role.on_peer(value.peer, value.up, now)
+            if kind == "send_failed":
+                return role.on_peer(value, False, now)
+            return role.on_result(value, now)
+        except LocalProtocolError as exc:
+            return local_error(exc)
+
+    def feed(kind: str | None = None, value: Any = None) -> None:
+        """Hand an input (and any raised while executing) to the role; run its actions."""
+        nonlocal wakeup
+        if kind is not None:
+            pending.append((kind, value))
+        while pending and stop is None:
+            kind, value = pending.popleft()
+            now = trio.current_time()
+            if kind == "poll":
+                actions = role.poll(now)
+            else:
+                actions = react(kind, value, now)
+                actions = actions + role.poll(now)
+            execute(actions)
+        pending.clear()
+        if wakeup is not None:
+            if stop is not None:
+                wakeup.cancel()
+            else:
+                deadline = role.next_deadline()
+                deadline = math.inf if deadline is None else deadline
+                if deadline != wakeup.deadline:  # setting it costs trio some bookkeeping
+                    wakeup.deadline = deadline
 
     async def pump_frames() -> None:
         async for inbound in transport.incoming:
@@ -140,99 +290,29 @@ async def run_role(
                     {"peer": inbound.peer, "error": type(exc).__name__, "detail": str(exc)},
                 )
                 continue
-            await to_loop.send(("msg", msg))
+            feed("msg", msg)
 
     async def pump_events() -> None:
         async for event in transport.events:
-            await to_loop.send(("peer", event))
-
-    in_flight = 0
-    drained: trio.Event | None = None
-
-    async def send_one(action: Send) -> None:
-        nonlocal in_flight
-        try:
-            frame = sealer.seal(replace(action.msg, recipient=action.to))
-            with trio.fail_after(send_timeout_s):
-                await transport.send(action.to, frame)
-            stats.sent_frames += 1
-            stats.sent_bytes += frame.nbytes
-        except (trio.TooSlowError, PeerGone, TransportError) as exc:
-            stats.send_failures += 1
-            emit(
-                me,
-                "send_failed",
-                {"peer": action.to, "kind": action.msg.KIND.name, "error": type(exc).__name__},
-            )
-            await to_loop.send(("send_failed", action.to))
-        finally:
-            in_flight -= 1
-            if in_flight == 0 and drained is not None:
-                drained.set()
+            feed("peer", event)
 
     async def run_job(job: TrainJob | EvalJob) -> None:
         result = await executor.run(job)
-        await to_loop.send(("result", result))
+        feed("result", result)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump_frames)
         nursery.start_soon(pump_events)
-
-        def execute(actions: list[Action]) -> Stop | None:
-            nonlocal in_flight
-            for action in actions:
-                if isinstance(action, Send):
-                    in_flight += 1
-                    nursery.start_soon(send_one, action)
-                elif isinstance(action, Compute):
-                    nursery.start_soon(run_job, action.job)
-                elif isinstance(action, Emit):
-                    emit(me, action.event, action.data)
-                elif isinstance(action, Stop):
-                    return action
-            return None
-
-        def guarded(
-            handle: Callable[[m.Message, float], list[Action]], msg: m.Message, now: float
-        ) -> list[Action]:
-            try:
-                return handle(msg, now)
-            except FednodeError as exc:  # blame the peer, keep running
-                stats.rejected[type(exc).__name__] += 1
-                emit(
-                    me,
-                    "rejected",
-                    {
-                        "peer": exc.peer or msg.sender,
-                        "error": type(exc).__name__,
-                        "detail": str(exc),
-                    },
-                )
-                return []
-
         task_status.started()
-        stop = execute(role.start(trio.current_time()))
+        execute(role.start(trio.current_time()))
+        feed()
         while stop is None:
             deadline = role.next_deadline()
-            item: tuple[str, Any] | None = None
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                item = await inbox.receive()
-            now = trio.current_time()
-            actions: list[Action]
-            if item is None:
-                actions = role.poll(now)
-            else:
-                kind, value = item
-                if kind == "msg":
-                    actions = guarded(role.handle, value, now)
-                elif kind == "peer":
-                    actions = role.on_peer(value.peer, value.up, now)
-                elif kind == "send_failed":
-                    actions = role.on_peer(value, False, now)
-                else:
-                    actions = role.on_result(value, now)
-                actions = actions + role.poll(now)
-            stop = execute(actions)
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as wakeup:
+                await trio.sleep_forever()
+            wakeup = None
+            if stop is None:  # the role's deadline passed
+                feed("poll")
         if in_flight:  # a role's last messages (e.g. a final reply) must not be cancelled
             drained = trio.Event()
             with trio.move_on_after(send_timeout_s):

@@ -88,13 +88,13 @@ def test_header_of_a_typical_update_is_small():
     [list[int], dict[int, str], tuple[str, int], float | str, set[str], dict[str, list[int]]],
 )
 def test_unsupported_body_annotations_are_refused(hint: Any):
-    assert not m._supported(hint)
+    assert not m.supported(hint)
 
 
 def test_every_declared_body_field_is_supported():
     for cls in m.MESSAGE_TYPES.values():
         for name, hint in cls.body_fields().items():
-            assert m._supported(hint), f"{cls.__name__}.{name}"
+            assert m.supported(hint), f"{cls.__name__}.{name}"
 
 
 @pytest.mark.parametrize(

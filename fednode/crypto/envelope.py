@@ -36,7 +36,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import blake3
 import numpy as np
@@ -49,7 +49,7 @@ from ..errors import (
     ReplayError,
     WireError,
 )
-from ..p2p.transport import Frame, Inbound
+from ..p2p.transport import Buffer, Frame, Inbound, byte_view
 from ..wire import messages as m
 from ..wire.codecs import Codec, parse_codec
 from ..wire.tensors import check_finite, check_vector
@@ -57,30 +57,29 @@ from .identity import Identity, public_key_from_peer_id, verify
 
 DOMAIN = b"fednode/v1\0"
 Clock = Callable[[], float]
+Payload = Buffer | tuple[Buffer, ...]
 #: payloads above this many bytes are hashed on all cores (measured crossover on 2 cores,
 #: ``scripts/bench/wire.py``: below it, starting threads costs more than it saves)
 THREADED_DIGEST_BYTES = 1 << 22
 MAX_CACHED_KEYS = 4096
 
 
-def digest(payload: bytes | memoryview) -> bytes:
-    """BLAKE3-256 of the payload (multi-threaded for big payloads)."""
-    view = memoryview(payload)
-    threads = blake3.blake3.AUTO if view.nbytes > THREADED_DIGEST_BYTES else 1
-    return blake3.blake3(view, max_threads=threads).digest()
+def digest(payload: Buffer | tuple[Buffer, ...]) -> bytes:
+    """BLAKE3-256 of the payload (multi-threaded for big payloads).
 
-
-def byte_view(buf: bytes | memoryview) -> memoryview:
-    """A flat unsigned-byte view of ``buf``, without copying: ``len()`` counts bytes.
-
-    Errors: TypeError if ``buf`` is not a C-contiguous buffer.
+    A tuple is hashed as its parts one after the other (the bytes a transport sends),
+    incrementally: no part is copied to put them together.
     """
-    view = memoryview(buf)
-    if not view.c_contiguous:
-        raise TypeError("expected a C-contiguous buffer")
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
+    if not isinstance(payload, tuple):
+        view = byte_view(payload)
+        threads = blake3.blake3.AUTO if view.nbytes > THREADED_DIGEST_BYTES else 1
+        return blake3.blake3(view, max_threads=threads).digest()
+    views = [byte_view(part) for part in payload]
+    total = sum(view.nbytes for view in views)
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if total > THREADED_DIGEST_BYTES else 1)
+    for view in views:
+        hasher.update(view)
+    return hasher.digest()
 
 
 @functools.lru_cache(maxsize=64)
@@ -131,35 +130,68 @@ class Sealer:
         self._clock = clock
         self._nonce = nonce
         self._codecs: dict[str, Codec] = {}  # one instance per spec: stochastic rounding state
+        self._sender = identity.peer_id
+        # the last message sealed with an immutable payload, and its (spec, payload, length,
+        # digest): a broadcast seals one message per recipient and hashes it once
+        self._last: tuple[m.Message, str, Payload, int, bytes] | None = None
 
-    def seal(self, msg: m.Message) -> Frame:
+    def seal(self, msg: m.Message, recipient: str | None = None) -> Frame:
         """Encode ``msg`` (and its vector with its codec, unless already encoded) and sign.
 
-        The frame's payload is ``msg.payload`` itself (as a byte view, no copy), so the
-        caller must not modify that buffer until the frame has been sent.
+        ``recipient`` (default: ``msg.recipient``) is written into the header: one message
+        object can be sealed for every peer it goes to, without copying it per peer; if
+        its payload is ``bytes`` (immutable), the payload is hashed only the first time.
+
+        The frame's payload is ``msg.payload`` itself (as a byte view, no copy), or, when
+        the sealer encodes ``msg.vector``, the codec's parts (``Codec.encode_parts``: for
+        codec ``none`` the codec header and a view of the vector). So the caller must not
+        modify that buffer or vector until the frame has been sent.
 
         Errors: :class:`~fednode.errors.LocalProtocolError` if the message breaks the
         schema or its vector holds NaN/Inf; ConfigError for an unknown codec.
         """
-        payload = byte_view(msg.payload)
+        last = self._last
+        if last is not None and last[0] is msg:
+            _, spec, payload, length, payload_digest = last
+        else:
+            spec, payload = self._payload(msg)
+            parts = payload if isinstance(payload, tuple) else (payload,)
+            length = sum(len(part) for part in parts)
+            payload_digest = digest(payload)
+            if type(msg.payload) is bytes and msg.payload:  # immutable: safe to reuse
+                self._last = (msg, spec, payload, length, payload_digest)
+        header = m.encode_header(
+            msg,
+            length,
+            payload_digest,
+            sender=self._sender,
+            recipient=recipient,
+            timestamp=self._clock(),
+            nonce=self._nonce(m.NONCE_LEN),
+            codec=spec,
+        )
+        signature = self.identity.sign(DOMAIN + header)
+        return Frame(head=m.frame_head(header, signature), payload=payload)
+
+    def _payload(self, msg: m.Message) -> tuple[str, Payload]:
+        """(canonical codec spec, payload as byte views) of ``msg``."""
         spec = msg.codec
+        given: Payload = msg.payload
+        payload: Payload
+        if isinstance(given, tuple):
+            payload = tuple(byte_view(part) for part in given)
+            empty = not any(payload)
+        else:
+            payload = byte_view(given)
+            empty = not payload
         if msg.has_tensor:
             codec = self._codecs.get(spec)
             if codec is None:
                 codec = self._codecs[spec] = parse_codec(spec)
             spec = codec.spec  # the canonical spelling receivers insist on
-            if not len(payload) and msg.vector is not None:
-                payload = byte_view(codec.encode(msg.vector))
-        msg = replace(
-            msg,
-            sender=self.identity.peer_id,
-            timestamp=self._clock(),
-            nonce=self._nonce(m.NONCE_LEN),
-            codec=spec,
-        )
-        header = m.encode_header(msg, len(payload), digest(payload))
-        signature = self.identity.sign(DOMAIN + header)
-        return Frame(head=m.frame_head(header, signature), payload=payload)
+            if empty and msg.vector is not None:
+                payload = tuple(byte_view(part) for part in codec.encode_parts(msg.vector))
+        return spec, payload
 
 
 class ReplayWindow:
@@ -310,15 +342,16 @@ class Receiver:
     def _open(self, inbound: Inbound) -> m.Message:
         frame = inbound.frame
         # 1. size limits, before anything is parsed
-        payload_bytes = memoryview(frame.payload).nbytes
-        if len(frame.head) + payload_bytes > self.max_frame_bytes:
+        head = frame.head
+        frame_bytes = len(head) + frame.payload_len
+        if frame_bytes > self.max_frame_bytes:
             raise FrameTooLarge(
-                f"frame of {len(frame.head) + payload_bytes} bytes exceeds the limit of "
-                f"{self.max_frame_bytes}"
+                f"frame of {frame_bytes} bytes exceeds the limit of {self.max_frame_bytes}"
             )
-        raw_header, signature = m.split_head(frame.head, max_header=self.max_header_bytes)
+        raw_header, signature = m.split_head(head, max_header=self.max_header_bytes)
         # 2. prefix (above), CBOR profile, schema and types
-        header = m.decode_header(raw_header)
+        header_bytes = bytes(raw_header)
+        header = m.decode_header(header_bytes)
         sender = header.sender
         # 3. membership; the transport-authenticated peer must be the claimed sender
         if not self.membership.admits(sender):
@@ -329,7 +362,7 @@ class Receiver:
             )
         # 4. signature
         key = self._public_key(sender)
-        if not verify(key, DOMAIN + bytes(raw_header), bytes(signature)):
+        if not verify(key, DOMAIN + header_bytes, bytes(signature)):
             raise AuthError("signature does not verify")
         if sender not in self._keys and len(self._keys) < MAX_CACHED_KEYS:
             self._keys[sender] = key  # only keys that have signed something valid
@@ -341,24 +374,27 @@ class Receiver:
             raise AuthError(f"message is addressed to {header.recipient!r}, not to this node")
         # 7. payload length and digest
         try:
-            payload = byte_view(frame.payload)
+            parts = frame.parts
         except TypeError as exc:
             raise PayloadError(f"payload is not a contiguous buffer: {exc}") from None
-        if len(payload) != header.payload_len:
-            raise PayloadError(
-                f"payload is {len(payload)} bytes, header announced {header.payload_len}"
-            )
-        if digest(payload) != header.payload_digest:
+        length = sum(len(part) for part in parts) if len(parts) > 1 else len(parts[0])
+        if length != header.payload_len:
+            raise PayloadError(f"payload is {length} bytes, header announced {header.payload_len}")
+        if digest(parts if len(parts) > 1 else parts[0]) != header.payload_digest:
             raise PayloadError("payload digest does not match the signed header")
-        msg = m.build_message(header, payload)
+        # a payload handed over in parts (memory transport) becomes one buffer here (one
+        # copy), as a network receiver's is: the message carries one payload buffer
+        payload = parts[0] if len(parts) == 1 else byte_view(frame.payload)
+        vector = None
         # 8-9. tensor payloads: decode, shape, finiteness
-        if msg.has_tensor:
+        if header.kind in m.TENSOR_KINDS:
             if self.model_size is None:
                 raise PayloadError("tensor message received before the model layout is known")
-            vector = codec_for(header.codec).decode(payload, self.model_size)
-            check_vector(vector, self.model_size)
-            check_finite(vector)
-            msg = replace(msg, vector=_readonly(vector))
+            decoded = codec_for(header.codec).decode(payload, self.model_size)
+            check_vector(decoded, self.model_size)
+            check_finite(decoded)
+            vector = _readonly(decoded)
+        msg = m.build_message(header, payload, vector)
         self.replay.remember(sender, header.nonce, header.timestamp, now)
         return msg
 

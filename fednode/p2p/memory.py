@@ -152,20 +152,44 @@ class MemoryNetwork:
         return frozenset(p for p in self._nodes if p != peer and self._reachable(peer, p))
 
     async def _send(self, src: str, dst: str, frame: Frame) -> None:
+        inbound = self._dispatch(src, dst, frame, wait=True)
+        if inbound is not None:
+            await self._nodes[dst]._deliver(inbound)
+
+    def _send_nowait(self, src: str, dst: str, frame: Frame) -> bool:
+        """Deliver (or schedule, or lose) ``frame`` now; False, with nothing done, when an
+        immediate delivery would have to wait for room in the receiver's inbox."""
+        return self._dispatch(src, dst, frame, wait=False) is None
+
+    def _dispatch(self, src: str, dst: str, frame: Frame, *, wait: bool) -> Inbound | None:
+        """Account for, lose or schedule a frame; the Inbound still to deliver now, if any.
+
+        With ``wait=False`` an immediate delivery is done here if the receiver's inbox has
+        room; if not, nothing is done (no accounting, no loss draw) and the Inbound is
+        returned for the caller to fall back to the waiting path."""
         if not self._reachable(src, dst):
             raise PeerGone(f"cannot reach {dst!r} from {src!r}", peer=dst)
         faults = self.link(src, dst)
+        nbytes = frame.nbytes
+        delay = faults.transfer_time(nbytes)
+        target = self._nodes[dst]
+        later = delay > 0 and self._nursery is not None
+        if not wait and not later and not target._has_room():
+            return Inbound(src, frame, trio.current_time())
         self.sent_frames += 1
-        self.sent_bytes += frame.nbytes
+        self.sent_bytes += nbytes
         if faults.loss and self._rng.random() < faults.loss:
             self.dropped_frames += 1
-            return
-        delay = faults.transfer_time(frame.nbytes)
-        target = self._nodes[dst]
-        if delay > 0 and self._nursery is not None:
+            return None
+        if later:
+            assert self._nursery is not None
             self._nursery.start_soon(self._deliver_later, delay, src, target, frame)
-        else:
-            await target._deliver(Inbound(src, frame, trio.current_time()))
+            return None
+        inbound = Inbound(src, frame, trio.current_time())
+        if wait:
+            return inbound
+        target._deliver_nowait(inbound)
+        return None
 
     async def _deliver_later(self, delay: float, src: str, target: MemoryTransport, f: Frame):
         await trio.sleep(delay)
@@ -188,6 +212,11 @@ class MemoryTransport(Transport):
             raise PeerGone("this node is down", peer=self.local_peer)
         await self.network._send(self.local_peer, peer, frame)
 
+    def send_nowait(self, peer: str, frame: Frame) -> bool:
+        if self._closed:
+            raise PeerGone("this node is down", peer=self.local_peer)
+        return self.network._send_nowait(self.local_peer, peer, frame)
+
     def peers(self) -> frozenset[str]:
         return self.network.reachable_peers(self.local_peer)
 
@@ -203,6 +232,21 @@ class MemoryTransport(Transport):
         # the receiver may crash while the frame is in flight
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             await self._in_send.send(inbound)
+
+    def _has_room(self) -> bool:
+        """True if a frame can be put in the inbox now (or the inbox is gone: dropped)."""
+        if self._closed:
+            return True
+        stats = self._in_send.statistics()
+        return stats.current_buffer_used < stats.max_buffer_size or stats.tasks_waiting_receive > 0
+
+    def _deliver_nowait(self, inbound: Inbound) -> None:
+        if self._closed:
+            return
+        try:
+            self._in_send.send_nowait(inbound)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return  # the receiver stopped reading: the frame is lost, as in _deliver
 
     def _event(self, event: PeerEvent) -> None:
         if self._closed:

@@ -64,6 +64,7 @@ import numpy.typing as npt
 import zstandard
 
 from fednode.errors import ConfigError, LocalProtocolError, PayloadError
+from fednode.wire.tensors import all_finite
 
 __all__ = [
     "Codec",
@@ -111,6 +112,8 @@ class Codec(Protocol):
 
     def encode(self, vec: F32) -> bytes: ...
 
+    def encode_parts(self, vec: F32) -> tuple[bytes | memoryview, ...]: ...
+
     def decode(self, payload: bytes | memoryview, n: int) -> F32: ...
 
 
@@ -123,7 +126,7 @@ def _check_input(vec: F32) -> F32:
         raise ValueError(f"codec input must be a 1-D float32 numpy array, got {got}")
     if vec.size > MAX_N:
         raise ValueError(f"codec input has {vec.size} values, at most {MAX_N} supported")
-    if not np.isfinite(vec).all():
+    if not all_finite(vec):
         raise LocalProtocolError("update vector contains NaN or Inf; refusing to encode it")
     return np.ascontiguousarray(vec, dtype="<f4")
 
@@ -270,20 +273,27 @@ class _BaseCodec:
 
     def encode(self, vec: F32) -> bytes:
         """Encode a 1-D float32 vector. Errors: ValueError, LocalProtocolError."""
+        return b"".join(self.encode_parts(vec))
+
+    def encode_parts(self, vec: F32) -> tuple[bytes | memoryview, ...]:
+        """The payload of :meth:`encode` as buffers to send one after the other.
+
+        No copy is made to put them together: for ``none`` the last part is a view of
+        ``vec`` itself (so ``vec`` must not change until the payload has been sent).
+        Errors: ValueError, LocalProtocolError.
+        """
         x = _check_input(vec)
         fields, arrays = self._encode_body(x)
-        head: list[bytes | memoryview] = [
-            _HEADER.pack(MAGIC, VERSION, self._id, self._flags, x.size)
-        ]
+        head = _HEADER.pack(MAGIC, VERSION, self._id, self._flags, x.size)
         if self._ext is not None:
-            head.append(self._ext.pack(*fields))
+            head += self._ext.pack(*fields)
         parts: list[bytes | memoryview] = [a.data.cast("B") for a in arrays]
         if not self._zstd:
-            return b"".join(head + parts)
+            return (head, *parts)
         cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(
             size=sum(len(p) for p in parts)  # content size goes into the frame header
         )
-        return b"".join(head + [cobj.compress(p) for p in parts] + [cobj.flush()])
+        return (head, b"".join([cobj.compress(p) for p in parts] + [cobj.flush()]))
 
     def decode(self, payload: bytes | memoryview, n: int) -> F32:
         """Decode an untrusted payload into a float32 vector of length ``n``.

@@ -16,7 +16,7 @@ specification; this module is its one implementation.
 Every message is a frozen dataclass: a common header plus per-kind body fields whose
 types are checked on decode (:func:`decode_header`) and on encode
 (:func:`encode_header`), with the same rules, so a node never sends what a peer would
-refuse. Body field annotations are limited to the types :func:`_coerce` knows; an
+refuse. Body field annotations are limited to the types :func:`coerce` knows; an
 unsupported annotation fails at import time, not on the wire. ``vector`` is not on the
 wire: on the send side it is the dense update to encode with ``codec`` (unless
 ``payload`` is already encoded, e.g. with error feedback); on the receive side it is the
@@ -39,9 +39,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import reprlib
 import struct
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -50,6 +48,16 @@ import cbor2
 import numpy as np
 
 from ..errors import FednodeError, FrameTooLarge, LocalProtocolError, SchemaError
+from .schema import INT_MAX as INT_MAX  # re-exported: the limits are part of this module's API
+from .schema import INT_MIN as INT_MIN
+from .schema import MAX_BODY_ITEMS as MAX_BODY_ITEMS
+from .schema import MAX_HEADER_DEPTH as MAX_HEADER_DEPTH
+from .schema import MAX_HEADER_ITEMS as MAX_HEADER_ITEMS
+from .schema import MAX_STR_LEN as MAX_STR_LEN
+from .schema import MAX_TUPLE_ITEMS as MAX_TUPLE_ITEMS
+from .schema import Mismatch, checker, describe, exact_checker, names, short
+from .schema import scan_header as scan_header
+from .schema import supported as supported
 
 SCHEMA_VERSION = 1
 MAGIC = b"FN"
@@ -59,13 +67,7 @@ SIG_LEN = 64
 NONCE_LEN = 16
 DIGEST_LEN = 32
 MAX_ID_LEN = 128
-MAX_STR_LEN = 256
-MAX_BODY_ITEMS = 64
-MAX_TUPLE_ITEMS = 4096
 MAX_HEADER_BYTES = 64 * 1024  # default receiver limit (config ``wire.max_header_bytes``)
-MAX_HEADER_ITEMS = 8192  # CBOR data items in one header, map keys included
-MAX_HEADER_DEPTH = 3  # nested containers: header map > body map > dict / list
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 class Kind(enum.IntEnum):
@@ -247,8 +249,22 @@ class Header:
     body: dict[str, Any]
 
 
-def encode_header(msg: Message, payload_len: int, payload_digest: bytes) -> bytes:
+def encode_header(
+    msg: Message,
+    payload_len: int,
+    payload_digest: bytes,
+    *,
+    sender: str | None = None,
+    recipient: str | None = None,
+    timestamp: float | None = None,
+    nonce: bytes | None = None,
+    codec: str | None = None,
+) -> bytes:
     """CBOR bytes of ``msg``'s header. Deterministic (canonical CBOR).
+
+    A keyword given overrides the message's field of that name, as if the header were
+    encoded from ``dataclasses.replace(msg, ...)`` (the sealer stamps sender, recipient,
+    time, nonce and codec this way without copying the message).
 
     Errors: :class:`LocalProtocolError` if the message breaks the schema (the same checks
     a receiver applies), naming the field.
@@ -256,13 +272,13 @@ def encode_header(msg: Message, payload_len: int, payload_digest: bytes) -> byte
     fields = {
         "v": SCHEMA_VERSION,
         "k": int(msg.KIND),
-        "s": msg.sender,
-        "r": msg.recipient,
+        "s": msg.sender if sender is None else sender,
+        "r": msg.recipient if recipient is None else recipient,
         "rd": msg.round,
         "mv": msg.model_version,
-        "t": msg.timestamp,
-        "n": bytes(msg.nonce),
-        "c": msg.codec,
+        "t": msg.timestamp if timestamp is None else timestamp,
+        "n": bytes(msg.nonce if nonce is None else nonce),
+        "c": msg.codec if codec is None else codec,
         "pl": payload_len,
         "pd": payload_digest,
         "b": msg.body(),
@@ -291,7 +307,7 @@ def decode_header(raw: bytes | memoryview) -> Header:
         raise SchemaError(f"expected a CBOR map header, got {type(obj).__name__}")
     if obj.keys() != HEADER_KEYS.keys():
         missing = sorted(HEADER_KEYS.keys() - obj.keys())
-        extra = _names(obj.keys() - HEADER_KEYS.keys())
+        extra = names(obj.keys() - HEADER_KEYS.keys())
         raise SchemaError(f"header keys wrong: missing {missing}, unexpected {extra}")
     return _check_header(obj, SchemaError)
 
@@ -301,24 +317,23 @@ def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> Header:
 
     Shared by decode (``error`` = SchemaError) and encode (LocalProtocolError).
     """
-    values: dict[str, Any] = {}
-    for key, (attr, hint) in HEADER_KEYS.items():
-        if hint is dict:
-            continue
-        try:
-            values[attr] = _coerce(fields[key], hint)
-        except _Mismatch:
-            raise error(
-                f"header field {attr!r}: expected {_describe(hint)}, got {_short(fields[key])}"
-            ) from None
+    values = _exact_common(fields)
+    if values is None:  # some field is not exactly its type: the general rules decide
+        values = {}
+        for key, attr, hint, check in _HEADER_CHECKS:
+            try:
+                values[attr] = check(fields[key])
+            except Mismatch:
+                raise error(
+                    f"header field {attr!r}: expected {describe(hint)}, got {short(fields[key])}"
+                ) from None
     if values["schema"] != SCHEMA_VERSION:
         raise error(
             f"schema version {values['schema']} not supported (this node speaks {SCHEMA_VERSION})"
         )
-    try:
-        kind = values["kind"] = Kind(values["kind"])
-    except ValueError:
-        raise error(f"unknown message kind {values['kind']}") from None
+    kind = values["kind"] = _KINDS.get(values["kind"])
+    if kind is None:
+        raise error(f"unknown message kind {fields['k']}")
     if len(values["nonce"]) != NONCE_LEN:
         raise error(f"nonce: expected {NONCE_LEN} bytes, got {len(values['nonce'])}")
     if len(values["payload_digest"]) != DIGEST_LEN:
@@ -334,214 +349,93 @@ def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> Header:
     if kind not in TENSOR_KINDS and (values["payload_len"] or values["codec"] != "none"):
         raise error(
             f"{kind.name} carries no payload: expected codec 'none' and payload_len 0, got "
-            f"{_short(values['codec'])} and {values['payload_len']}"
+            f"{short(values['codec'])} and {values['payload_len']}"
         )
     cls = MESSAGE_TYPES[kind]
     expected = _BODY_TYPES[cls]
     body = fields["b"]
     if not isinstance(body, dict):
-        raise error(f"header field 'body': expected a map, got {_short(body)}")
+        raise error(f"header field 'body': expected a map, got {short(body)}")
     if body.keys() != expected.keys():
-        raise error(f"{cls.__name__} body keys: expected {sorted(expected)}, got {_names(body)}")
-    checked: dict[str, Any] = {}
-    for name, hint in expected.items():
-        try:
-            checked[name] = _coerce(body[name], hint)
-        except _Mismatch:
-            raise error(
-                f"{cls.__name__}.{name}: expected {_describe(hint)}, got {_short(body[name])}"
-            ) from None
+        raise error(f"{cls.__name__} body keys: expected {sorted(expected)}, got {names(body)}")
+    checked = _EXACT_BODY[cls](body)
+    if checked is None:
+        checked = {}
+        for name, hint, check in _BODY_CHECKS[cls]:
+            try:
+                checked[name] = check(body[name])
+            except Mismatch:
+                raise error(
+                    f"{cls.__name__}.{name}: expected {describe(hint)}, got {short(body[name])}"
+                ) from None
     values["body"] = checked
     return Header(**values)
 
 
-# ------------------------------------------------------------------ body field types
-
-
-class _Mismatch(Exception):
-    """A value does not fit its annotation (internal; mapped to the caller's error)."""
-
-
-_SCALARS: tuple[Any, ...] = (bool, int, float, str, bytes)
-_ANY_SCALAR = (bool, int, float, str)  # what ``Any`` means for dict values
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 60
-_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 4
-_REPR.maxlevel = 2
-
-
-def _short(value: Any) -> str:
-    """Bounded repr for error messages about untrusted values."""
-    return _REPR.repr(value)
-
-
-def _names(keys: typing.Iterable[Any]) -> str:
-    """Sorted, bounded listing of untrusted map keys."""
-    names = sorted(k if isinstance(k, str) else repr(k) for k in keys)
-    more = f", ... {len(names) - 8} more" if len(names) > 8 else ""
-    return "[" + ", ".join(_short(n)[1:-1] if n else "''" for n in names[:8]) + more + "]"
-
-
-def _describe(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) else str(hint)
-
-
-def _scalar(value: Any, hint: Any) -> Any:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX:
-            return value
-    elif hint is float:
-        if isinstance(value, float) or (
-            isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX
-        ):
-            number = float(value)
-            if math.isfinite(number):
-                return number
-    elif hint is str:
-        if isinstance(value, str) and len(value) <= MAX_STR_LEN:
-            return value
-    elif hint is bytes:
-        if isinstance(value, bytes) and len(value) <= MAX_STR_LEN:
-            return value
-    elif hint is Any:
-        for option in _ANY_SCALAR:  # bool first: True is an int too
-            if isinstance(value, option):
-                return _scalar(value, option)
-    raise _Mismatch
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """``value`` checked against a supported annotation and normalised; else _Mismatch.
-
-    Supported: ``bool``, ``int`` (int64), ``float`` (finite; an int is accepted and
-    converted), ``str`` / ``bytes`` (at most MAX_STR_LEN), ``X | None`` of those,
-    ``tuple[X, ...]`` (a CBOR array of at most MAX_TUPLE_ITEMS scalars) and
-    ``dict[str, X]`` (at most MAX_BODY_ITEMS entries; ``X = Any`` means bool, int,
-    float or str).
-    """
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        if value is None:
-            return None
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(value, inner)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if isinstance(value, list | tuple) and len(value) <= MAX_TUPLE_ITEMS:
-            return tuple(_scalar(v, item) for v in value)
-        raise _Mismatch
-    if origin is dict:
-        value_hint = typing.get_args(hint)[1]
-        if isinstance(value, dict) and len(value) <= MAX_BODY_ITEMS:
-            return {_scalar(k, str): _scalar(v, value_hint) for k, v in value.items()}
-        raise _Mismatch
-    return _scalar(value, hint)
-
-
-def _supported(hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        rest = [a for a in args if a is not type(None)]
-        return len(args) == 2 and len(rest) == 1 and _supported(rest[0])
-    if origin is tuple:
-        return len(args) == 2 and args[1] is Ellipsis and args[0] in _SCALARS
-    if origin is dict:
-        return len(args) == 2 and args[0] is str and (args[1] in _SCALARS or args[1] is Any)
-    return hint in _SCALARS
+def _exact_common(f: dict[str, Any]) -> dict[str, Any] | None:
+    """The common fields as :class:`Header` arguments if each has exactly its built-in
+    type and fits it (what cbor2 returns for a well-formed header and what a sender
+    holds), else None. A fast path only: the result is what the general checks give."""
+    v, k, rd, mv, pl = f["v"], f["k"], f["rd"], f["mv"], f["pl"]
+    s, r, t, n, c, pd = f["s"], f["r"], f["t"], f["n"], f["c"], f["pd"]
+    if not (
+        type(v) is int
+        and type(k) is int
+        and type(rd) is int
+        and type(mv) is int
+        and type(pl) is int
+        and INT_MIN <= v <= INT_MAX
+        and INT_MIN <= k <= INT_MAX
+        and INT_MIN <= rd <= INT_MAX
+        and INT_MIN <= mv <= INT_MAX
+        and INT_MIN <= pl <= INT_MAX
+        and type(s) is str
+        and type(r) is str
+        and type(c) is str
+        and type(n) is bytes
+        and type(pd) is bytes
+        and len(s) <= MAX_STR_LEN
+        and len(r) <= MAX_STR_LEN
+        and len(c) <= MAX_STR_LEN
+        and len(n) <= MAX_STR_LEN
+        and len(pd) <= MAX_STR_LEN
+        and type(t) is float
+        and math.isfinite(t)
+    ):
+        return None
+    return {
+        "schema": v,
+        "kind": k,
+        "sender": s,
+        "recipient": r,
+        "round": rd,
+        "model_version": mv,
+        "timestamp": t,
+        "nonce": n,
+        "codec": c,
+        "payload_len": pl,
+        "payload_digest": pd,
+    }
 
 
 def _check_body_annotations() -> None:
     """Fail at import, naming the field, if a message class uses an unsupported type."""
     for cls, fields_ in _BODY_TYPES.items():
         for name, hint in fields_.items():
-            if not _supported(hint):
+            if not supported(hint):
                 raise TypeError(
                     f"{cls.__name__}.{name}: body field type {hint} is not supported on the "
-                    "wire (see messages._coerce for the supported types)"
+                    "wire (see schema.coerce for the supported types)"
                 )
-
-
-# ------------------------------------------------------------------ CBOR header profile
-
-
-def scan_header(raw: bytes) -> None:
-    """Check that ``raw`` is exactly one CBOR item in the header profile, building nothing.
-
-    Iterative and linear in ``len(raw)``; memory O(MAX_HEADER_DEPTH). Refuses:
-    indefinite lengths, reserved additional-info values, tags (major type 6), simple
-    values other than false / true / null (so no ``undefined``), more than
-    MAX_HEADER_DEPTH nested containers or MAX_HEADER_ITEMS items, any declared length or
-    count larger than the bytes left, and bytes after the item. Floats (half, single,
-    double) pass here; their values are checked by the schema. Raises SchemaError.
-    """
-    end = len(raw)
-    pos = items = 0
-    pending = [1]  # items still expected at each open level (the first is the top level)
-    while pending:
-        if not pending[-1]:
-            pending.pop()
-            continue
-        pending[-1] -= 1
-        if pos >= end:
-            raise SchemaError(f"header CBOR truncated at byte {pos} of {end}")
-        start = pos
-        major, info = raw[pos] >> 5, raw[pos] & 0x1F
-        pos += 1
-        items += 1
-        if items > MAX_HEADER_ITEMS:
-            raise SchemaError(f"header CBOR has more than {MAX_HEADER_ITEMS} items")
-        if info < 24:
-            arg = info
-        elif info <= 27:
-            size = 1 << (info - 24)
-            if size > end - pos:
-                raise SchemaError(f"header CBOR truncated at byte {pos} of {end}")
-            arg = int.from_bytes(raw[pos : pos + size], "big")
-            pos += size
-        else:
-            what = "indefinite lengths are" if info == 31 else f"additional info {info} is"
-            raise SchemaError(f"header CBOR byte {start}: {what} not allowed")
-        if major == 7:
-            if info in (20, 21, 22, 25, 26, 27):  # false, true, null, f16, f32, f64
-                continue
-            raise SchemaError(
-                f"header CBOR byte {start}: simple value {arg} not allowed "
-                "(only false, true, null and floats)"
-            )
-        if major == 6:
-            raise SchemaError(f"header CBOR byte {start}: tag {arg} not allowed")
-        if major in (2, 3):
-            if arg > end - pos:
-                raise SchemaError(
-                    f"header CBOR byte {start}: string of {arg} bytes, only {end - pos} left"
-                )
-            pos += arg
-        elif major in (4, 5):
-            if len(pending) > MAX_HEADER_DEPTH:
-                raise SchemaError(
-                    f"header CBOR byte {start}: containers nested deeper than {MAX_HEADER_DEPTH}"
-                )
-            count = arg * 2 if major == 5 else arg
-            if count > end - pos:  # every item takes at least one byte
-                raise SchemaError(
-                    f"header CBOR byte {start}: container of {count} items, "
-                    f"only {end - pos} bytes left"
-                )
-            if count:
-                pending.append(count)
-    if pos != end:
-        raise SchemaError(f"header CBOR has {end - pos} bytes after the header map")
 
 
 # ------------------------------------------------------------------------- framing
 
 
-def build_message(header: Header, payload: bytes | memoryview) -> Message:
-    """The typed message for a verified header and its payload."""
+def build_message(
+    header: Header, payload: bytes | memoryview, vector: np.ndarray | None = None
+) -> Message:
+    """The typed message for a verified header, its payload and its decoded vector."""
     cls = MESSAGE_TYPES[header.kind]
     return cls(
         sender=header.sender,
@@ -552,6 +446,7 @@ def build_message(header: Header, payload: bytes | memoryview) -> Message:
         nonce=header.nonce,
         codec=header.codec,
         payload=payload,
+        vector=vector,
         **header.body,
     )
 
@@ -601,3 +496,14 @@ def frame_head(header: bytes, signature: bytes) -> bytes:
 
 
 _check_body_annotations()
+_KINDS: dict[Any, Kind] = {int(k): k for k in Kind}
+_HEADER_CHECKS = [
+    (key, attr, hint, checker(hint))
+    for key, (attr, hint) in HEADER_KEYS.items()
+    if hint is not dict
+]
+_BODY_CHECKS = {
+    cls: [(name, hint, checker(hint)) for name, hint in fields_.items()]
+    for cls, fields_ in _BODY_TYPES.items()
+}
+_EXACT_BODY = {cls: exact_checker(fields_) for cls, fields_ in _BODY_TYPES.items()}

@@ -17,6 +17,8 @@ import numpy as np
 from ..errors import PayloadError
 
 DTYPE = np.dtype("<f4")
+#: vectors from this many values on are checked with the sum-of-squares fast path
+FAST_FINITE_MIN = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +85,28 @@ def check_vector(vec: np.ndarray, size: int) -> None:
         raise PayloadError(f"expected {size} values for this model, got {vec.shape[0]}")
 
 
+def all_finite(vec: np.ndarray) -> bool:
+    """True iff no value of the float vector ``vec`` is NaN or infinite.
+
+    Fast path: one BLAS pass computing the sum of squares, with no temporary array. NaN
+    and Inf propagate through it and squares cannot cancel, so a finite result proves
+    every value finite. Only when it is not finite (a NaN/Inf, or squares overflowing:
+    float32 values around 1e19 and above) does the exact element-wise check decide.
+    About 1.5x faster than ``np.isfinite(vec).all()`` on 20 MB, which also allocates a
+    boolean array of the vector's length (``scripts/bench/wire.py``).
+    """
+    if vec.ndim != 1 or vec.dtype.char not in "fd" or vec.size < FAST_FINITE_MIN:
+        return bool(np.isfinite(vec).all())  # small: the temporary is cheap
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is the fallback's case
+        sum_of_squares = float(np.dot(vec, vec))
+    if math.isfinite(sum_of_squares):
+        return True
+    return bool(np.isfinite(vec).all())
+
+
 def check_finite(vec: np.ndarray) -> None:
     """Raise :class:`PayloadError` if any value is NaN or infinite."""
-    if not np.isfinite(vec).all():
+    if not all_finite(vec):
         bad = int(np.count_nonzero(~np.isfinite(vec)))
         raise PayloadError(f"expected finite values, got {bad} NaN/Inf of {vec.size}")
 

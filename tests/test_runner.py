@@ -1,0 +1,215 @@
+"""run_role: refusing what this node may not send, inline sends, and the send fallback.
+
+Two nodes over the memory transport under a MockClock; the roles are scripted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from fednode.actions import Action, Compute, Send, Stop, TrainJob, TrainResult
+from fednode.crypto.envelope import Membership, Receiver, Sealer
+from fednode.crypto.identity import Identity
+from fednode.errors import LocalProtocolError
+from fednode.p2p.memory import MemoryNetwork
+from fednode.runner import RunStats, run_role
+from fednode.wire import messages as m
+
+N = 8
+A, B = Identity.from_seed(bytes([1]) * 32), Identity.from_seed(bytes([2]) * 32)
+
+
+class Script:
+    """A role that sends what it is told at start and records what it receives."""
+
+    role = "test"
+
+    def __init__(self, first: list[Action], *, stop_after: int = 0) -> None:
+        self.first = first
+        self.stop_after = stop_after
+        self.got: list[m.Message] = []
+        self.done = False
+
+    def start(self, now: float) -> list[Action]:
+        return self.first
+
+    def handle(self, msg: m.Message, now: float) -> list[Action]:
+        self.got.append(msg)
+        if self.stop_after and len(self.got) >= self.stop_after:
+            return [Stop("enough")]
+        return []
+
+    def on_peer(self, peer: str, up: bool, now: float) -> list[Action]:
+        return []
+
+    def on_result(self, result: Any, now: float) -> list[Action]:
+        return []
+
+    def poll(self, now: float) -> list[Action]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+class NoExecutor:
+    async def run(self, job: Any) -> Any:
+        raise AssertionError("no jobs in these tests")
+
+
+def update(vector: np.ndarray, **kw: Any) -> m.Update:
+    return m.Update(round=1, num_examples=3, vector=vector, **kw)
+
+
+async def run_pair(
+    sender: Any, receiver_role: Any, *, buffer: int = 256, executor: Any = None
+) -> tuple[RunStats, RunStats, list[tuple[str, dict[str, Any]]]]:
+    """Run A (``sender``) and B (``receiver_role``) until B stops; A's events."""
+    net = MemoryNetwork(buffer=buffer)
+    events: list[tuple[str, dict[str, Any]]] = []
+    stats_a, stats_b = RunStats(), RunStats()
+    members = Membership(frozenset({A.peer_id, B.peer_id}))
+
+    def clock() -> float:
+        return 1_800_000_000.0 + trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        ta, tb = net.attach(A.peer_id), net.attach(B.peer_id)
+        rx_a = Receiver(A.peer_id, members, model_size=N, clock=clock)
+        rx_b = Receiver(B.peer_id, members, model_size=N, clock=clock)
+
+        async def node_a() -> None:
+            await run_role(
+                sender,
+                ta,
+                Sealer(A, clock=clock),
+                rx_a,
+                executor or NoExecutor(),
+                on_event=lambda peer, event, data: events.append((event, data)),
+                stats=stats_a,
+            )
+
+        nursery.start_soon(node_a)
+        with trio.fail_after(60):
+            await run_role(receiver_role, tb, Sealer(B, clock=clock), rx_b, NoExecutor(),
+                           stats=stats_b)
+        nursery.cancel_scope.cancel()
+    return stats_a, stats_b, events
+
+
+async def test_a_nan_update_is_refused_counted_and_logged_and_the_node_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bad = np.full(N, np.nan, dtype=np.float32)
+    good = np.arange(N, dtype=np.float32)
+    sender = Script([Send(B.peer_id, update(bad)), Send(B.peer_id, update(good))])
+    receiver = Script([], stop_after=1)
+
+    stats_a, _, events = await run_pair(sender, receiver)
+
+    assert stats_a.refused == {"LocalProtocolError": 1}
+    assert stats_a.sent_frames == 1 and stats_a.send_failures == 0
+    refused = [data for event, data in events if event == "send_refused"]
+    assert len(refused) == 1
+    assert refused[0]["peer"] == B.peer_id and refused[0]["kind"] == "UPDATE"
+    assert "NaN" in refused[0]["detail"]
+    (got,) = receiver.got  # the good update still went out, after the refused one
+    np.testing.assert_array_equal(got.vector, good)
+
+
+async def test_a_nan_metric_is_refused_too(autojump_clock: trio.testing.MockClock) -> None:
+    good = np.ones(N, dtype=np.float32)
+    nan_metric = update(good, metrics={"loss": math.nan})
+    sender = Script([Send(B.peer_id, nan_metric), Send(B.peer_id, update(good))])
+    receiver = Script([], stop_after=1)
+
+    stats_a, _, _ = await run_pair(sender, receiver)
+
+    assert stats_a.refused == {"LocalProtocolError": 1} and stats_a.sent_frames == 1
+
+
+class BuildsUpdates(Script):
+    """Like a client: two training jobs, an update built from each result; building one
+    from a NaN result raises LocalProtocolError inside the role (the codec refuses)."""
+
+    def start(self, now: float) -> list[Action]:
+        return [Compute(TrainJob(1, np.zeros(N, np.float32), {})) for _ in range(2)]
+
+    def on_result(self, result: Any, now: float) -> list[Action]:
+        if not np.isfinite(result.params).all():
+            raise LocalProtocolError("update vector contains NaN or Inf; refusing to encode it")
+        return [Send(B.peer_id, update(result.params))]
+
+
+class NanThenFine:
+    """The first job's result is all NaN (a diverged local training), the next is fine."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def run(self, job: TrainJob) -> TrainResult:
+        self.calls += 1
+        params = np.full(N, np.nan if self.calls == 1 else 1.0, dtype=np.float32)
+        return TrainResult(job.round, params, 1, {})
+
+
+async def test_a_role_refusing_to_build_a_message_is_logged_and_the_loop_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    executor = NanThenFine()
+    receiver = Script([], stop_after=1)
+
+    stats_a, _, events = await run_pair(BuildsUpdates([]), receiver, executor=executor)
+
+    assert executor.calls == 2
+    assert stats_a.refused == {"LocalProtocolError": 1}
+    (error,) = [data for event, data in events if event == "local_error"]
+    assert error["error"] == "LocalProtocolError" and "NaN" in error["detail"]
+    (got,) = receiver.got
+    np.testing.assert_array_equal(got.vector, np.ones(N, np.float32))
+
+
+async def test_sends_fall_back_to_a_task_when_the_inbox_is_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    vec = np.ones(N, dtype=np.float32)
+    count = 5
+    sender = Script([Send(B.peer_id, update(vec, model_version=i)) for i in range(count)])
+    receiver = Script([], stop_after=count)
+
+    stats_a, stats_b, _ = await run_pair(sender, receiver, buffer=1)
+
+    assert stats_a.sent_frames == count and stats_b.received_frames == count
+    # all arrive; the ones that waited ran as tasks, in trio's (seeded, shuffled) order
+    assert sorted(msg.model_version for msg in receiver.got) == list(range(count))
+
+
+@pytest.mark.parametrize("buffer", [1, 256])
+async def test_a_send_to_a_peer_that_is_gone_is_reported_to_the_role(
+    autojump_clock: trio.testing.MockClock, buffer: int
+) -> None:
+    gone = Identity.from_seed(bytes([9]) * 32).peer_id
+    vec = np.ones(N, dtype=np.float32)
+
+    class Watches(Script):
+        def __init__(self) -> None:
+            super().__init__([Send(gone, update(vec)), Send(B.peer_id, update(vec))])
+            self.down: list[str] = []
+
+        def on_peer(self, peer: str, up: bool, now: float) -> list[Action]:
+            if not up:
+                self.down.append(peer)
+            return []
+
+    sender = Watches()
+    stats_a, _, events = await run_pair(sender, Script([], stop_after=1), buffer=buffer)
+
+    assert stats_a.send_failures == 1 and sender.down == [gone]
+    assert ("send_failed", {"peer": gone, "kind": "UPDATE", "error": "PeerGone"}) in events
