@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from .config import NodeConfig, load_config
 from .errors import ConfigError, FednodeError
 
 console = Console(highlight=False)
+
+DEMO_TOPOLOGIES = ("star", "two-tier", "gossip")
 
 # CLI flag -> dotted config field
 COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -100,9 +103,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-mdns", dest="mdns", action="store_const", const=False, help="disable mDNS discovery"
     )
     run.add_argument("--federation", help="federation name (nodes only join their own)")
+    run.add_argument(
+        "--region", help="region label: clients go under an aggregator of their region"
+    )
     run.add_argument("--key-file", help="node key file (created if missing)")
     run.add_argument("--allow", action="append", help="allowed peer id (repeat); closes membership")
     run.add_argument("--network-key-file", help="pre-shared network key (private network)")
+    run.add_argument(
+        "--checkpoint-dir", help="coordinator: write a versioned checkpoint here every round"
+    )
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        dest="resume_from",
+        action="store_const",
+        const="latest",
+        help="coordinator: continue from the newest checkpoint in --checkpoint-dir, if any",
+    )
+    resume.add_argument(
+        "--resume-from", metavar="PATH", help="coordinator: continue from this checkpoint"
+    )
+    run.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="serve `fednode status` / `fednode promote` on this Unix socket (mode 0600)",
+    )
     run.add_argument(
         "--log",
         choices=("human", "json"),
@@ -114,10 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="simulated federation on the built-in digits task",
-        description="Run a star federation of --clients clients on the "
-        "built-in digits task in the simulator and show the results.",
+        description="Run the same federation three ways in the simulator on the built-in "
+        "digits task: star FedAvg with --clients clients, two-tier with --aggregators "
+        "regional aggregators over the same clients, and a coordinator-free gossip "
+        "consortium of --peers peers on an exponential graph; then one results table.",
     )
     demo.add_argument("--clients", type=int, default=10, help="number of clients (10)")
+    demo.add_argument(
+        "--topology",
+        choices=(*DEMO_TOPOLOGIES, "all"),
+        default="all",
+        help="which federation(s) to run (all)",
+    )
+    demo.add_argument(
+        "--aggregators", type=int, default=2, help="two-tier: regional aggregators (2)"
+    )
+    demo.add_argument(
+        "--peers", type=int, default=16, help="gossip: peers on the exponential graph (16)"
+    )
     _add_common(demo)
 
     sim = sub.add_parser(
@@ -144,6 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--epochs", type=int, default=15, help="training epochs (15)")
     _add_common(train)
+
+    status = sub.add_parser(
+        "status",
+        help="show a running node's role, round and tree",
+        description="Ask a running node (started with --control-socket) for its state.",
+    )
+    status.add_argument("--control-socket", metavar="PATH", required=True, help="its socket")
+    status.add_argument("--json", action="store_true", help="print the raw JSON reply")
+
+    promote = sub.add_parser(
+        "promote",
+        help="promote a running client to regional aggregator",
+        description="Ask a running coordinator (started with --control-socket) to turn one "
+        "of its direct clients into a regional aggregator, without restarting it, and move "
+        "a share of that client's region under it. It takes effect before the next round.",
+    )
+    promote.add_argument("peer", help="the client's peer id (or a unique part of it)")
+    promote.add_argument(
+        "--to", choices=("aggregator",), default="aggregator", help="new role (aggregator)"
+    )
+    promote.add_argument(
+        "--share",
+        type=float,
+        default=0.5,
+        help="fraction of the client's region moved under it (0.5)",
+    )
+    promote.add_argument(
+        "--control-socket", metavar="PATH", required=True, help="the coordinator's socket"
+    )
 
     keygen = sub.add_parser(
         "keygen",
@@ -180,11 +248,28 @@ def _human(n: float) -> str:
     return str(n)  # pragma: no cover
 
 
+@dataclass
+class DemoRun:
+    """One row of the demo's results table."""
+
+    topology: str
+    nodes: str
+    accuracy: float
+    rounds: int
+    hit: int | None
+    bytes_total: float
+    wall_s: float
+    virtual_s: float
+    ok: bool
+    note: str = ""
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .sim.scenarios import build_star
-
+    for name in ("clients", "aggregators", "peers"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name}", getattr(args, name), "an integer >= 1")
     config = _config(
         args,
         {
@@ -192,16 +277,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "rounds.min_fit_clients": args.min_fit_clients or max(1, args.clients // 2),
         },
     )
+    chosen = DEMO_TOPOLOGIES if args.topology == "all" else (args.topology,)
     console.print(
-        f"[bold]fednode demo[/]: star federation, {args.clients} clients, "
-        f"{config.rounds.rounds} rounds, task {config.data.task}, partition "
-        f"{config.data.partition}, E={config.train.local_epochs}, codec "
-        f"{config.wire.codec} (simulated, virtual time)"
+        f"[bold]fednode demo[/]: {', '.join(chosen)}; task {config.data.task}, partition "
+        f"{config.data.partition}, {config.rounds.rounds} rounds, E={config.train.local_epochs}, "
+        f"codec {config.wire.codec} (simulated, virtual time)"
     )
-    t0 = time.perf_counter()
-    sim, root = build_star(config, args.clients)
     progress = Progress(
-        TextColumn("star"),
+        TextColumn("{task.fields[name]:<9}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.description}"),
@@ -209,32 +292,109 @@ def cmd_demo(args: argparse.Namespace) -> int:
         auto_refresh=False,
         transient=True,
     )
-    bar = progress.add_task("", total=config.rounds.rounds)
+    runners = {"star": _demo_star, "two-tier": _demo_two_tier, "gossip": _demo_gossip}
+    rows: list[DemoRun] = []
+    with progress:
+        for name in chosen:
+            bar = progress.add_task("", total=config.rounds.rounds, name=name)
 
+            def advance(done: int, accuracy: float, bar: Any = bar) -> None:
+                progress.update(bar, completed=done, description=f"acc {accuracy:.3f}")
+                progress.refresh()
+
+            rows.append(runners[name](config, args, advance))
+    table = Table(title="results", title_justify="left")
+    for col in ("topology", "nodes", "accuracy", "rounds", "95% at", "bytes", "wall", "virtual"):
+        table.add_column(col, justify="left" if col in ("topology", "nodes") else "right")
+    for r in rows:
+        table.add_row(
+            r.topology if r.ok else f"[red]{r.topology}[/]",
+            r.nodes,
+            f"{r.accuracy:.4f}",
+            str(r.rounds),
+            str(r.hit) if r.hit else "-",
+            _human(r.bytes_total),
+            f"{r.wall_s:.1f}s",
+            f"{r.virtual_s:.1f}s",
+        )
+    console.print(table)
+    for r in rows:
+        if r.note:
+            console.print(f"[red]{r.topology} failed[/]: {r.note}")
+    console.print(
+        "accuracy: the coordinator's model on the held-out split (gossip: the mean over "
+        "peers of each peer's own model); bytes: everything any node sent (all links)"
+    )
+    return 0 if all(r.ok for r in rows) else 1
+
+
+DemoProgress = Callable[[int, float], None]
+
+
+def _hierarchy_row(name: str, nodes: str, sim: Any, root: Any, advance: DemoProgress) -> DemoRun:
     def on_round(s: Any, peer: str, event: str, data: dict[str, Any]) -> None:
         if event == "round" and peer == root.peer:
-            progress.update(bar, completed=data["round"], description=f"acc {data['accuracy']:.3f}")
-            progress.refresh()
+            advance(data["round"], data["accuracy"])
 
     sim.fault_hooks.append(on_round)
-    with progress:
-        result = sim.run(root)
-    console.print(round_table(result.rounds, "star FedAvg"))
-    _summary(result, time.perf_counter() - t0)
-    return 0 if result.stop and result.stop.error is None else 1
+    result = sim.run(root)
+    ok = result.stop is not None and result.stop.error is None
+    if name == "star":
+        console.print(round_table(result.rounds, "star FedAvg"))
+    return DemoRun(
+        name,
+        nodes,
+        result.final_accuracy,
+        len(result.rounds),
+        result.rounds_to(0.95),
+        float(result.network.sent_bytes),
+        result.wall_s,
+        result.virtual_s,
+        ok,
+        "" if ok else str(result.stop.reason if result.stop else "no result"),
+    )
 
 
-def _summary(result: Any, wall: float) -> None:
-    if result.stop and result.stop.error:
-        console.print(f"[red]failed[/]: {result.stop.reason}")
-    hit = result.rounds_to(0.95)
-    up = sum(r["bytes_up"] for r in result.rounds)
-    down = sum(r["bytes_down"] for r in result.rounds)
-    console.print(
-        f"final accuracy [bold]{result.final_accuracy:.4f}[/] after {len(result.rounds)} "
-        f"rounds; 95% reached at round {hit if hit else '-'}; "
-        f"{_human(up)} up, {_human(down)} down; {wall:.1f}s wall, "
-        f"{result.virtual_s:.1f}s virtual"
+def _demo_star(config: NodeConfig, args: argparse.Namespace, advance: DemoProgress) -> DemoRun:
+    from .sim.scenarios import build_star
+
+    sim, root = build_star(config, args.clients)
+    return _hierarchy_row("star", f"1+{args.clients}", sim, root, advance)
+
+
+def _demo_two_tier(config: NodeConfig, args: argparse.Namespace, advance: DemoProgress) -> DemoRun:
+    from .sim.scenarios import build_two_tier
+
+    # a round's results come from the aggregators (each one the weighted sum of its clients)
+    rounds = replace(config.rounds, min_fit_clients=args.aggregators)
+    sim, root = build_two_tier(replace(config, rounds=rounds), args.aggregators, args.clients)
+    nodes = f"1+{args.aggregators}+{args.clients}"
+    return _hierarchy_row("two-tier", nodes, sim, root, advance)
+
+
+def _demo_gossip(config: NodeConfig, args: argparse.Namespace, advance: DemoProgress) -> DemoRun:
+    from .sim.gossip import build_gossip
+    from .sim.topology import exponential_graph
+
+    sim, _nodes = build_gossip(config, exponential_graph(args.peers))
+    t0 = time.perf_counter()
+    result = sim.run_all()
+    records = [r for r in result.rounds if r["round"] > 0]
+    for r in records:
+        advance(r["round"], r["accuracy"])
+    hit = result.rounds_to("accuracy", at_least=0.95)
+    done = len(records) == config.rounds.rounds
+    return DemoRun(
+        "gossip",
+        f"{args.peers} peers",
+        result.final_accuracy,
+        len(records),
+        hit,
+        float(records[-1]["bytes"]) if records else 0.0,
+        time.perf_counter() - t0,
+        result.virtual_s,
+        done,
+        "" if done else f"only {len(records)} of {config.rounds.rounds} rounds completed",
     )
 
 
@@ -279,7 +439,56 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .control import request
+
+    reply = request(args.control_socket, {"op": "status"})
+    if args.json:
+        console.print(json.dumps(reply, indent=2, sort_keys=True), markup=False)
+        return 0 if reply.get("ok") else 1
+    if not reply.get("ok"):
+        console.print(f"[red]error[/]: {reply.get('error')}", markup=True)
+        return 1
+    facts = ", ".join(f"{k} {reply[k]}" for k in ("round", "model_version") if k in reply)
+    console.print(f"[bold]{reply['role']}[/] {facts}")
+    if "parent" in reply:
+        console.print(f"parent: {reply['parent'] or '-'}")
+    tree = reply.get("tree")
+    if tree is not None:
+        table = Table(title="tree", title_justify="left")
+        table.add_column("parent")
+        table.add_column("children", justify="right")
+        table.add_column("peers")
+        for parent, children in sorted(tree.items()):
+            table.add_row(parent or "(coordinator)", str(len(children)), "\n".join(children))
+        console.print(table)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from .control import request
+
+    reply = request(args.control_socket, {"op": "promote", "peer": args.peer, "share": args.share})
+    if not reply.get("ok"):
+        console.print(f"[red]refused[/]: {reply.get('error')}")
+        return 1
+    console.print(
+        f"promotion of {reply['peer']} to {args.to} queued "
+        f"(share {reply['share']:.2f}); it takes effect before the next round"
+    )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run one node until its role stops or SIGINT/SIGTERM; prints ``stopped: <why>``.
+
+    Exit status: 0 when the role finished or a signal asked the node to stop (it said
+    goodbye to its peers first; the line reads ``stopped: SIGTERM``), 1 when the role
+    failed (e.g. a round could not complete), 2 for a configuration error, 130 when
+    interrupted before the node was up.
+    """
     import logging
 
     import trio
@@ -294,8 +503,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         "net.bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
         "net.mdns": args.mdns,
         "net.federation": args.federation,
+        "tier.region": args.region,
         "net.key_file": args.key_file,
         "net.network_key_file": args.network_key_file,
+        "net.control_socket": args.control_socket,
+        "server.checkpoint_dir": args.checkpoint_dir,
+        "server.resume_from": args.resume_from,
     }
     if args.allow:
         extra["net.allow"] = tuple(args.allow)
@@ -304,11 +517,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
+    # main() made SIGTERM a KeyboardInterrupt while starting up ("interrupted", 130); once
+    # up, the node's own handler takes over (Node.run: goodbye, "stopped: SIGTERM", 0)
     sink = json_lines() if args.log == "json" else _human_events()
     node = Node(config, on_event=sink)
     console.print(f"[bold]fednode[/] {config.role} {node.peer_id}", highlight=False)
     stop = trio.run(node.run)
     if stop is None:
+        console.print("stopped: cancelled")
         return 130
     console.print(f"stopped: {stop.reason}")
     return 0 if stop.error is None else 1
@@ -323,6 +539,16 @@ def _human_events() -> Callable[[str, str, dict[str, Any]], None]:
                 f"up {_human(data['bytes_up'])}  down {_human(data['bytes_down'])}  "
                 f"{data['duration_s']:.1f}s"
             )
+        elif event == "gossip_round":
+            console.print(
+                f"round {data['round']:>3}  neighbours {data.get('neighbours', 0)}  "
+                f"distance {data.get('distance', float('nan')):.4f}  "
+                f"train loss {data.get('train_loss', float('nan')):.4f}"
+            )
+        elif event == "gossip_eval":
+            console.print(
+                f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss {data['loss']:.4f}"
+            )
         elif event in ("round_failed", "rejected", "send_failed", "parent_lost"):
             console.print(f"[yellow]{event}[/] {data}")
 
@@ -335,12 +561,30 @@ COMMANDS = {
     "sim": cmd_sim,
     "train": cmd_train,
     "keygen": cmd_keygen,
+    "status": cmd_status,
+    "promote": cmd_promote,
 }
+
+
+def _sigterm_interrupts() -> None:
+    """Make SIGTERM behave like Ctrl-C until a node installs its own handler, so a process
+    stopped while it loads (torch takes seconds) says "interrupted" and exits 130."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread (e.g. tests)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _sigterm_interrupts()
         import torch
 
         torch.set_num_threads(1)  # tiny models: one thread per process is fastest

@@ -223,6 +223,9 @@ class ServerParams:
     #: directory for versioned checkpoints ("" = none)
     checkpoint_dir: str = ""
     checkpoint_keep: int = 3
+    #: resume from this checkpoint (a version or a checkpoint directory); "latest" = the
+    #: newest one in ``checkpoint_dir`` if there is one, else start fresh
+    resume_from: str = ""
 
     def validate(self) -> None:
         _check(
@@ -251,6 +254,12 @@ class ServerParams:
             "server.checkpoint_keep",
             self.checkpoint_keep,
             "an integer >= 1",
+        )
+        _check(
+            self.resume_from != "latest" or bool(self.checkpoint_dir),
+            "server.resume_from",
+            self.resume_from,
+            "a checkpoint path, or 'latest' together with server.checkpoint_dir",
         )
 
 
@@ -292,6 +301,8 @@ class NetParams:
     dial_timeout_s: float = 10.0
     send_timeout_s: float = 60.0
     peer_timeout_s: float = 30.0
+    #: Unix socket for `fednode status` / `fednode promote` ("" = none; mode 0600)
+    control_socket: str = ""
 
     def validate(self) -> None:
         _check(
@@ -301,6 +312,13 @@ class NetParams:
             "a multiaddr such as /ip4/0.0.0.0/tcp/0",
         )
         _check(bool(self.federation), "net.federation", self.federation, "a non-empty name")
+        _check(
+            not (self.allow and self.open_membership),
+            "net.open_membership",
+            self.open_membership,
+            "false when net.allow lists peers (an allow-list only means something for "
+            "closed membership; set open_membership = false, or empty the list)",
+        )
         for name in ("dial_timeout_s", "send_timeout_s", "peer_timeout_s"):
             value = getattr(self, name)
             _check(value > 0, f"net.{name}", value, "a float > 0 (seconds)")

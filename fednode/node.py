@@ -1,34 +1,60 @@
 """A deployed node: identity, libp2p host, discovery and the configured role, in one nursery.
 
 ``Node(config).run()`` is what ``fednode run`` executes. The node owns every task it
-starts; shutdown (Ctrl-C, SIGTERM, or the role finishing) is cancellation of that one
-nursery, after a short shielded goodbye to connected peers.
+starts. Shutdown — the role finishing, SIGINT/SIGTERM, or the caller cancelling — is
+cancellation of the role, then a short shielded goodbye (a signed ``Bye`` to every
+connected member, all at once, bounded by :data:`GOODBYE_S`), then cancellation of the
+transport and discovery. A second signal during the goodbye cuts it short.
+
+Membership is enforced twice: with closed membership the transport refuses frames from
+peers off the allow-list before reading them (``accept_from``), and the envelope checks
+the signed sender again. Transport-level refusals (non-members, failed handshakes such
+as a missing network key) are counted in :attr:`Node.stats` and logged as ``rejected``
+events with ``"stage": "transport"``.
+
+Events the node adds to the role's (JSON lines with ``--log json``): ``listening``
+(peer id, role, addresses), ``peer_up`` / ``peer_down``, ``gossip_eval`` (a gossip
+peer's test accuracy after each round), ``goodbye`` and ``stopped`` (reason, signal).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import trio
 
-from .actions import Stop
+from .actions import EvalJob, EvalResult, Stop
 from .config import NodeConfig
 from .crypto.envelope import Membership, Receiver, Sealer
 from .crypto.identity import Identity, load_or_create, public_key_from_peer_id
-from .errors import ConfigError
+from .errors import ConfigError, FednodeError
+from .p2p.transport import Frame, Inbound, PeerEvent, Transport
 from .runner import Role, RunStats, ThreadExecutor, run_role
 from .training.task import Task, load_task
+from .wire import messages as m
 
 log = logging.getLogger("fednode.node")
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
+
+#: bound on the whole goodbye (all Byes sent concurrently), shielded from cancellation
+GOODBYE_S = 2.0
+#: how often a gossip peer waiting for its consortium checks the connected peers
+PEER_POLL_S = 0.25
+#: how long a send to a peer with no known address waits for discovery to connect it
+UNDISCOVERED_WAIT_S = 5.0
+#: bound on the evaluation of the last gossip round after the role stopped
+FINAL_EVAL_S = 10.0
+_REJECT_ERRORS = {"not_accepted": "NotMember", "handshake": "HandshakeFailed"}
 
 
 def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
@@ -41,7 +67,27 @@ def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
     from .hierarchy.factory import make_role
 
     params = task.init_params(config.seed) if config.role == "coordinator" else None
-    return make_role(config, size, params)
+    return make_role(config, size, params, resume_from=resume_source(config))
+
+
+def resume_source(config: NodeConfig) -> Path | None:
+    """The checkpoint a coordinator resumes from (``server.resume_from``), or None.
+
+    ``"latest"`` is the newest complete version in ``server.checkpoint_dir``, and a fresh
+    start (logged) when there is none yet, so one command line serves first start and
+    restart alike. An explicit path must hold a checkpoint (ConfigError otherwise).
+    """
+    source = config.server.resume_from
+    if config.role != "coordinator" or not source:
+        return None
+    if source != "latest":
+        return Path(source)
+    from .hierarchy.checkpoint import DirectoryCheckpoints
+
+    found = DirectoryCheckpoints(config.server.checkpoint_dir).latest()
+    if found is None:
+        log.warning("no checkpoint in %s yet: starting from round 1", config.server.checkpoint_dir)
+    return found
 
 
 def read_allow_list(entries: tuple[str, ...]) -> frozenset[str]:
@@ -87,6 +133,10 @@ class Node:
     task: Task | None = None
     on_event: EventSink | None = None
     listen_addrs: tuple[str, ...] = ()
+    #: the running transport (for tests and diagnostics); set by :meth:`run`
+    transport: Transport | None = field(default=None, init=False)
+    #: the signal that stopped the node ("SIGTERM", "SIGINT"), if one did
+    stopped_by: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         net = self.config.net
@@ -95,6 +145,7 @@ class Node:
             raise ConfigError(
                 "net.allow", net.allow, "at least one peer id when open_membership is false"
             )
+        self.membership = Membership(self.allow, open=net.open_membership)
         self.network_key = read_network_key(net.network_key_file)
         if self.identity is None:
             self.identity, created = load_or_create(net.key_file)
@@ -114,14 +165,37 @@ class Node:
         self.role = build_role(self.config, self.task, self.identity.peer_id)
         self.stats = RunStats()
         self.stop: Stop | None = None
+        self._goodbye_scope: trio.CancelScope | None = None
 
     @property
     def peer_id(self) -> str:
         assert self.identity is not None
         return self.identity.peer_id
 
+    def _emit(self, event: str, data: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(self.peer_id, event, data)
+
+    def _on_reject(self, who: str, reason: str) -> None:
+        """The transport refused a frame or a connection: count it and log it."""
+        error = _REJECT_ERRORS.get(reason, reason)
+        self.stats.rejected[error] += 1
+        detail = (
+            "not a member: frame refused before it was read"
+            if reason == "not_accepted"
+            else "inbound security handshake failed (wrong or missing network key?)"
+        )
+        self._emit(
+            "rejected", {"peer": who, "error": error, "stage": "transport", "detail": detail}
+        )
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> Stop | None:
-        """Run until the role stops, SIGINT/SIGTERM arrives, or the caller cancels."""
+        """Run until the role stops, SIGINT/SIGTERM arrives, or the caller cancels.
+
+        Returns the role's :class:`Stop`; after a signal, ``Stop(reason="SIGTERM")`` (or
+        ``"SIGINT"``) with no error. Returns None only if the caller cancelled.
+        Cancellation: the goodbye still runs (shielded, at most :data:`GOODBYE_S`).
+        """
         from .p2p.discovery import run_discovery
         from .p2p.libp2p_host import Libp2pTransport
 
@@ -135,21 +209,32 @@ class Node:
             max_header_bytes=cfg.wire.max_header_bytes,
             dial_timeout=cfg.net.dial_timeout_s,
             send_timeout=cfg.net.send_timeout_s,
+            # closed membership: a non-member's frame is refused before its payload is read
+            accept_from=None if self.membership.open else self.membership.admits,
+            on_reject=self._on_reject,
         )
+        self.transport = transport
         receiver = Receiver(
             self.peer_id,
-            Membership(self.allow, open=cfg.net.open_membership),
+            self.membership,
             model_size=self.task.layout().size,
             max_frame_bytes=cfg.wire.max_frame_bytes,
             max_header_bytes=cfg.wire.max_header_bytes,
             max_clock_skew_s=cfg.wire.max_clock_skew_s,
         )
+        sealer = Sealer(self.identity)
+        executor = ThreadExecutor(self.task)
+        role_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_signal, nursery.cancel_scope)
+            nursery.start_soon(self._watch_signals, role_scope, nursery.cancel_scope)
             await nursery.start(transport.run)
             self.listen_addrs = transport.addresses()
             log.info(
                 "node %s (%s) listening on %s", self.peer_id, cfg.role, ", ".join(self.listen_addrs)
+            )
+            self._emit(
+                "listening",
+                {"peer": self.peer_id, "role": cfg.role, "addrs": list(self.listen_addrs)},
             )
             await nursery.start(
                 lambda task_status: run_discovery(
@@ -157,27 +242,255 @@ class Node:
                     mdns=cfg.net.mdns,
                     bootstrap=cfg.net.bootstrap,
                     service_name=cfg.net.federation,
+                    dial_timeout=cfg.net.dial_timeout_s,
+                    first_redial=1.0,
                     task_status=task_status,
                 )
             )
+            if cfg.net.control_socket:  # `fednode status` / `fednode promote` (local only)
+                from .control import serve_control
+
+                await nursery.start(serve_control, self.role, cfg.net.control_socket)
+            if cfg.role in ("client", "peer"):
+                nursery.start_soon(_warm_up_training)
+            logged = _PeerLog(transport, self._emit, self.membership.admits)
+            nursery.start_soon(logged.pump)
+            evals = _GossipEvals(self.role, executor, self._emit)
+            nursery.start_soon(evals.run)
+            sink = evals.wrap(self.on_event)
             task_status.started()
-            self.stop = await run_role(
-                self.role,
-                transport,
-                Sealer(self.identity),
-                receiver,
-                ThreadExecutor(self.task),
-                on_event=self.on_event,
-                send_timeout_s=cfg.net.send_timeout_s,
-                stats=self.stats,
+            try:
+                with role_scope:
+                    if cfg.role == "peer":
+                        await self._wait_for_peers(transport)
+                    self.stop = await run_role(
+                        self.role,
+                        logged,
+                        sealer,
+                        receiver,
+                        executor,
+                        on_event=sink,
+                        send_timeout_s=cfg.net.send_timeout_s,
+                        stats=self.stats,
+                    )
+                if self.stop is not None:
+                    await evals.drain(FINAL_EVAL_S)
+            finally:
+                reason = self.stopped_by or (self.stop.reason if self.stop else "cancelled")
+                await self._goodbye(transport, sealer, reason)
+            if self.stop is None and self.stopped_by is not None:
+                self.stop = Stop(self.stopped_by)
+            stop = self.stop
+            self._emit(
+                "stopped",
+                {
+                    "reason": stop.reason if stop else "cancelled",
+                    "signal": self.stopped_by,
+                    "error": type(stop.error).__name__ if stop and stop.error else None,
+                    "rejected": dict(self.stats.rejected),
+                },
             )
             nursery.cancel_scope.cancel()
         return self.stop
 
+    async def _watch_signals(self, role_scope: trio.CancelScope, root: trio.CancelScope) -> None:
+        """First SIGINT/SIGTERM: stop the role (the goodbye follows). Second: stop now."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.stopped_by is None:
+                    self.stopped_by = name
+                    log.warning("received %s: saying goodbye to peers, then stopping", name)
+                    role_scope.cancel()
+                    continue
+                log.warning("received %s again: stopping without goodbye", name)
+                if self._goodbye_scope is not None:
+                    self._goodbye_scope.cancel()
+                root.cancel()
+                return
 
-async def _cancel_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.warning("received %s: shutting down", signal.Signals(signum).name)
-            scope.cancel()
+    async def _wait_for_peers(self, transport: Transport) -> None:
+        """Gossip peers: hold the first round until ``min_available_clients - 1`` other
+        members are connected (at most ``wait_for_clients_s``), so a peer that starts
+        first does not run its rounds alone."""
+        want = self.config.rounds.min_available_clients - 1
+        limit = self.config.rounds.wait_for_clients_s
+        start = trio.current_time()
+        have = 0
+        with trio.move_on_after(limit):
+            while True:
+                have = sum(1 for p in transport.peers() if self.membership.admits(p))
+                if have >= want:
+                    break
+                await trio.sleep(PEER_POLL_S)
+        waited = round(trio.current_time() - start, 3)
+        if have < want:
+            log.warning("only %d of %d peers after %gs; starting anyway", have, want, limit)
+        self._emit("peers_ready", {"peers": have, "wanted": want, "waited_s": waited})
+
+    async def _goodbye(self, transport: Transport, sealer: Sealer, reason: str) -> None:
+        """Send a signed Bye to every connected member at once; shielded, bounded."""
+        peers = sorted(p for p in transport.peers() if self.membership.admits(p))
+        if not peers:
             return
+        delivered = 0
+
+        async def bye(peer: str, msg: m.Bye) -> None:
+            nonlocal delivered
+            try:
+                await transport.send(peer, sealer.seal(replace(msg, recipient=peer)))
+                delivered += 1
+            except FednodeError as exc:
+                log.debug("goodbye to %s failed: %s", peer, exc)
+
+        with trio.CancelScope(shield=True) as scope:
+            self._goodbye_scope = scope
+            scope.deadline = trio.current_time() + GOODBYE_S
+            async with trio.open_nursery() as nursery:
+                for peer, msg in _byes(self.role, peers, reason):
+                    nursery.start_soon(bye, peer, msg)
+        self._goodbye_scope = None
+        self._emit("goodbye", {"peers": len(peers), "delivered": delivered, "reason": reason})
+
+
+async def _warm_up_training() -> None:
+    """Import what a torch task's first training step imports lazily, while the node
+    waits for peers: ``torch.optim`` pulls in ``torch._dynamo`` on first use (~4 s of
+    CPU on a small machine), which would otherwise delay the first round. Side-effect
+    free; skipped when the task does not use torch."""
+    if "torch" not in sys.modules:
+        return
+    try:
+        await trio.to_thread.run_sync(_import_dynamo, abandon_on_cancel=True)  # type: ignore[call-arg]
+    except ImportError as exc:  # a torch build without dynamo: nothing to warm up
+        log.debug("warm-up skipped: %s", exc)
+
+
+def _import_dynamo() -> None:
+    import torch._dynamo  # noqa: F401
+
+
+def _byes(role: Role, peers: list[str], reason: str) -> list[tuple[str, m.Bye]]:
+    """The Bye for each peer. A gossip peer names each link's epoch (``Bye.round``), which
+    is how its neighbours tell which link ends; hierarchy roles ignore the round."""
+    text = reason[: m.MAX_STR_LEN]
+    links = getattr(role, "links", None)
+    out = []
+    for peer in peers:
+        link = links.get(peer) if isinstance(links, dict) else None
+        epoch = int(getattr(link, "epoch", 0)) if link is not None else 0
+        out.append((peer, m.Bye(round=epoch, reason=text)))
+    return out
+
+
+class _PeerLog(Transport):
+    """The node's transport as the runner sees it, with peer up/down logged as events.
+
+    Everything but :attr:`events` is the wrapped transport's; events pass through one
+    bounded channel (back-pressure as before) after being logged. Peers that ``admits``
+    refuses (non-members, with closed membership) are logged but never reported to the
+    role, so it sends them nothing — not even an advert saying who this node is. A send
+    to a peer the transport has no address for waits up to :data:`UNDISCOVERED_WAIT_S`
+    for discovery to connect it (a coordinator may name a parent before mDNS found it).
+    """
+
+    def __init__(
+        self,
+        inner: Transport,
+        emit: Callable[[str, dict[str, Any]], None],
+        admits: Callable[[str], bool] = lambda peer: True,
+    ) -> None:
+        self.inner = inner
+        self.emit = emit
+        self.admits = admits
+        self.local_peer = inner.local_peer
+        self.incoming: trio.MemoryReceiveChannel[Inbound] = inner.incoming
+        self._send, self.events = trio.open_memory_channel[PeerEvent](16)
+
+    async def pump(self) -> None:
+        async with self._send:
+            async for event in self.inner.events:
+                member = self.admits(event.peer)
+                data: dict[str, Any] = {"peer": event.peer}
+                if not member:
+                    data["member"] = False
+                self.emit("peer_up" if event.up else "peer_down", data)
+                if member:
+                    await self._send.send(event)
+
+    async def send(self, peer: str, frame: Frame) -> None:
+        if peer not in self.inner.peers() and not self._known(peer):
+            # a peer we were told about (an Assign naming a new parent) before discovery
+            # found it: give mDNS a moment to find and dial it instead of failing at once
+            with trio.move_on_after(UNDISCOVERED_WAIT_S):
+                while peer not in self.inner.peers():
+                    await trio.sleep(PEER_POLL_S / 2)
+        await self.inner.send(peer, frame)
+
+    def _known(self, peer: str) -> bool:
+        known = getattr(self.inner, "known_addresses", None)
+        return True if known is None else bool(known(peer))
+
+    def peers(self) -> frozenset[str]:
+        return self.inner.peers()
+
+    def addresses(self) -> tuple[str, ...]:
+        return self.inner.addresses()
+
+    async def connect(self, peer: str, addrs: tuple[str, ...] = ()) -> None:
+        await self.inner.connect(peer, addrs)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _GossipEvals:
+    """A gossip peer has no global model to evaluate, so the node tests the peer's own
+    model after each round (``gossip_round`` event) on the task's held-out data, in the
+    executor's worker thread, and emits ``gossip_eval``. Other roles: does nothing."""
+
+    def __init__(
+        self, role: Role, executor: ThreadExecutor, emit: Callable[[str, dict[str, Any]], None]
+    ) -> None:
+        self.role = role
+        self.executor = executor
+        self.emit = emit
+        self.active = role.role == "peer"
+        self._send, self._recv = trio.open_memory_channel[tuple[int, np.ndarray]](4)
+        self._done = trio.Event()
+
+    def wrap(self, sink: EventSink | None) -> EventSink:
+        def wrapped(peer: str, event: str, data: dict[str, Any]) -> None:
+            if sink is not None:
+                sink(peer, event, data)
+            if self.active and event == "gossip_round":
+                params = getattr(self.role, "params", None)
+                if params is not None:
+                    # evaluation behind or over: this round's figure is skipped
+                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                        self._send.send_nowait((int(data.get("round", 0)), params))
+
+        return wrapped
+
+    async def run(self) -> None:
+        try:
+            async for rnd, params in self._recv:
+                result = await self.executor.run(EvalJob(rnd, params))
+                assert isinstance(result, EvalResult)
+                self.emit(
+                    "gossip_eval",
+                    {
+                        "round": rnd,
+                        "accuracy": result.metrics.get("accuracy", float("nan")),
+                        "loss": result.loss,
+                    },
+                )
+        finally:
+            self._done.set()
+
+    async def drain(self, limit: float) -> None:
+        """Evaluate what is queued (the last round), at most ``limit`` seconds."""
+        self._send.close()
+        if self.active:
+            with trio.move_on_after(limit):
+                await self._done.wait()

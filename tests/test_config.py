@@ -44,6 +44,8 @@ def test_toml_file_and_override(tmp_path):
         ("[net]\nlisten = 'tcp://x'", "net.listen", "multiaddr"),
         ("train = 3", "train", "a table"),
         ("[train]\nepochs = 3", "train.epochs", "a known key"),
+        ("[net]\nallow = ['12D3KooWx']", "net.open_membership", "false when net.allow"),
+        ("[server]\nresume_from = 'latest'", "server.resume_from", "checkpoint_dir"),
     ],
 )
 def test_bad_config_names_field_value_and_expectation(tmp_path, toml, field, fragment):

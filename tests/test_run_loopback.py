@@ -1,8 +1,20 @@
-"""`fednode run` end to end over real libp2p on 127.0.0.1: a coordinator and two clients."""
+"""`fednode run` end to end over real libp2p on 127.0.0.1: real processes, bootstrap, no mDNS.
 
+Every node listens on 127.0.0.1 only; every wait has a deadline; every process is
+terminated (then killed) in ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,68 +22,170 @@ from fednode.crypto.identity import Identity, save_key
 
 pytestmark = pytest.mark.net
 
+FEDNODE = [sys.executable, "-m", "fednode.cli", "run", "--no-mdns", "--log", "json"]
 
-def test_star_federation_over_libp2p_loopback(tmp_path):
-    coord_key = tmp_path / "c.key"
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _coordinator_key(tmp_path: Path) -> tuple[Path, str]:
     identity = Identity.generate()
-    save_key(identity, coord_key)
-    port = 40000 + (int(time.time() * 1000) % 20000)
-    fednode = [sys.executable, "-m", "fednode.cli", "run", "--no-mdns", "--local-epochs", "1"]
-    coord = subprocess.Popen(
+    path = tmp_path / "coordinator.key"
+    save_key(identity, path)
+    return path, identity.peer_id
+
+
+def _spawn(args: list[str], out: Path) -> subprocess.Popen[bytes]:
+    with out.open("wb") as f:
+        return subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT)
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line still being written
+    return out
+
+
+def _wait_for(
+    path: Path, found: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = _events(path)
+        if found(events):
+            return events
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s; log of {path.name}:\n{path.read_text()}")
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
+def test_star_federation_over_libp2p_loopback(tmp_path: Path) -> None:
+    coord_key, coord_id = _coordinator_key(tmp_path)
+    port = _free_port()
+    boot = f"/ip4/127.0.0.1/tcp/{port}/p2p/{coord_id}"
+    procs = []
+    try:
+        # clients first: they must find the coordinator whenever it comes up (redial backoff)
+        for i in range(2):
+            args = [*FEDNODE, "--role", "client", "--client-index", str(i), "--num-clients", "2"]
+            args += ["--local-epochs", "1", "--listen", "/ip4/127.0.0.1/tcp/0"]
+            args += ["--key-file", str(tmp_path / f"k{i}.key"), "--bootstrap", boot]
+            procs.append(_spawn(args, tmp_path / f"client{i}.log"))
+        coord = _spawn(
+            [
+                *FEDNODE,
+                "--role",
+                "coordinator",
+                "--rounds",
+                "2",
+                "--min-available-clients",
+                "2",
+                "--local-epochs",
+                "1",
+                "--listen",
+                f"/ip4/127.0.0.1/tcp/{port}",
+                "--key-file",
+                str(coord_key),
+            ],
+            tmp_path / "coordinator.log",
+        )
+        procs.append(coord)
+        assert coord.wait(timeout=120) == 0, (tmp_path / "coordinator.log").read_text()
+    finally:
+        _stop_all(procs)
+    rounds = [e for e in _events(tmp_path / "coordinator.log") if e["event"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["completed"] == 2 for r in rounds)
+    assert rounds[1]["accuracy"] > 0.5
+    assert "stopped: finished 2 rounds" in (tmp_path / "coordinator.log").read_text()
+
+
+def test_sigterm_says_goodbye_prints_why_and_exits_0(tmp_path: Path) -> None:
+    coord_key, coord_id = _coordinator_key(tmp_path)
+    port = _free_port()
+    coord_log, client_log = tmp_path / "coordinator.log", tmp_path / "client.log"
+    coord = _spawn(
         [
-            *fednode,
+            *FEDNODE,
             "--role",
             "coordinator",
             "--rounds",
-            "2",
+            "100",
             "--min-available-clients",
-            "2",
+            "1",
+            "--min-fit-clients",
+            "1",
+            "--local-epochs",
+            "1",
             "--listen",
             f"/ip4/127.0.0.1/tcp/{port}",
             "--key-file",
             str(coord_key),
-            "--log",
-            "json",
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+        coord_log,
     )
-    boot = f"/ip4/127.0.0.1/tcp/{port}/p2p/{identity.peer_id}"
-    clients = [
-        subprocess.Popen(
-            [
-                *fednode,
-                "--role",
-                "client",
-                "--client-index",
-                str(i),
-                "--num-clients",
-                "2",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--key-file",
-                str(tmp_path / f"k{i}.key"),
-                "--bootstrap",
-                boot,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(2)
-    ]
+    client = _spawn(
+        [
+            *FEDNODE,
+            "--role",
+            "client",
+            "--local-epochs",
+            "1",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--key-file",
+            str(tmp_path / "client.key"),
+            "--bootstrap",
+            f"/ip4/127.0.0.1/tcp/{port}/p2p/{coord_id}",
+        ],
+        client_log,
+    )
     try:
-        out, _ = coord.communicate(timeout=120)
-    finally:
-        for p in [coord, *clients]:
-            p.terminate()
-        for p in [coord, *clients]:
-            p.wait(timeout=20)
-    import json
+        # the federation is working: at least one round done
+        _wait_for(coord_log, lambda ev: any(e["event"] == "round" for e in ev), timeout=120)
+        client_id = next(e["peer"] for e in _events(client_log) if e["event"] == "listening")
 
-    rounds = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    rounds = [r for r in rounds if r.get("event") == "round"]
-    assert coord.returncode == 0, out
-    assert [r["round"] for r in rounds] == [1, 2]
-    assert all(r["completed"] == 2 for r in rounds)
-    assert rounds[1]["accuracy"] > 0.5
+        client.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        assert client.wait(timeout=30) == 0, client_log.read_text()
+        client_s = time.monotonic() - t0
+
+        # the coordinator heard the goodbye (or at least the connection closing)
+        _wait_for(
+            coord_log,
+            lambda ev: any(e["event"] == "peer_down" and e["peer"] == client_id for e in ev),
+            timeout=15,
+        )
+        coord.send_signal(signal.SIGTERM)
+        assert coord.wait(timeout=30) == 0, coord_log.read_text()
+    finally:
+        _stop_all([client, coord])
+
+    text = client_log.read_text()
+    assert "stopped: SIGTERM" in text
+    events = _events(client_log)
+    goodbye = next(e for e in events if e["event"] == "goodbye")
+    assert goodbye["delivered"] == goodbye["peers"] == 1 and goodbye["reason"] == "SIGTERM"
+    stopped = next(e for e in events if e["event"] == "stopped")
+    assert stopped["signal"] == "SIGTERM" and stopped["error"] is None
+    assert client_s < 20  # goodbye (<= 2 s) + closing the host (generous: shared 2-core CI)
+    assert "stopped: SIGTERM" in coord_log.read_text()

@@ -3,7 +3,9 @@
 :func:`run_discovery` is one service, started with ``await nursery.start(...)``:
 
 * **bootstrap**: multiaddrs ending in ``/p2p/<peer id>``. They are dialed at start and
-  redialed every ``redial_interval`` while they are not connected.
+  redialed while they are not connected: after ``first_redial`` seconds, then at doubling
+  intervals up to ``redial_interval`` (so nodes started in any order find each other
+  within seconds, and a peer that is gone costs one dial per ``redial_interval``).
 * **mDNS** (:class:`MdnsService`, zeroconf used directly): it announces this node as
   ``<random>._<service_name>._udp.local.`` and browses the same type. It follows the
   libp2p mDNS spec's record format (one TXT string ``dnsaddr=<multiaddr>/p2p/<id>`` per
@@ -378,12 +380,15 @@ async def run_discovery(
     interfaces: tuple[str, ...] | None = None,
     dial_timeout: float = 10.0,
     redial_interval: float = 30.0,
+    first_redial: float | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
     mdns_factory: Callable[..., MdnsService] = MdnsService,
 ) -> None:
     """Find peers and keep them dialed until cancelled. Start with ``nursery.start``.
 
     ``transport`` must be running (its :meth:`~Transport.addresses` are announced).
+    Known peers that are not connected are redialed after ``first_redial`` seconds
+    (default: ``redial_interval``), then at doubling intervals up to ``redial_interval``.
     ``mdns_factory`` exists for tests that replace zeroconf.
     """
     boot = parse_bootstrap(bootstrap)
@@ -400,7 +405,8 @@ async def run_discovery(
             await nursery.start(service.run, found_send.clone())
         for found in boot:
             dialer.note(found)
-        nursery.start_soon(_redial_loop, dialer, nursery, redial_interval)
+        first = redial_interval if first_redial is None else min(first_redial, redial_interval)
+        nursery.start_soon(_redial_loop, dialer, nursery, redial_interval, first)
         found_send.close()
         task_status.started()
         async for item in found_recv:
@@ -409,10 +415,15 @@ async def run_discovery(
                 nursery.start_soon(dialer.dial, wanted)
 
 
-async def _redial_loop(dialer: _Dialer, nursery: trio.Nursery, interval: float) -> None:
-    """Every ``interval`` (first at once): dial known peers that are not connected."""
+async def _redial_loop(
+    dialer: _Dialer, nursery: trio.Nursery, interval: float, first: float
+) -> None:
+    """Dial known peers that are not connected: at once, after ``first`` seconds, then at
+    doubling intervals up to ``interval``."""
+    delay = first
     while True:
         for found in list(dialer.known.values()):
             if dialer.wanted(found):
                 nursery.start_soon(dialer.dial, found)
-        await trio.sleep(interval)
+        await trio.sleep(delay)
+        delay = min(2 * delay, interval)

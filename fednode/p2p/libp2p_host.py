@@ -210,8 +210,14 @@ class Libp2pTransport(Transport):
     ``dial_timeout`` bounds a connect, ``send_timeout`` one whole frame (send until
     acknowledged; receive from first to last byte). ``accept_from(peer)``, if given, is
     asked before anything of an inbound frame is read: a peer it refuses (say, not on
-    the allow-list) gets its stream reset and costs no allocation. ``muxer="mplex"``
-    exists only for the benchmark.
+    the allow-list) is answered "not accepted" and costs no allocation.
+    ``on_reject(who, reason)``, if given, hears of every refusal this transport makes on
+    its own: ``reason="not_accepted"`` with the peer id for a frame ``accept_from``
+    refused, ``reason="handshake"`` with the remote ``ip:port`` for an inbound
+    connection whose security handshake failed (with a network key, a peer without the
+    key ends here). :attr:`refused_frames` and :attr:`failed_handshakes` count them.
+    It runs inside libp2p's tasks and must not block. ``muxer="mplex"`` exists only for
+    the benchmark.
     """
 
     def __init__(
@@ -226,6 +232,7 @@ class Libp2pTransport(Transport):
         send_timeout: float = 60.0,
         channel_size: int = 16,
         accept_from: Callable[[str], bool] | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
         muxer: Literal["yamux", "mplex"] = "yamux",
     ) -> None:
         if network_key is not None and len(network_key) != 32:
@@ -243,6 +250,11 @@ class Libp2pTransport(Transport):
         self._send_timeout = send_timeout
         self._muxer = muxer
         self._accept_from = accept_from
+        self._on_reject = on_reject
+        #: inbound frames refused because ``accept_from`` said no
+        self.refused_frames = 0
+        #: inbound connections whose security handshake (pnet + Noise) failed
+        self.failed_handshakes = 0
         self._in_send, self.incoming = trio.open_memory_channel[Inbound](channel_size)
         self._ev_send, self.events = trio.open_memory_channel[PeerEvent](channel_size)
         self._host: IHost | None = None
@@ -273,7 +285,38 @@ class Libp2pTransport(Transport):
         network.retry_config = RetryConfig(max_retries=1, initial_delay=0.1)
         host.set_stream_handler(PROTOCOL_ID, self._handle_stream)
         network.register_notifee(_Notifee(self))
+        self._count_failed_handshakes(network)
         return host
+
+    def _count_failed_handshakes(self, network: Any) -> None:
+        """Wrap this host's upgrader so a failed inbound handshake is counted and reported.
+
+        A dialer with a wrong or missing network key sends bytes that the private-network
+        layer decrypts to garbage, so multistream/Noise fail; libp2p only logs that at
+        debug level. Only this host's upgrader instance is wrapped (no global patch).
+        """
+        upgrader: Any = getattr(network, "upgrader", None)
+        inner = getattr(upgrader, "upgrade_security", None)
+        if inner is None:  # pragma: no cover - libp2p layout changed; counting is optional
+            return
+
+        async def upgrade_security(raw_conn: Any, is_initiator: bool, peer_id: Any = None) -> Any:
+            try:
+                return await inner(raw_conn, is_initiator, peer_id)
+            except Exception:
+                if not is_initiator:
+                    self._reject(_remote_address(raw_conn), "handshake")
+                raise
+
+        upgrader.upgrade_security = upgrade_security
+
+    def _reject(self, who: str, reason: str) -> None:
+        if reason == "handshake":
+            self.failed_handshakes += 1
+        else:
+            self.refused_frames += 1
+        if self._on_reject is not None:
+            self._on_reject(who, reason)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled (or :meth:`aclose`).
@@ -346,6 +389,16 @@ class Libp2pTransport(Transport):
                 out.append(f"{concrete}/p2p/{self.local_peer}")
         return tuple(out)
 
+    def known_addresses(self, peer: str) -> tuple[str, ...]:
+        """Addresses this host could dial ``peer`` at (from discovery or a connection)."""
+        if self._host is None:
+            return ()
+        try:
+            pid = ID.from_base58(peer)
+        except ValueError:
+            return ()
+        return self._peer_addrs(pid)
+
     def _parse_peer(self, peer: str) -> ID:
         try:
             pid = ID.from_base58(peer)
@@ -405,16 +458,17 @@ class Libp2pTransport(Transport):
         head = frame.head
         try:
             want = head_length(head[: PREFIX.size], max_header=self._max_header)
-            payload = memoryview(frame.payload).cast("B")  # bytes, whatever the item type
+            parts = frame.parts  # byte views, whatever the item type (scatter-gather payload)
         except (FednodeError, struct.error, TypeError) as exc:
             raise LocalProtocolError(f"frame is malformed: {exc}", peer=peer) from exc
         if want != len(head):
             raise LocalProtocolError(
                 f"frame head is {len(head)} bytes but its prefix announces {want}", peer=peer
             )
-        if len(head) + len(payload) > self._max_frame:
+        size = sum(len(part) for part in parts)
+        if len(head) + size > self._max_frame:
             raise LocalProtocolError(
-                f"frame of {len(head) + len(payload)} bytes exceeds the limit of {self._max_frame}",
+                f"frame of {len(head) + size} bytes exceeds the limit of {self._max_frame}",
                 peer=peer,
             )
         if not self._is_connected(pid):
@@ -426,7 +480,7 @@ class Libp2pTransport(Transport):
                 stream.set_protocol(PROTOCOL_ID)
                 status = STATUS_BUSY
                 try:
-                    status = await self._send_on(stream, head, payload)
+                    status = await self._send_on(stream, head, parts)
                 finally:
                     # delivered: close; refused, failed or cancelled: reset, so the
                     # receiver drops whatever part of the frame it has
@@ -446,7 +500,7 @@ class Libp2pTransport(Transport):
             text = _STATUS_TEXT.get(status, f"unknown status {status}")
             raise TransportError(f"peer refused the frame: {text}", peer=peer)
 
-    async def _send_on(self, stream: INetStream, head: bytes, payload: memoryview) -> int:
+    async def _send_on(self, stream: INetStream, head: bytes, parts: tuple[memoryview, ...]) -> int:
         """Select the protocol, write the frame, and wait for the status byte.
 
         Protocol selection is pipelined ("lazy" multistream-select, as go-libp2p does
@@ -462,13 +516,15 @@ class Libp2pTransport(Transport):
 
         async def write_frame() -> None:
             nonlocal written
-            start = SELECT + PREAMBLE.pack(len(payload))
-            if len(payload) <= SMALL_FRAME:
-                await stream.write(b"".join((start, head, payload)))
+            size = sum(len(part) for part in parts)
+            start = SELECT + PREAMBLE.pack(size)
+            if size <= SMALL_FRAME:
+                await stream.write(b"".join((start, head, *parts)))
             else:
                 await stream.write(start + head)
-                for off in range(0, len(payload), WRITE_CHUNK):
-                    await stream.write(payload[off : off + WRITE_CHUNK])  # type: ignore[arg-type]
+                for payload in parts:  # the parts in order: the payload bytes, never joined
+                    for off in range(0, len(payload), WRITE_CHUNK):
+                        await stream.write(payload[off : off + WRITE_CHUNK])  # type: ignore[arg-type]
             written = True
 
         try:
@@ -493,6 +549,7 @@ class Libp2pTransport(Transport):
             status = STATUS_BUSY
             if self._accept_from is not None and not self._accept_from(peer):
                 log.info("refused a frame from %s: peer not accepted", peer)
+                self._reject(peer, "not_accepted")
                 status = STATUS_NOT_ACCEPTED  # answered before reading anything
             else:
                 with trio.move_on_after(self._send_timeout) as deadline:
@@ -585,6 +642,15 @@ class Libp2pTransport(Transport):
         except Exception:  # libp2p PeerStoreError: unknown or expired; nothing to report
             return ()
         return tuple(f"{a}/p2p/{pid.to_base58()}" for a in addrs)
+
+
+def _remote_address(raw_conn: Any) -> str:
+    """``ip:port`` of an inbound raw connection, or "?" (the peer is not authenticated yet)."""
+    try:
+        addr = raw_conn.get_remote_address()
+    except Exception:  # libp2p boundary: the socket may already be gone
+        return "?"
+    return f"{addr[0]}:{addr[1]}" if addr else "?"
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
