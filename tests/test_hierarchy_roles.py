@@ -222,3 +222,26 @@ def test_client_unexpected_message_names_role_state_and_kind():
     c = make_client()
     with pytest.raises(RemoteProtocolError, match=r"client in state idle .*UPDATE"):
         c.handle(update("x", 0, 1.0, 1), 0.0)
+
+
+def test_client_moved_mid_round_does_not_train_that_round_twice():
+    """Trained round 3 for A, then the coordinator moved it to B (A still alive): B's
+    request for round 3 is declined — A's aggregate already holds this client — and
+    round 4 under B trains as usual. After losing a parent it trains the round again."""
+    c = make_client()
+    c.handle(m.Advert(sender="coord", recipient="me", role="coordinator"), 0.0)
+    c.handle(m.Assign(sender="coord", recipient="me", role="client", parent="A"), 0.0)
+    assert any(isinstance(a, Compute) for a in c.handle(fit(sender="A", rnd=3, recipient="me"), 0))
+    c.handle(m.Assign(sender="coord", recipient="me", role="client", parent="B"), 1.0)
+    (reject,) = c.handle(fit(sender="B", rnd=3, recipient="me"), 1.0)
+    assert reject.to == "B" and isinstance(reject.msg, m.Reject) and reject.msg.reason == "trained"
+    c.on_result(TrainResult(3, np.zeros(SIZE, np.float32), 10, {}), 2.0)  # the job for A ends
+    assert any(isinstance(a, Compute) for a in c.handle(fit(sender="B", rnd=4, recipient="me"), 3))
+    c2 = make_client()
+    c2.handle(m.Advert(sender="coord", recipient="me", role="coordinator"), 0.0)
+    c2.handle(m.Assign(sender="coord", recipient="me", role="client", parent="A"), 0.0)
+    c2.handle(fit(sender="A", rnd=3, recipient="me"), 0.0)
+    c2.on_peer("A", False, 1.0)  # A died with the update: the retry must count
+    c2.on_result(TrainResult(3, np.zeros(SIZE, np.float32), 10, {}), 1.5)
+    retry = c2.handle(fit(sender="coord", rnd=3, recipient="me"), 2.0)
+    assert any(isinstance(a, Compute) for a in retry)

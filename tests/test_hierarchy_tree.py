@@ -167,3 +167,38 @@ def test_coordinator_checkpoints_every_round_and_resumes_where_it_stopped(tmp_pa
     )
     assert resumed.observed["a"].loss == c.observed["a"].loss
     assert resumed.state is State.WAITING and resumed.resumed_from.membership["C"] == ["a"]
+
+
+def test_a_late_aggregator_gets_its_fair_share_from_the_busier_one():
+    """Start order is arbitrary on a LAN: the first aggregator to advertise must not keep
+    every client that arrived before the second one."""
+    t = Tree(TierParams())
+    for c in ("c1", "c2", "c3", "c4"):
+        t.on_advert(client(c))
+    assert {m.parent for m in assigns(t.on_advert(agg("A"))).values()} == {"A"}
+    t.on_advert(agg("A", ["c1", "c2", "c3", "c4"]))  # A confirms all four
+    moved = assigns(t.on_advert(agg("B")))
+    assert len(moved) == 2 and all(m.parent == "B" for m in moved.values())
+    assert t.load("A") == 2 and t.load("B") == 2
+    left = sorted({"c1", "c2", "c3", "c4"} - set(moved))
+    t.on_advert(agg("A", left))
+    t.on_advert(agg("B", sorted(moved)))
+    tree = t.as_dict()
+    assert t.pending == {} and sorted(tree["A"] + tree["B"]) == ["c1", "c2", "c3", "c4"]
+    # a third aggregator takes from both, and nobody is counted in two places
+    third = assigns(t.on_advert(agg("D")))
+    assert len(third) == 1 and t.load("D") == 1
+    assert t.load("A") + t.load("B") + t.load("D") == 4
+
+
+def test_levelling_keeps_regions_and_respects_placement():
+    t = Tree(TierParams(placement="least_loaded"))
+    t.on_advert(agg("A", ["x1", "x2", "x3", "x4"], region="eu"))
+    for c in ("x1", "x2", "x3", "x4"):
+        t.under[c] = "A"
+    assert assigns(t.on_advert(agg("B", region="us"))) == {}  # another region: untouched
+    t2 = Tree(TierParams(placement="region"))
+    t2.on_advert(agg("A", ["x1", "x2", "x3", "x4"]))
+    for c in ("x1", "x2", "x3", "x4"):
+        t2.under[c] = "A"
+    assert assigns(t2.on_advert(agg("B"))) == {}

@@ -81,6 +81,9 @@ class Client:
         self.known: dict[str, m.Advert] = {}
         self._assigned = False
         self._drop_results = 0
+        #: (round, parent) of the last training: a client moved to another parent while
+        #: its old one is alive must not train the same round twice (counted twice)
+        self._trained: tuple[int, str] | None = None
         self._unannounced: set[str] = set()
         self._discover_at: float | None = None
         #: set once promoted: every call is delegated to it
@@ -174,6 +177,7 @@ class Client:
     def _rehome(self, lost: str) -> list[Action]:
         self.parent = ""
         self._assigned = False
+        self._trained = None  # what it trained for the lost parent died with it: train again
         actions: list[Action] = [Emit("parent_lost", {"peer": lost})]
         known = sorted(self.known.items())
         pick = [p for p, a in known if a.role == "coordinator"] or [
@@ -247,6 +251,11 @@ class Client:
             self.declined += 1
             reject = m.Reject(round=msg.round, model_version=msg.model_version, reason="declined")
             return [Send(msg.sender, reject)]
+        if self._trained and self._trained[0] == msg.round and self._trained[1] != msg.sender:
+            # moved (Assign) after training this round for a parent that is still alive: its
+            # aggregate already holds this client's update
+            reject = m.Reject(round=msg.round, model_version=msg.model_version, reason="trained")
+            return [Send(msg.sender, reject)]
         if not self.parent:
             self.parent = msg.sender
         if self.state is State.TRAINING:
@@ -259,6 +268,7 @@ class Client:
         base = msg.vector
         assert base is not None
         self._job = (msg.sender, msg, base)
+        self._trained = (msg.round, msg.sender)
         config: dict[str, Any] = dict(msg.config)
         config["round"] = msg.round
         return [

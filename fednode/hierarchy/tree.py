@@ -59,7 +59,8 @@ class Tree:
     def load(self, agg: str) -> int:
         advert = self.direct.get(agg)
         confirmed = set(advert.children) if advert else set()
-        return len(confirmed | {c for c, a in self.pending.items() if a == agg})
+        leaving = {c for c in confirmed if self.pending.get(c, agg) != agg}  # assigned elsewhere
+        return len((confirmed - leaving) | {c for c, a in self.pending.items() if a == agg})
 
     def leaves(self, peer: str) -> int:
         """Clients reachable through direct child ``peer`` (1 for a client)."""
@@ -127,7 +128,7 @@ class Tree:
         if not new:
             return []
         if self.promoting.pop(peer, None) is None:
-            return self.rebalance()
+            return self.rebalance() + self.level(peer)
         # a promoted aggregator got its share with the promotion; if it was promoted for a
         # whole region, that region's latecomers follow it
         if peer in self.takes_region:
@@ -180,6 +181,39 @@ class Tree:
             if target is not None:
                 del self.direct[peer]
                 actions += self.assign(peer, target)
+        return actions
+
+    def level(self, newcomer: str) -> list[Action]:
+        """Move clients from busier aggregators of ``newcomer``'s region (``least_loaded``)
+        until its load is the fair share: otherwise whichever aggregator advertised first
+        keeps every client that arrived before the others (as on a LAN, where start order
+        is arbitrary). A moved client that already trained this round for its old parent
+        declines the newcomer's request for it (see ``Client``): nothing is counted twice.
+        """
+        if self.tier.placement != "least_loaded":
+            return []
+        region = self.direct[newcomer].region
+        peers = [
+            a
+            for a in self.aggregators()
+            if a not in self.promoting and self.direct[a].region == region
+        ]
+        share = sum(self.load(a) for a in peers) // len(peers)
+        actions: list[Action] = []
+        while self.load(newcomer) < share:
+            busiest = max(peers, key=lambda a: (self.load(a), a))
+            if self.load(busiest) - self.load(newcomer) < 2:
+                break
+            movable = sorted(
+                c
+                for c in set(self.direct[busiest].children)
+                if self.under.get(c) == busiest and self.pending.get(c) is None
+            )
+            if not movable:
+                break
+            child = movable[-1]
+            self.under.pop(child, None)
+            actions += self.assign(child, newcomer)
         return actions
 
     # --- promotion -------------------------------------------------------------------
