@@ -1,6 +1,6 @@
 """Benchmark the update codecs on a 5M-parameter float32 delta.
 
-Run: .venv/bin/python scripts/bench/codecs.py [--n N] [--repeat R]
+Run: .venv/bin/python scripts/bench/codec_sizes.py [--n N] [--repeat R]
 
 For each codec: payload bytes, compression ratio against raw float32 (``none``,
 the baseline measured in the same run), best-of-R encode and decode time, the
