@@ -1,7 +1,8 @@
 """Gossip learning on digits against star FedAvg, under churn and partitions (simulated).
 
 16 peers on the exponential graph, task ``digits:linear``, E = 2 local epochs, 30 rounds,
-one synchronous averaging step per round unless stated. Accuracy is the mean over peers
+one synchronous averaging step per round, or (async) the default Poisson clock of half
+the degree exchanges per round, unless stated. Accuracy is the mean over peers
 of each peer's own model on the digits test split (the tracker evaluates every round).
 """
 
@@ -41,11 +42,27 @@ def config(partition: str = "iid"):
     )
 
 
+@pytest.fixture(scope="module")
+def star_accuracy():
+    """Star FedAvg's final accuracy per partition (16 clients, same data split), cached."""
+    cache: dict[str, float] = {}
+
+    def get(partition: str) -> float:
+        if partition not in cache:
+            cache[partition] = run_star(config(partition), 16).final_accuracy
+        return cache[partition]
+
+    return get
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize(("partition", "points"), [("iid", 0.01), ("dirichlet:0.5", 0.03)])
-def test_gossip_learning_matches_star_fedavg(partition, points):
-    cfg = config(partition)
-    star = run_star(cfg, 16).final_accuracy
-    gossip = run_gossip(cfg, exponential_graph(16))
+def test_gossip_learning_matches_star_fedavg(mode, partition, points, star_accuracy):
+    """Both protocols with their defaults; async's default clock (half the degree: about one
+    exchange per link per round) is what keeps it within 3 points under label skew
+    (measured in docs/GOSSIP.md: 0.910 vs star 0.917; one exchange per round gives 0.829)."""
+    star = star_accuracy(partition)
+    gossip = run_gossip(config(partition), exponential_graph(16), mode=mode)
     assert gossip.final_accuracy >= star - points, (gossip.final_accuracy, star)
     reached = gossip.rounds_to("accuracy", at_least=star - points)
     assert reached is not None and reached <= ROUNDS

@@ -184,6 +184,32 @@ def test_sync_step_is_the_metropolis_hastings_average():
     np.testing.assert_allclose(total(peers), vec(12.0))
 
 
+def test_sync_step_encodes_the_model_once_for_all_its_links():
+    net, peers = path3()
+    net.start([("a", "b"), ("b", "c")])
+    while net.queue:
+        net.deliver_one()
+        steps = [s.msg for src, s in net.queue if src == "b" and s.msg.mode == "round"]
+        if len(steps) == 2:
+            break
+    assert steps[0].payload is steps[1].payload  # one encoding, shared by both links
+    assert peers["b"].codec.bytes_sent == 4 * len(steps[0].payload)  # 2 hellos/welcomes + 2
+
+
+@pytest.mark.parametrize("codec", ["none", "int8"])
+def test_step_distance_metric_is_the_distance_to_each_neighbour(codec):
+    net, peers = path3(codec=codec)
+    net.start([("a", "b"), ("b", "c")])
+    net.run()
+    b = peers["b"]
+    (record,) = [e.data for e in net.emits("b", "gossip_round")]
+    x0 = vec(3.0)  # b's model during its step; its neighbours sent 0 and 9
+    want = [np.linalg.norm(x0 - vec(v)) / np.linalg.norm(x0) for v in (0.0, 9.0)]
+    assert record["distance"] == pytest.approx(np.mean(want), rel=1e-6)
+    assert record["distance_max"] == pytest.approx(max(want), rel=1e-6)
+    assert b.params.flags.writeable is False
+
+
 def test_sync_pairs_steps_per_link_whatever_the_delivery_order():
     net, peers = path3(rounds=5)
     net.start([("a", "b"), ("b", "c")])

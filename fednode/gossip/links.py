@@ -26,6 +26,7 @@ copies per lossy link.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,8 +85,7 @@ class Link:
         """Relative distance ``||x - theirs|| / ||x||`` (None before any model arrived)."""
         if self.theirs is None:
             return None
-        scale = float(np.linalg.norm(x)) or 1.0
-        return float(np.linalg.norm(np.subtract(x, self.theirs, dtype=F64))) / scale
+        return _norm(np.subtract(x, self.theirs, dtype=F64)) / (_norm(x) or 1.0)
 
 
 class LinkCodec:
@@ -101,6 +101,9 @@ class LinkCodec:
         self.lossless = self.codec.spec.split("+")[0] == "none"
         self.size = size
         self.bytes_sent = 0
+        #: (model, payload) of the last full model encoded: models are immutable, so a step
+        #: that sends the same model to every neighbour encodes it once
+        self._last: tuple[np.ndarray, bytes] | None = None
 
     def default_step(self) -> float:
         """CHOCO's consensus step gamma when none is configured (measured, docs/GOSSIP.md).
@@ -114,9 +117,19 @@ class LinkCodec:
         return 1.0
 
     def encode_full(self, link: Link, x: np.ndarray) -> tuple[bytes, str]:
-        """A full model (hello / welcome): both copies restart from it exactly."""
+        """A full model (hello / welcome): both copies restart from it exactly.
+
+        A read-only ``x`` (the peer's model: replaced, never modified) is encoded once
+        however many links it goes to; the payload is shared, as bytes are immutable.
+        """
         codec = self.codec if self.lossless else self.full
-        payload = codec.encode(x)
+        last = self._last
+        if last is not None and last[0] is x:
+            payload = last[1]
+        else:
+            payload = codec.encode(x)
+            if not x.flags.writeable:
+                self._last = (x, payload)
         link.mine = x if self.lossless else np.array(x, dtype=F32, copy=True)
         self.bytes_sent += len(payload)
         return payload, codec.spec
@@ -152,9 +165,48 @@ class LinkCodec:
         link.theirs += vec
 
 
-def combine(x: np.ndarray, terms: list[tuple[float, np.ndarray]]) -> np.ndarray:
-    """``x + sum_k c_k * d_k`` accumulated in float64, returned as a new float32 vector."""
-    acc = np.array(x, dtype=F64, copy=True)
-    for coef, d in terms:
-        acc += coef * d
+def mix(x: np.ndarray, links: list[Link], coefs: list[float]) -> tuple[np.ndarray, list[float]]:
+    """One averaging step over ``links``: the new model ``x + sum_k coefs[k] * delta_k``
+    (:func:`combine`) and each link's relative distance ``||x - theirs_k|| / ||x||`` before
+    it (:meth:`Link.distance`).
+
+    Where every link's ``mine`` *is* ``x`` (lossless links right after this step's send)
+    the distances come from the same differences, ``x - theirs_k = -delta_k``: one stacked
+    subtraction and one sum of squares for the step instead of three passes per link.
+    """
+    for link in links:
+        if link.theirs is None or link.mine is None:
+            raise RemoteProtocolError(f"link to {link.peer} has no model yet", peer=link.peer)
+    k = len(links)
+    rows = np.array([*(link.theirs for link in links), x], dtype=F64)
+    d = rows[:k]
+    if all(link.mine is x for link in links):
+        d -= rows[k]
+        sq = np.einsum("ij,ij->i", rows, rows).tolist()  # k deltas, then x itself
+        scale = math.sqrt(sq[k]) or 1.0
+        dist = [math.sqrt(s) / scale for s in sq[:k]]
+    else:  # a lossy link's public copy lags x
+        dist = [link.distance(x) or 0.0 for link in links]
+        d -= np.array([link.mine for link in links], dtype=F64)
+    return combine(x, coefs, d), dist
+
+
+def combine(x: np.ndarray, coefs: list[float], d: np.ndarray) -> np.ndarray:
+    """``x + sum_k coefs[k] * d[k]`` accumulated in float64, as a new float32 vector.
+
+    ``d`` is a ``k x n`` float64 array of differences (:meth:`Link.delta`). This is the
+    transfer step of the module docstring — a move along differences, not a weighted mean
+    of models, so it is not ``StreamingMean`` (``docs/GOSSIP.md``, "Why gossip does not use
+    StreamingMean"). numpy's own loops, not BLAS: the sum order does not depend on the
+    machine's thread count.
+    """
+    acc = np.einsum("i,ij->j", np.asarray(coefs, dtype=F64), d)
+    acc += x
     return acc.astype(F32)
+
+
+def _norm(v: np.ndarray) -> float:
+    """Euclidean norm accumulated in float64."""
+    if v.dtype != F64:
+        v = v.astype(F64)
+    return math.sqrt(float(v @ v))

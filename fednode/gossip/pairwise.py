@@ -22,7 +22,9 @@ gave up waiting (``exchange_timeout_s``) and the pull arrives later; a pull is a
 whenever it comes. Only a lost message breaks conservation.
 
 A round here is ``round_s`` of the peer's clock with one local training job in it (none
-for pure averaging); ``exchanges_per_round`` is the clock's rate. After its last round a
+for pure averaging); ``exchanges_per_round`` is the clock's rate (by default half the
+peer's degree: about one exchange per link per round, see
+:meth:`~.params.GossipParams.exchange_rate`). After its last round a
 peer stops starting exchanges, finishes the ones still open (serving deferred pushes),
 and stops.
 """
@@ -49,8 +51,6 @@ class PairwiseGossip:
 
     def __init__(self, peer: GossipPeer) -> None:
         self.p = peer
-        g = peer.gossip
-        self.rate = g.exchanges_per_round / g.round_s
         self.next_tick: float | None = None
         self.round_end: float | None = None
         self.base: np.ndarray | None = None  # model the running training job started from
@@ -62,7 +62,7 @@ class PairwiseGossip:
 
     def begin(self, now: float) -> list[Action]:
         self.p.phase = Phase.RUNNING
-        self.next_tick = now + self.p.rng.expovariate(self.rate)
+        self.next_tick = now + self.p.rng.expovariate(self._rate())
         return self._start_round(now)
 
     def welcome_round(self) -> int:
@@ -89,7 +89,7 @@ class PairwiseGossip:
         if p.phase is Phase.RUNNING and self.next_tick is not None:
             ticked = False
             while self.next_tick <= now:
-                self.next_tick += p.rng.expovariate(self.rate)
+                self.next_tick += p.rng.expovariate(self._rate())
                 ticked = True
             if ticked and self.exchange is None:
                 actions += self._initiate(now)
@@ -97,6 +97,10 @@ class PairwiseGossip:
         if p.phase is Phase.DRAINING:
             actions += self._maybe_stop(now)
         return actions
+
+    def _rate(self) -> float:
+        """The Poisson clock's rate now (the automatic rate follows the degree)."""
+        return self.p.gossip.exchange_rate(self.p.degree())
 
     # --- rounds --------------------------------------------------------------------------
     def _start_round(self, now: float) -> list[Action]:
@@ -113,7 +117,8 @@ class PairwiseGossip:
         if base is None:
             return []
         p = self.p
-        p.set_x(combine(p.x, [(1.0, np.subtract(result.params, base, dtype=F64))]))
+        trained = np.subtract(result.params, base, dtype=F64)[None, :]
+        p.set_x(combine(p.x, [1.0], trained), owned=True)
         return self._maybe_end_round(now)
 
     def _maybe_end_round(self, now: float) -> list[Action]:
@@ -198,7 +203,7 @@ class PairwiseGossip:
 
     def _transfer(self, link: Link) -> None:
         p = self.p
-        p.set_x(combine(p.x, [(p.gamma / 2, link.delta())]))
+        p.set_x(combine(p.x, [p.gamma / 2], link.delta()[None, :]), owned=True)
         self.exchanges += 1
 
     def _serve_deferred(self, now: float) -> list[Action]:

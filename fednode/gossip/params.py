@@ -33,8 +33,10 @@ class GossipParams:
     round_timeout_s: float = 30.0
     #: async: length of a round (one local training job + exchanges meanwhile)
     round_s: float = 1.0
-    #: async: expected exchanges a peer starts per round (its Poisson clock rate x round_s)
-    exchanges_per_round: float = 1.0
+    #: async: expected exchanges a peer starts per round (its Poisson clock rate x round_s);
+    #: 0 = automatic: half the peer's current degree, at least 1 — about one exchange per
+    #: link per round, the traffic of one sync step (:meth:`exchange_rate`)
+    exchanges_per_round: float = 0.0
     #: async: how long an initiator waits for the pull before it moves on
     exchange_timeout_s: float = 5.0
     #: how long a hello waits for its welcome
@@ -56,10 +58,15 @@ class GossipParams:
             self.max_degree,
             f"an integer >= degree ({self.degree})",
         )
+        _check(
+            self.exchanges_per_round >= 0 and math.isfinite(self.exchanges_per_round),
+            "gossip.exchanges_per_round",
+            self.exchanges_per_round,
+            "a float >= 0 (0 = automatic: half the degree)",
+        )
         for name in (
             "round_timeout_s",
             "round_s",
-            "exchanges_per_round",
             "exchange_timeout_s",
             "hello_timeout_s",
             "join_wait_s",
@@ -73,6 +80,18 @@ class GossipParams:
             self.step_size,
             "a float in [0, 1] (0 = automatic)",
         )
+
+    def exchange_rate(self, degree: int) -> float:
+        """Async: exchanges a peer with ``degree`` links starts per second of its clock.
+
+        The automatic rate, ``max(1, degree / 2)`` per round, gives each link about one
+        exchange per round (both ends start them): every neighbour's model is mixed in
+        once a round, as in a sync step, for the same bytes. One exchange per peer per
+        round, whatever the degree, leaves the models too far apart under non-IID data
+        (docs/GOSSIP.md, "Learning").
+        """
+        per_round = self.exchanges_per_round or max(1.0, degree / 2)
+        return per_round / self.round_s
 
 
 def _check(ok: bool, name: str, value: object, expected: str) -> None:

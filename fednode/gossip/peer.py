@@ -128,10 +128,8 @@ class GossipPeer:
             from .pairwise import PairwiseGossip
 
             self.proto = PairwiseGossip(self)
-        table = TRANSITIONS[self.gossip.mode]
-        self._table: dict[tuple[Phase, str], Callable[[Any, float], list[Action]]] = {
-            key: getattr(self, name) for key, name in table.items()
-        }
+        #: (phase, message key) -> name of the handler (shared by all peers of a mode)
+        self._table = TRANSITIONS[self.gossip.mode]
 
     @classmethod
     def from_config(
@@ -189,8 +187,8 @@ class GossipPeer:
 
     def handle(self, msg: m.Message, now: float) -> list[Action]:
         key = msg.mode if isinstance(msg, m.Gossip) else msg.KIND.name.lower()
-        handler = self._table.get((self.phase, key))
-        if handler is None:
+        name = self._table.get((self.phase, key))
+        if name is None:
             raise RemoteProtocolError(
                 f"peer ({self.gossip.mode}) in phase {self.phase.value} does not accept "
                 f"{msg.KIND.name} {key!r}",
@@ -205,6 +203,7 @@ class GossipPeer:
                     f"{self.consortium!r}",
                     peer=msg.sender,
                 )
+        handler: Callable[[Any, float], list[Action]] = getattr(self, name)
         return handler(msg, now)
 
     def on_result(self, result: TrainResult | EvalResult, now: float) -> list[Action]:
@@ -217,30 +216,30 @@ class GossipPeer:
         if self.phase is Phase.DONE:
             return []
         actions: list[Action] = []
-        for link in [lk for lk in self.links.values() if not lk.up]:
-            if now >= link.opened + self.gossip.hello_timeout_s:
-                del self.links[link.peer]
-                self.cooldown[link.peer] = now + self.gossip.hello_timeout_s
-                self.counters["hello_timeouts"] += 1
+        timeout = self.gossip.hello_timeout_s
+        for link in [lk for lk in self.links.values() if not lk.up and now >= lk.opened + timeout]:
+            del self.links[link.peer]
+            self.cooldown[link.peer] = now + timeout
+            self.counters["hello_timeouts"] += 1
         if now >= self.next_maintenance:
             self.next_maintenance = now + self._maintenance_interval()
             actions += self._reach_out(now)
-        actions += self._maybe_begin(now)
-        return actions + self.proto.poll(now)
+        if self.phase is Phase.JOINING:
+            actions += self._maybe_begin(now)
+        more = self.proto.poll(now)
+        return actions + more if actions else more
 
     def next_deadline(self) -> float | None:
         if self.phase is Phase.DONE:
             return None
-        times = [self.next_maintenance]
-        times += [
-            lk.opened + self.gossip.hello_timeout_s for lk in self.links.values() if not lk.up
-        ]
-        if self.phase is Phase.JOINING:
-            times.append(self.started + self.gossip.join_wait_s)
+        at = self.next_maintenance
+        for lk in self.links.values():
+            if not lk.up and lk.opened + self.gossip.hello_timeout_s < at:
+                at = lk.opened + self.gossip.hello_timeout_s
+        if self.phase is Phase.JOINING and self.started + self.gossip.join_wait_s < at:
+            at = self.started + self.gossip.join_wait_s
         proto = self.proto.deadline()
-        if proto is not None:
-            times.append(proto)
-        return min(times)
+        return at if proto is None or at <= proto else proto
 
     # --- link handshake ------------------------------------------------------------------
     def on_hello(self, msg: m.Gossip, now: float) -> list[Action]:
@@ -366,8 +365,14 @@ class GossipPeer:
     def up_links(self) -> list[Link]:
         return sorted((lk for lk in self.links.values() if lk.up), key=lambda lk: lk.peer)
 
-    def set_x(self, vec: np.ndarray) -> None:
-        self.x = _frozen(vec)
+    def set_x(self, vec: np.ndarray, *, owned: bool = False) -> None:
+        """Replace the model. ``owned``: ``vec`` is a new float32 vector nobody else holds
+        (made by :func:`~.links.combine`), adopted without a copy."""
+        if owned and vec.dtype == F32 and vec.ndim == 1 and vec.flags.owndata:
+            vec.flags.writeable = False
+            self.x = vec
+        else:
+            self.x = _frozen(vec)
         self.model_version += 1
 
     def train_job(self) -> Compute:
@@ -410,7 +415,7 @@ class GossipPeer:
             "round": self.round,
             "mode": self.gossip.mode,
             "neighbours": self.degree(),
-            "distance": float(np.mean(seen)) if seen else math.nan,
+            "distance": sum(seen) / len(seen) if seen else math.nan,
             "distance_max": max(seen) if seen else math.nan,
             "model_version": self.model_version,
             "train_loss": self.train_loss,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from ..actions import Action, Send, TrainResult
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..wire import messages as m
-from .links import MAX_AHEAD, Link, combine, mh_weight
+from .links import MAX_AHEAD, Link, mh_weight, mix
 from .states import Phase
 
 if TYPE_CHECKING:
@@ -155,10 +155,11 @@ class SyncRounds:
         missed, self.waiting = list(self.waiting.values()), {}
         arrived, self.arrived = self.arrived, []
         self.step_deadline = None
-        self.distances += [link.distance(p.x) for link, _ in arrived]
         if arrived:
-            terms = [(p.gamma * mh_weight(self.degree, d_j), lk.delta()) for lk, d_j in arrived]
-            p.set_x(combine(p.x, terms))
+            coefs = [p.gamma * mh_weight(self.degree, d_j) for _, d_j in arrived]
+            x, dist = mix(p.x, [lk for lk, _ in arrived], coefs)
+            self.distances += dist
+            p.set_x(x, owned=True)
         finished, self.finished = self.finished, []
         for link in finished:
             if p.links.get(link.peer) is link:

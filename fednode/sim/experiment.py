@@ -84,24 +84,17 @@ class SimOptions:
 
 
 @dataclass
-class ExperimentResult:
-    """Plain result of one run: numpy arrays over rounds, per-node rows, summary numbers."""
+class ExperimentResult(RoundTable):
+    """Plain result of one run: the collector's :class:`~.metrics.RoundTable` (numpy arrays
+    over rounds: ``rounds``, ``accuracy``, ``loss``, ``bytes``, ``time_s``, ``consensus`` —
+    gossip only, round 0 = start —, ``accuracy_min`` / ``max`` / ``of_mean``), per-node
+    rows, summary numbers."""
 
     name: str
     kind: str
     n: int
     config: dict[str, Any]
     spectral: dict[str, Any]
-    rounds: np.ndarray
-    accuracy: np.ndarray
-    loss: np.ndarray
-    bytes: np.ndarray
-    time_s: np.ndarray
-    #: gossip: mean consensus error per round (round 0 = start); None for star / two-tier
-    consensus: np.ndarray | None
-    accuracy_min: np.ndarray
-    accuracy_max: np.ndarray
-    accuracy_of_mean: np.ndarray
     node_rows: list[dict[str, Any]]
     #: star / two-tier: the coordinator's full round records (selected, completed, ...)
     records: list[dict[str, Any]]
@@ -426,20 +419,12 @@ def run_experiment(
     if topo.n > options.draw_max_nodes:
         notes.append(f"topology drawing skipped: {topo.n} nodes > {options.draw_max_nodes}")
     result = ExperimentResult(
+        **{f.name: getattr(table, f.name) for f in dataclasses.fields(RoundTable)},
         name=topo.name,
         kind=topo.kind,
         n=topo.n,
         config=_describe(topo, cfg, options, _source(topology)),
         spectral=spectral,
-        rounds=table.rounds,
-        accuracy=table.accuracy,
-        loss=table.loss,
-        bytes=table.bytes,
-        time_s=table.time_s,
-        consensus=table.consensus,
-        accuracy_min=table.accuracy_min,
-        accuracy_max=table.accuracy_max,
-        accuracy_of_mean=table.accuracy_of_mean,
         node_rows=collector.node_rows,
         records=sorted(collector.root_rows, key=lambda r: r["round"]),
         faults=schedule.log,

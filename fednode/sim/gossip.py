@@ -315,6 +315,7 @@ def build_gossip(
     if allow_list:
         sim.allow = frozenset(members)
     tasks: dict[int, Task] = {}
+    default_params = eval_task.init_params(config.seed)  # every peer copies it (read-only)
 
     def task_for(index: int) -> Task:
         if not train:
@@ -333,7 +334,7 @@ def build_gossip(
         tracked: bool = True,
     ) -> SimNode:
         ident = identity or identities[index]
-        params = init(index) if init is not None else eval_task.init_params(config.seed)
+        params = init(index) if init is not None else default_params
         role = GossipPeer(
             me=ident.peer_id,
             params=params,

@@ -18,6 +18,10 @@ with 1 and 2 worker processes; and the two runs the simulator is specified again
     .venv/bin/python scripts/bench/sim_scale.py --quick          # ~3 min on 2 cores
     .venv/bin/python scripts/bench/sim_scale.py --required       # + the two required runs
     .venv/bin/python scripts/bench/sim_scale.py --case gossip:10000:10:2   # one case
+
+``--baseline TREE`` also runs every gossip case on another checkout of fednode (e.g.
+``git worktree add /tmp/base HEAD~1``; imported through ``PYTHONPATH``), interleaved with
+this tree's run so both see the same load, and prints the CPU and wall ratios.
 """
 
 from __future__ import annotations
@@ -205,6 +209,8 @@ def main() -> None:
     ap.add_argument("--required", action="store_true", help="also the two required runs")
     ap.add_argument("--big", action="store_true", help="also 50,000 peers (needs ~4 GB)")
     ap.add_argument("--json", help="append every result line to this file")
+    ap.add_argument("--baseline", metavar="TREE", help="also run the gossip cases on TREE")
+    ap.add_argument("--only", nargs="*", help="run just these cases (e.g. gossip:10000:10:2)")
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case)))
@@ -219,21 +225,40 @@ def main() -> None:
     if args.required:
         cases += ["gossip:10000:100:2", "gossip:10000:100:1", "two-tier:1000:20:1"]
         cases += ["two-tier:1000:20:2"]
+    if args.only:
+        cases = args.only
     print(json.dumps(machine()))
     results = []
+    runs: list[tuple[str, str | None]] = []
     for case in cases:
+        runs.append((case, None))
+        if args.baseline and case.startswith("gossip"):
+            runs.append((case, args.baseline))
+    for case, tree in runs:
+        env = {**os.environ, "PYTHONPATH": tree} if tree else None
         proc = subprocess.run(
-            [sys.executable, __file__, "--case", case], capture_output=True, text=True
+            [sys.executable, __file__, "--case", case], capture_output=True, text=True, env=env
         )
         if proc.returncode != 0:
             print(f"{case}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
         line = json.loads(proc.stdout.strip().splitlines()[-1])
+        if tree:
+            line["case"] += "@baseline"
         results.append(line)
         print(json.dumps(line), flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps({**line, "machine": machine()}) + "\n")
+    by_case = {r["case"]: r for r in results}
+    for case in cases:
+        new, old = by_case.get(case), by_case.get(f"{case}@baseline")
+        if new and old:
+            print(
+                f"{case}: CPU {old['cpu_s']} -> {new['cpu_s']} s "
+                f"({old['cpu_s'] / new['cpu_s']:.2f}x), wall {old['wall_s']} -> "
+                f"{new['wall_s']} s ({old['wall_s'] / new['wall_s']:.2f}x)"
+            )
     base = {r["case"]: r for r in results if r["case"].startswith("baseline")}
     for kind in ("star", "ring"):
         trio, des = base.get(f"baseline:{kind}:trio"), base.get(f"baseline:{kind}:des")
