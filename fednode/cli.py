@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--region", help="region label: clients go under an aggregator of their region"
     )
+    run.add_argument(
+        "--gossip-mode",
+        choices=("sync", "async"),
+        help="peer: synchronous MH rounds or asynchronous pairwise gossip (sync)",
+    )
+    run.add_argument("--degree", type=int, help="peer: neighbours to keep (4)")
     run.add_argument("--key-file", help="node key file (created if missing)")
     run.add_argument("--allow", action="append", help="allowed peer id (repeat); closes membership")
     run.add_argument("--network-key-file", help="pre-shared network key (private network)")
@@ -504,6 +510,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "net.mdns": args.mdns,
         "net.federation": args.federation,
         "tier.region": args.region,
+        "gossip.mode": args.gossip_mode,
+        "gossip.degree": args.degree,
         "net.key_file": args.key_file,
         "net.network_key_file": args.network_key_file,
         "net.control_socket": args.control_socket,

@@ -71,3 +71,22 @@ def test_config_is_frozen():
     config = load_config()
     with pytest.raises(AttributeError):
         config.seed = 3  # type: ignore[misc]
+
+
+def test_gossip_table_reaches_the_peer(tmp_path):
+    import numpy as np
+
+    from fednode.gossip import GossipPeer
+
+    path = tmp_path / "peer.toml"
+    path.write_text('role = "peer"\n[gossip]\nmode = "async"\ndegree = 3\nmax_degree = 6\n')
+    config = load_config(path, {"gossip.exchanges_per_round": 2.0})
+    peer = GossipPeer.from_config(config, me="p0", params=np.zeros(4, np.float32))
+    assert peer.gossip.mode == "async" and peer.gossip.degree == 3
+    assert peer.gossip.exchanges_per_round == 2.0
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"gossip.mode": "gather"})
+    assert info.value.field == "gossip.mode"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"gossip.degree": 9})  # above max_degree 8
+    assert info.value.field == "gossip.max_degree"

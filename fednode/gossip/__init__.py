@@ -4,8 +4,8 @@ Pure state machines (no trio, no libp2p), run by :func:`fednode.runner.run_role`
 role. ``docs/GOSSIP.md`` describes the protocols, their guarantees and measured rates.
 """
 
+from ..config import GossipParams
 from .links import Link, LinkCodec, mh_weight
-from .params import GossipParams
 from .peer import GossipPeer
 from .states import TRANSITIONS, Phase
 

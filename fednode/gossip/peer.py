@@ -45,11 +45,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..actions import Action, Compute, Emit, EvalResult, Send, Stop, TrainJob, TrainResult
-from ..config import NodeConfig, TrainParams
+from ..config import GossipParams, NodeConfig, TrainParams
 from ..errors import AuthError, LocalProtocolError, RemoteProtocolError
 from ..wire import messages as m
 from .links import F32, MAX_AHEAD, Link, LinkCodec
-from .params import GossipParams
 from .states import TRANSITIONS, Phase
 
 
@@ -150,7 +149,7 @@ class GossipPeer:
         return cls(
             me=me,
             params=params,
-            gossip=gossip,
+            gossip=config.gossip if gossip is None else gossip,
             train=config.train,
             rounds=config.rounds.rounds,
             consortium=net.federation,

@@ -320,7 +320,7 @@ def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
         for v in clients:  # the spec's parent decides the region (the builder's is i % A)
             sim.nodes[node_of[v]].role.region = f"r{rank[topo.parent[v]]}"  # type: ignore[attr-defined]
         return Built(sim, root, node_of, {node_of[v]: topo.roles[v] for v in node_of})
-    from ..gossip.params import GossipParams
+    from ..config import GossipParams
     from .gossip import build_gossip, random_init
 
     train = not options.consensus_only

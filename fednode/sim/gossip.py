@@ -30,8 +30,7 @@ import numpy as np
 import trio
 import trio.testing
 
-from ..config import NodeConfig
-from ..gossip.params import GossipParams
+from ..config import GossipParams, NodeConfig
 from ..gossip.peer import GossipPeer
 from ..p2p.memory import LinkFaults, MemoryNetwork
 from ..runner import InlineExecutor
