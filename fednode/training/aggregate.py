@@ -1,4 +1,7 @@
-"""Aggregation rules, one path shared by coordinator, regional aggregator and gossip peer.
+"""Aggregation rules, one path shared by the coordinator and the regional aggregator.
+
+(A gossip peer does not average a round's updates: it moves along differences between
+link copies, which is not a weighted mean; see ``gossip/links.py`` and docs/GOSSIP.md.)
 
 Every rule has the streaming shape ``start(size)`` -> ``add(vec, weight)`` -> ``finish()``.
 :class:`StreamingMean` keeps one float64 accumulator (memory O(model), not
