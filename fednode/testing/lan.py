@@ -103,6 +103,51 @@ def _started(lan: Lan, nodes: list[NodeProcess], progress: Progress, timeout: fl
     return took
 
 
+def _start_coordinator(
+    lan: Lan, rounds: int, clients: int, min_fit: int, common: list[str]
+) -> NodeProcess:
+    args = ["--role", "coordinator", "--rounds", str(rounds)]
+    args += ["--min-available-clients", str(clients), "--min-fit-clients", str(min_fit)]
+    return lan.start(0, [*args, *common], name="coordinator")
+
+
+def _start_client(
+    lan: Lan, index: int, i: int, clients: int, common: list[str], region: str = ""
+) -> NodeProcess:
+    """Client ``i`` of ``clients`` in namespace ``index`` (``--region`` when given)."""
+    args = ["--role", "client", "--client-index", str(i), "--num-clients", str(clients)]
+    args += ["--region", region] if region else []
+    return lan.start(index, [*args, *common], name=f"client{i}")
+
+
+def _run_to_end(
+    lan: Lan,
+    kind: str,
+    nodes: list[NodeProcess],
+    *,
+    rounds: int,
+    started: tuple[float, float],
+    progress: Progress,
+    timeout: float,
+) -> LanResult:
+    """Wait for the coordinator (``nodes[0]``) to finish ``rounds``, stop the rest, report.
+    ``started``: (monotonic start of the run, seconds the nodes took to listen)."""
+    coord = nodes[0]
+    lan.wait_for(
+        lambda: coord.returncode is not None,
+        timeout,
+        f"coordinator finishing {rounds} rounds",
+        on_poll=_round_watch(coord, progress, rounds),
+    )
+    progress(f"coordinator: {coord.events('stopped')[-1]['reason']}; stopping the rest")
+    lan.stop(nodes[1:])
+    roles = {n.name: n.name.rstrip("0123456789") for n in nodes}
+    t0, startup = started
+    return LanResult(
+        kind, coord.events("round"), _summaries(nodes, roles), time.monotonic() - t0, startup
+    )
+
+
 def run_star(
     workdir: Path,
     *,
@@ -117,41 +162,17 @@ def run_star(
     common = [] if local_epochs is None else ["--local-epochs", str(local_epochs)]
     with Lan(1 + clients, workdir) as lan:
         progress(f"LAN up: {lan.size} namespaces on bridge {lan.hub}")
-        coord = lan.start(
-            0,
-            [
-                "--role",
-                "coordinator",
-                "--rounds",
-                str(rounds),
-                "--min-available-clients",
-                str(clients),
-                "--min-fit-clients",
-                str(clients),
-                *common,
-            ],
-            name="coordinator",
-        )
-        nodes = [coord]
-        for i in range(clients):
-            args = ["--role", "client", "--client-index", str(i), "--num-clients", str(clients)]
-            nodes.append(lan.start(1 + i, [*args, *common], name=f"client{i}"))
+        nodes = [_start_coordinator(lan, rounds, clients, clients, common)]
+        nodes += [_start_client(lan, 1 + i, i, clients, common) for i in range(clients)]
         startup = _started(lan, nodes, progress, timeout)
-        lan.wait_for(
-            lambda: coord.returncode is not None,
-            timeout,
-            f"coordinator finishing {rounds} rounds",
-            on_poll=_round_watch(coord, progress, rounds),
-        )
-        progress(f"coordinator: {coord.events('stopped')[-1]['reason']}; stopping clients")
-        lan.stop(nodes[1:])
-        roles = {n.name: "coordinator" if n is coord else "client" for n in nodes}
-        return LanResult(
+        return _run_to_end(
+            lan,
             "star",
-            coord.events("round"),
-            _summaries(nodes, roles),
-            time.monotonic() - t0,
-            startup,
+            nodes,
+            rounds=rounds,
+            started=(t0, startup),
+            progress=progress,
+            timeout=timeout,
         )
 
 
@@ -168,38 +189,20 @@ def run_two_tier(
     """Coordinator, ``aggregators`` regional aggregators and ``clients`` clients, mDNS only.
 
     Aggregator ``a`` serves region ``r<a>``; client ``i`` is in region ``r<i mod
-    aggregators>``: each gets a two-line config file (``[tier] region = ...``), the one
-    setting a two-tier deployment needs beyond the role. A client moves under the
-    aggregator of its region when it hears that aggregator's advert, and the coordinator
-    places it there too (same region first). The aggregators start with the coordinator
-    and the clients once the coordinator is connected to every aggregator, so the first
-    round already runs through them.
+    aggregators>`` (``--region``, the one setting a two-tier deployment needs beyond the
+    role). A client moves under the aggregator of its region when it hears that
+    aggregator's advert, and the coordinator places it there too (same region first). The
+    aggregators start with the coordinator and the clients once the coordinator is
+    connected to every aggregator, so the first round already runs through them.
     """
     t0 = time.monotonic()
     common = [] if local_epochs is None else ["--local-epochs", str(local_epochs)]
     with Lan(1 + aggregators + clients, workdir) as lan:
         progress(f"LAN up: {lan.size} namespaces on bridge {lan.hub}")
-        coord = lan.start(
-            0,
-            [
-                "--role",
-                "coordinator",
-                "--rounds",
-                str(rounds),
-                "--min-available-clients",
-                str(clients),
-                "--min-fit-clients",
-                str(aggregators),
-                *common,
-            ],
-            name="coordinator",
-        )
+        coord = _start_coordinator(lan, rounds, clients, aggregators, common)
         aggs = [
             lan.start(
-                1 + a,
-                ["--role", "aggregator", *common],
-                name=f"aggregator{a}",
-                config_toml=_region(a),
+                1 + a, ["--role", "aggregator", "--region", f"r{a}", *common], f"aggregator{a}"
             )
             for a in range(aggregators)
         ]
@@ -212,33 +215,20 @@ def run_two_tier(
         took = lan.wait_for(coordinator_sees_aggregators, timeout, "aggregators connected")
         progress(f"coordinator connected to {aggregators} aggregators after {took:.1f}s")
         nodes = [coord, *aggs]
-        for i in range(clients):
-            args = ["--role", "client", "--client-index", str(i), "--num-clients", str(clients)]
-            region = _region(i % aggregators)
-            nodes.append(
-                lan.start(1 + aggregators + i, [*args, *common], f"client{i}", config_toml=region)
-            )
+        nodes += [
+            _start_client(lan, 1 + aggregators + i, i, clients, common, f"r{i % aggregators}")
+            for i in range(clients)
+        ]
         startup += _started(lan, nodes, progress, timeout)
-        lan.wait_for(
-            lambda: coord.returncode is not None,
-            timeout,
-            f"coordinator finishing {rounds} rounds",
-            on_poll=_round_watch(coord, progress, rounds),
-        )
-        progress(f"coordinator: {coord.events('stopped')[-1]['reason']}; stopping the rest")
-        lan.stop(nodes[1:])
-        roles = {n.name: n.name.rstrip("0123456789") for n in nodes}
-        return LanResult(
+        return _run_to_end(
+            lan,
             "two-tier",
-            coord.events("round"),
-            _summaries(nodes, roles),
-            time.monotonic() - t0,
-            startup,
+            nodes,
+            rounds=rounds,
+            started=(t0, startup),
+            progress=progress,
+            timeout=timeout,
         )
-
-
-def _region(index: int) -> str:
-    return f'[tier]\nregion = "r{index}"\n'
 
 
 def write_network_key(path: Path) -> Path:

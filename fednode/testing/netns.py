@@ -287,20 +287,14 @@ class Lan:
         index: int,
         args: Sequence[str],
         name: str | None = None,
-        *,
-        config_toml: str | None = None,
     ) -> NodeProcess:
         """Run ``fednode run --log json <args>`` in namespace ``index``, in its own directory
-        (so its key file is its own). ``config_toml``: a config file written there and
-        passed with ``--config``."""
+        (so its key file is its own)."""
         ns = self.namespaces[index]
         name = name or f"node{index}"
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
         log = workdir / "node.log"
-        if config_toml is not None:
-            (workdir / "node.toml").write_text(config_toml)
-            args = ["--config", "node.toml", *args]
         cmd = ("-m", "fednode.cli", "run", "--log", "json", *args)
         node = NodeProcess(name, ns, self.address(index), workdir, log, tuple(args))
         with log.open("wb") as out:
