@@ -19,16 +19,6 @@ pytestmark = pytest.mark.slow
 ROUNDS = 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Torch's intra-op threads fight over 2 cores (9x slower here): one thread per process."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def config(partition: str = "iid"):
     return load_config(

@@ -22,16 +22,6 @@ from fednode.wire import messages as m
 SIZE = 3
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: torch's thread pool only adds contention (2-core CI)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make(buffer_size=2, concurrency=0, max_staleness=5, rounds=3):
     return AsyncCoordinator(

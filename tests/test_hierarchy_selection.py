@@ -17,17 +17,6 @@ from fednode.hierarchy.selection import (
 from fednode.sim.scenarios import run_star
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: torch's thread pool only adds contention (2-core CI)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cands(n, **per_peer):
     return [Candidate(f"p{i:02d}", **{k: v[i] for k, v in per_peer.items()}) for i in range(n)]
 

@@ -23,16 +23,6 @@ from fednode.sim.scenarios import (
 TOTAL_EXAMPLES = 1437  # the digits training split
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: torch's thread pool only adds contention (2-core CI)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def config(**overrides):
     base = {"rounds.rounds": 3, "rounds.min_available_clients": 30,
