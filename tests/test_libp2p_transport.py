@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 import os
 import shutil
 import socket
@@ -443,6 +444,44 @@ async def test_bootstrap_peers_are_dialed_at_once_and_redialed_until_connected(
     assert [(when, peer) for when, peer, _ in t.dials if peer == good] == [(0.0, good)]
     assert [round(when) for when, peer, _ in t.dials if peer == flaky] == [0, 30, 60]
     assert t.peers() == {good, flaky}
+
+
+async def _late_peer_dial_times(refusals: int, **kwargs: Any) -> list[float]:
+    """Dial times of a bootstrap peer whose first ``refusals`` dials fail."""
+    me, late = _pid(1), _pid(2)
+    t = FakeTransport(me, refuse={late: refusals})
+    boot = (f"/ip4/127.0.0.1/tcp/2/p2p/{late}",)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_discovery(
+                t, mdns=False, bootstrap=boot, task_status=task_status, **kwargs
+            )
+        )
+        await trio.sleep(200)
+        nursery.cancel_scope.cancel()
+    return [round(when, 1) for when, peer, _ in t.dials if peer == late]
+
+
+async def test_a_bootstrap_peer_that_starts_late_is_found_within_seconds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    times = await _late_peer_dial_times(3, redial_interval=30.0, first_redial=1.0)
+    assert times == [0.0, 1.0, 3.0, 7.0]  # 1 s, then doubling; connected at the 4th
+
+
+async def test_a_peer_that_stays_down_is_dialed_at_most_once_per_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    times = await _late_peer_dial_times(10**6, redial_interval=30.0, first_redial=1.0)
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(times)]
+    assert gaps[:5] == [1.0, 2.0, 4.0, 8.0, 16.0] and set(gaps[5:]) == {30.0}
+
+
+async def test_without_first_redial_the_interval_is_fixed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    times = await _late_peer_dial_times(10**6, redial_interval=30.0)
+    assert times[:4] == [0.0, 30.0, 60.0, 90.0]
 
 
 async def test_mdns_found_peers_are_dialed_and_withdrawn_ones_forgotten(
