@@ -558,8 +558,9 @@ class DesSimulation:
                     self._now + max(charge, 0.0), RESULT, node.index, node.epoch, pending, None
                 )
                 return
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         result = compute(ex.task, job)
+        ex.cpu_compute_s += time.thread_time() - c0
         ex.wall_compute_s += time.perf_counter() - t0
         if isinstance(result, TrainResult):
             charge = ex.train_cost_s * job.work * result.num_examples / 100 * slow
@@ -580,7 +581,7 @@ class DesSimulation:
             if p[0].epoch == p[1]:  # skip the jobs of nodes that crashed meanwhile
                 groups.setdefault(type(p[0].executor.task), []).append(p)
         for task_cls, group in groups.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             batch = getattr(task_cls, "train_batch", None)
             out = None
             if batch is not None and len(group) > 1:
@@ -593,9 +594,11 @@ class DesSimulation:
             else:
                 results = [compute(p[0].executor.task, p[2]) for p in group]
             share = (time.perf_counter() - t0) / len(group)
+            cpu_share = (time.thread_time() - c0) / len(group)
             for p, result in zip(group, results):
                 p[3] = result
                 p[0].executor.wall_compute_s += share
+                p[0].executor.cpu_compute_s += cpu_share
 
     # --- messages -------------------------------------------------------------------------
     def _send(self, node: DesNode, action: Send) -> None:
