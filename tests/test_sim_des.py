@@ -191,3 +191,30 @@ def test_non_inline_executor_is_refused():
 
     with pytest.raises(ConfigError, match="InlineExecutor"):
         DesSimulation().add(Pinger(), Threads(), 0)  # type: ignore[arg-type]
+
+
+def test_events_at_one_instant_run_in_the_order_they_were_scheduled():
+    """FIFO ties, also for events scheduled while their instant runs; windows stop short."""
+    des = DesSimulation()
+    seen = []
+
+    def event(label, then=None):
+        def fn(now):
+            seen.append((label, now))
+            if then is not None:
+                des.call_at(now, then)
+
+        return fn
+
+    des.call_at(1.0, event("a", then=event("c")))
+    des.call_at(0.5, event("first"))
+    des.call_at(1.0, event("b"))
+    des.call_at(2.0, event("late"))
+    assert des.next_time == 0.5
+    assert des.run_window(1.0) == 1.0  # [.., 1.0): the events at 1.0 wait
+    assert seen == [("first", 0.5)]
+    assert des.run_window(2.0) == 2.0
+    assert seen == [("first", 0.5), ("a", 1.0), ("b", 1.0), ("c", 1.0)]
+    des.run_window(3.0)
+    assert seen[-1] == ("late", 2.0)
+    assert des.next_time == float("inf")

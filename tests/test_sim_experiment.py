@@ -183,3 +183,18 @@ def test_cli_bad_spec_is_a_config_error():
 
     with pytest.raises(ConfigError, match="topology"):
         cli("--topology", "no_such_spec", "--rounds", "1")
+
+
+def test_consensus_sums_do_not_depend_on_how_models_are_batched(monkeypatch):
+    """The collector folds models into the consensus sums in batches: one at a time gives
+    the same curve (to float64 rounding) as one batch per round."""
+    from fednode.sim import metrics
+
+    overrides = {"data.task": "synthetic", **FAST}
+    batched = run_experiment("ring16", overrides=overrides)
+    monkeypatch.setattr(metrics, "_FOLD_BATCH", 1)
+    single = run_experiment("ring16", overrides=overrides)
+    assert batched.consensus is not None and single.consensus is not None
+    assert np.all(batched.consensus[1:] > 0)
+    np.testing.assert_allclose(batched.consensus, single.consensus, rtol=1e-12)
+    np.testing.assert_array_equal(batched.accuracy, single.accuracy)

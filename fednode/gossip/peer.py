@@ -113,6 +113,9 @@ class GossipPeer:
         self.model_version = 0
         self.started = 0.0
         self.next_maintenance = 0.0
+        #: no hello of ours can time out before this (inf: none pending); poll and
+        #: next_deadline scan the links only once it has passed
+        self.hello_due = math.inf
         self.train_loss = math.nan
         self.counters: Counter[str] = Counter()
         #: (round, model at its end) of the last rounds, for observers (the simulator)
@@ -215,11 +218,8 @@ class GossipPeer:
         if self.phase is Phase.DONE:
             return []
         actions: list[Action] = []
-        timeout = self.gossip.hello_timeout_s
-        for link in [lk for lk in self.links.values() if not lk.up and now >= lk.opened + timeout]:
-            del self.links[link.peer]
-            self.cooldown[link.peer] = now + timeout
-            self.counters["hello_timeouts"] += 1
+        if now >= self.hello_due:
+            self._expire_hellos(now)
         if now >= self.next_maintenance:
             self.next_maintenance = now + self._maintenance_interval()
             actions += self._reach_out(now)
@@ -231,10 +231,7 @@ class GossipPeer:
     def next_deadline(self) -> float | None:
         if self.phase is Phase.DONE:
             return None
-        at = self.next_maintenance
-        for lk in self.links.values():
-            if not lk.up and lk.opened + self.gossip.hello_timeout_s < at:
-                at = lk.opened + self.gossip.hello_timeout_s
+        at = min(self.next_maintenance, self.hello_due)
         if self.phase is Phase.JOINING and self.started + self.gossip.join_wait_s < at:
             at = self.started + self.gossip.join_wait_s
         proto = self.proto.deadline()
@@ -469,10 +466,21 @@ class GossipPeer:
                 actions += self._hello(peer, now)
         return actions
 
+    def _expire_hellos(self, now: float) -> None:
+        """Forget the links whose hello went unanswered for ``hello_timeout_s``."""
+        timeout = self.gossip.hello_timeout_s
+        for link in [lk for lk in self.links.values() if not lk.up and now >= lk.opened + timeout]:
+            del self.links[link.peer]
+            self.cooldown[link.peer] = now + timeout
+            self.counters["hello_timeouts"] += 1
+        pending = [lk.opened + timeout for lk in self.links.values() if not lk.up]
+        self.hello_due = min(pending, default=math.inf)
+
     def _hello(self, peer: str, now: float) -> list[Action]:
         link = Link(peer, self.rng.getrandbits(31) | 1, now)
         payload, spec = self.codec.encode_full(link, self.x)
         self.links[peer] = link
+        self.hello_due = min(self.hello_due, now + self.gossip.hello_timeout_s)
         return [Send(peer, self.message("hello", link, payload, spec, round=self.completed))]
 
     def _maybe_begin(self, now: float) -> list[Action]:

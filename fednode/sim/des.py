@@ -42,6 +42,7 @@ import heapq
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,8 +59,9 @@ from .engine import SIM_EPOCH, Simulation, _seeded_nonces, sim_identity
 from .fastwire import FastWire
 from .topology import LinkParams
 
-# event kinds (tuples compare on (time, seq) first; seq is unique)
+# event kinds; an event is (kind, node index, node epoch, a, b)
 DELIVER, RESULT, TIMER, PEER, SEND_FAILED, CALL = range(6)
+Event = tuple[int, int, int, Any, Any]
 _SPIN_LIMIT = 10_000  # deadline polls at one instant before we call the role broken
 EventSink = Callable[[int, str, dict[str, Any], float], None]
 FaultHook = Callable[[Any, str, str, dict[str, Any]], None]
@@ -168,8 +170,11 @@ class DesSimulation:
         self.wire = FastWire()
         self._links: dict[tuple[int, int], LinkParams] = {}
         self._by_peer: dict[str, int] = {}
-        self._heap: list[tuple[Any, ...]] = []
-        self._seq = 0
+        #: the event queue: a heap of the distinct times that have events, and per time
+        #: its events in the order they were scheduled (FIFO ties, no per-event heap work:
+        #: with equal link latencies most events share a few instants)
+        self._times: list[float] = []
+        self._at: dict[float, deque[Event]] = {}
         self._rng = random.Random(seed)
         self._now = 0.0
         self._started = False
@@ -347,8 +352,19 @@ class DesSimulation:
     def _push(self, t: float, kind: int, idx: int, epoch: int, a: Any, b: Any) -> None:
         if kind not in (CALL, DELIVER) and not self._local(idx):
             return  # events for nodes of other shards happen there
-        self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, idx, epoch, a, b))
+        self._schedule(t, (kind, idx, epoch, a, b))
+
+    def _schedule(self, t: float, event: Event) -> None:
+        bucket = self._at.get(t)
+        if bucket is None:
+            bucket = self._at[t] = deque()
+            heapq.heappush(self._times, t)
+        bucket.append(event)
+
+    @property
+    def next_time(self) -> float:
+        """Virtual time of the next pending event (inf: none, or the run halted)."""
+        return self._times[0] if self._times and self._halt is None else math.inf
 
     def _make_envelope(self, node: DesNode) -> None:
         nonce = _seeded_nonces(self.seed, node.index * 1000 + node.epoch)
@@ -388,7 +404,7 @@ class DesSimulation:
         self.start(root)
         before = self.processed
         self._loop(max_virtual_s, inclusive=True)
-        if self._heap and self._halt is None and self._heap[0][0] > max_virtual_s:
+        if self.next_time != math.inf and self.next_time > max_virtual_s:
             self._now = max_virtual_s
         rounds = [
             {k: v for k, v in e.items() if k not in ("t", "node", "event")}
@@ -410,19 +426,24 @@ class DesSimulation:
     def run_window(self, until: float) -> float:
         """Process the events before ``until``; return the time of the next one (or inf)."""
         self._loop(until, inclusive=False)
-        return self._heap[0][0] if self._heap and self._halt is None else math.inf
+        return self.next_time
 
     @property
     def halted(self) -> Stop | None:
         return self._halt
 
     def _loop(self, limit: float, *, inclusive: bool) -> None:
-        heap, nodes, pop = self._heap, self.nodes, heapq.heappop
-        while heap and self._halt is None:
-            head = heap[0][0]
-            if head > limit or (head == limit and not inclusive):
+        times, at, nodes = self._times, self._at, self.nodes
+        while times and self._halt is None:
+            t = times[0]
+            if t > limit or (t == limit and not inclusive):
                 return
-            t, _seq, kind, idx, epoch, a, b = pop(heap)
+            bucket = at[t]
+            if not bucket:  # every event of this instant ran (events it added ran too)
+                heapq.heappop(times)
+                del at[t]
+                continue
+            kind, idx, epoch, a, b = bucket.popleft()
             self._now = t
             self.processed += 1
             if kind == CALL:
@@ -487,8 +508,7 @@ class DesSimulation:
         at = deadline if deadline > self._now else self._now
         if node.timer != at:
             node.timer = at
-            self._seq += 1
-            heapq.heappush(self._heap, (at, self._seq, TIMER, node.index, node.epoch, None, None))
+            self._schedule(at, (TIMER, node.index, node.epoch, None, None))
 
     def _rejected(self, node: DesNode, exc: FednodeError, sender: str) -> list[Action]:
         node.stats.rejected[type(exc).__name__] += 1
@@ -641,15 +661,13 @@ class DesSimulation:
             box = self.outbox.setdefault(self.owner[dst.index], [])
             box.append((at, node.index, len(box), dst.index, dst.epoch, self.wire.pack(item)))
             return
-        self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, DELIVER, dst.index, dst.epoch, item, node.index))
+        self._schedule(at, (DELIVER, dst.index, dst.epoch, item, node.index))
 
     def inject(self, items: list[tuple[Any, ...]]) -> None:
         """Deliveries from other shards (from their :attr:`outbox`), in a canonical order."""
         for at, src, _n, dst, epoch, data in sorted(items, key=lambda x: (x[0], x[1], x[2])):
             item = self.wire.unpack(data, self.nodes[dst].model_size)
-            self._seq += 1
-            heapq.heappush(self._heap, (at, self._seq, DELIVER, dst, epoch, item, src))
+            self._schedule(at, (DELIVER, dst, epoch, item, src))
 
     def _receive(self, node: DesNode, item: Any, src: int) -> m.Message | None:
         sender = self.nodes[src]

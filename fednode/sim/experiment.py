@@ -411,9 +411,15 @@ def run_experiment(
     notes: list[str] = []
     gc.collect()
     gc.freeze()  # the built federation lives for the whole run: keep full collections off it
+    threshold = gc.get_threshold()
+    # A run allocates millions of short-lived acyclic objects (events, messages, arrays)
+    # that reference counting frees; collecting young objects every 700 allocations cost
+    # ~12% of a 10,000-peer run. Every 50,000: ~3% (docs/BENCHMARKS.md, simulator scale).
+    gc.set_threshold(max(threshold[0], 50_000), max(threshold[1], 20), max(threshold[2], 20))
     try:
         virtual, messages, error = _run(topo, built, cfg, options, schedule, collector, notes)
     finally:
+        gc.set_threshold(*threshold)
         gc.unfreeze()
     table: RoundTable = collector.table()
     if topo.n > options.draw_max_nodes:

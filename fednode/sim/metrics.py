@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+#: models folded into the consensus sums per array operation (bounded extra memory)
+_FOLD_BATCH = 2048
 ROW_KEYS = ("neighbours", "degree", "distance", "train_loss", "missed", "model_version")
 
 
@@ -81,6 +83,8 @@ class Collector:
         self._last_recv: dict[int, int] = {}
         # gossip, per round: [count, sum(x - ref) f64, sum ||x - ref||^2, bytes, t_max]
         self.acc: dict[int, list[Any]] = {}
+        #: (round, model) folded into ``acc`` in bulk by :meth:`_drain`, not one by one
+        self._pending: list[tuple[int, np.ndarray]] = []
         self.samples: dict[int, list[tuple[int, np.ndarray]]] = {}
         self.ref: np.ndarray | None = None
         #: sharded runs: whether a node is this shard's (None: one process, every node)
@@ -149,22 +153,42 @@ class Collector:
         self.node_rows.append(row)
 
     def _fold(self, rnd: int, index: int, x: np.ndarray, nbytes: int, now: float) -> None:
+        """Count node ``index``'s model ``x`` at the end of round ``rnd``. The model's
+        sums are added later, many at once (``x`` is read-only: peers replace their
+        model, never modify it)."""
         assert self.ref is not None
-        d = np.subtract(x, self.ref, dtype=np.float64)
         acc = self.acc.get(rnd)
         if acc is None:
             acc = self.acc[rnd] = [0, np.zeros_like(self.ref), 0.0, 0, 0.0]
         acc[0] += 1
-        acc[1] += d
-        acc[2] += float(d @ d)
         acc[3] += nbytes
         acc[4] = max(acc[4], now)
+        self._pending.append((rnd, x))
+        if len(self._pending) >= _FOLD_BATCH:
+            self._drain()
         if index in self.eval_for:
             self.samples.setdefault(rnd, []).append((index, x))
+
+    def _drain(self) -> None:
+        """Add the pending models to their rounds' sums: ``sum(x - ref)`` and
+        ``sum ||x - ref||^2`` in float64, one array operation per round."""
+        pending, self._pending = self._pending, []
+        ref = self.ref
+        if ref is None or not pending:
+            return
+        by_round: dict[int, list[np.ndarray]] = {}
+        for rnd, x in pending:
+            by_round.setdefault(rnd, []).append(x)
+        for rnd, xs in by_round.items():
+            d = np.subtract(np.stack(xs), ref, dtype=np.float64)
+            acc = self.acc[rnd]
+            acc[1] += d.sum(axis=0)
+            acc[2] += float(np.einsum("ij,ij->", d, d))
 
     # --- shards (fednode.sim.parallel) -------------------------------------------------------
     def export(self) -> dict[str, Any]:
         """This collector's state as plain data (marshal-able) for merging."""
+        self._drain()
         return {
             "root_rows": self.root_rows,
             "node_rows": self.node_rows,
@@ -180,6 +204,7 @@ class Collector:
         }
 
     def merge(self, state: dict[str, Any]) -> None:
+        self._drain()
         self.root_rows += state["root_rows"]
         self.node_rows += state["node_rows"]
         self.net_bytes += [tuple(x) for x in state["net_bytes"]]
@@ -214,6 +239,7 @@ class Collector:
     def reset_shard_state(self) -> None:
         """Forget round 0 (the parent holds it) before a shard starts collecting."""
         self.acc = {}
+        self._pending = []
         self.samples = {}
 
     # --- output -----------------------------------------------------------------------------
@@ -221,6 +247,7 @@ class Collector:
         """Nothing to do after a single-process run (kept for symmetry with shards)."""
 
     def table(self) -> RoundTable:
+        self._drain()
         self.node_rows.sort(key=lambda r: (r["round"], r["node"]))
         if self.kind != "gossip":
             return self._tree_table()
@@ -290,6 +317,7 @@ class Collector:
         )
 
     def _consensus(self, r: int) -> float:
+        self._drain()
         count, s, q = self.acc[r][0], self.acc[r][1], self.acc[r][2]
         if count == 0:
             return math.nan

@@ -298,7 +298,7 @@ def _worker(
 def _status(des: DesSimulation, schedule: FaultSchedule) -> dict[str, Any]:
     halt = des.halted
     return {
-        "next": des._heap[0][0] if des._heap and halt is None else math.inf,
+        "next": des.next_time,
         "running": des._running,
         "boundary": schedule.boundary,
         "halted": halt is not None,
