@@ -23,17 +23,19 @@ plus an omniscient look at the gossip peers' models; the folder layout and plots
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..config import NodeConfig, load_config
 from ..errors import ConfigError
@@ -409,18 +411,8 @@ def run_experiment(
     collector = Collector(topo, built, cfg, options)
     schedule = FaultSchedule(topo.faults, built.node_of)
     notes: list[str] = []
-    gc.collect()
-    gc.freeze()  # the built federation lives for the whole run: keep full collections off it
-    threshold = gc.get_threshold()
-    # A run allocates millions of short-lived acyclic objects (events, messages, arrays)
-    # that reference counting frees; collecting young objects every 700 allocations cost
-    # ~12% of a 10,000-peer run. Every 50,000: ~3% (docs/BENCHMARKS.md, simulator scale).
-    gc.set_threshold(max(threshold[0], 50_000), max(threshold[1], 20), max(threshold[2], 20))
-    try:
+    with _run_settings():
         virtual, messages, error = _run(topo, built, cfg, options, schedule, collector, notes)
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
     table: RoundTable = collector.table()
     if topo.n > options.draw_max_nodes:
         notes.append(f"topology drawing skipped: {topo.n} nodes > {options.draw_max_nodes}")
@@ -463,6 +455,31 @@ def _source(topology: Topology | str | Path) -> str | None:
     if not path.is_file() and len(path.parts) == 1:
         path = TOPOLOGY_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
     return str(path) if path.is_file() else None
+
+
+@contextlib.contextmanager
+def _run_settings() -> Iterator[None]:
+    """Process settings for the length of a run (restored after; forked workers inherit
+    them). Measured at 10,000 gossip peers (docs/BENCHMARKS.md, simulator scale):
+
+    * the built federation is frozen out of the cyclic collector (it lives for the whole
+      run) and young objects are collected every 50,000 allocations instead of 700: a run
+      allocates millions of short-lived acyclic objects that reference counting frees, and
+      the collections were ~12% of the run;
+    * BLAS runs on one thread: the simulator's matrix products are small and many, and
+      idle BLAS threads spinning beside the worker processes cost ~10% of their CPU. One
+      thread also makes the results independent of the machine's core count.
+    """
+    gc.collect()
+    gc.freeze()
+    threshold = gc.get_threshold()
+    gc.set_threshold(max(threshold[0], 50_000), max(threshold[1], 20), max(threshold[2], 20))
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def _run(
