@@ -6,6 +6,8 @@ import os
 import stat
 from pathlib import Path
 
+import nacl.exceptions
+import nacl.signing
 import pytest
 from libp2p.crypto.ed25519 import Ed25519PublicKey, create_new_key_pair
 from libp2p.peer.id import ID
@@ -110,6 +112,25 @@ def test_tampered_data_signature_or_key_fails_without_raising() -> None:
     assert not verify(ident.public_key, data, sig[:63])
     assert not verify(b"\x00" * 31, data, sig)
     assert not verify(b"\x00" * 32, data, sig)
+
+
+def test_signature_is_pynacls_and_verifies_with_pynacl() -> None:
+    ident = Identity.from_seed(SEED)
+    data = b"fednode/v1\0" + bytes(range(200))
+    sig = ident.sign(data)
+    assert sig == ident.signing_key.sign(data).signature  # deterministic Ed25519 (RFC 8032)
+    nacl.signing.VerifyKey(ident.public_key).verify(data, sig)  # raises if invalid
+
+
+def test_verify_refuses_a_signature_pynacl_refuses() -> None:
+    ident = Identity.from_seed(SEED)
+    data = b"header"
+    sig = ident.sign(data)
+    small_order = bytes(32)  # the identity point: libsodium rejects it as a key
+    with pytest.raises(nacl.exceptions.BadSignatureError):
+        nacl.signing.VerifyKey(small_order).verify(data, sig)
+    assert not verify(small_order, data, sig)
+    assert not verify(ident.public_key, data, bytes(64))
 
 
 # ------------------------------------------------------------------------ key files

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import hashlib
+import inspect
 import math
+import random
+import struct
 import time
 import typing
 from typing import Any
 
 import cbor2
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fednode.errors import FrameTooLarge, LocalProtocolError, SchemaError
 from fednode.wire import messages as m
+from fednode.wire import schema
 
 DIGEST = bytes(range(32))
 NONCE = bytes(16)
@@ -170,3 +178,276 @@ def test_head_length_and_split_head_check_the_prefix():
         m.split_head(head[:3] + b"\x01" + head[4:], max_header=10)
     header, signature = m.split_head(head, max_header=10)
     assert bytes(header) == b"\xa0" and bytes(signature) == bytes(64)
+
+
+# --------------------------------------------- header bytes: the hand encoder is cbor2's
+
+
+GOLDEN = [  # sha256 of headers written by the previous encoder (cbor2.dumps, canonical)
+    (
+        m.Update(
+            sender="12D3KooWsender",
+            recipient="12D3KooWrecipient",
+            round=7,
+            model_version=6,
+            timestamp=1_800_000_000.25,
+            nonce=bytes(range(16)),
+            codec="topk:0.01+int8",
+            num_examples=180,
+            metrics={"loss": 0.52, "accuracy": 1.0, "n": -3, "ok": True, "tag": "é"},
+        ),
+        2608,
+        "6d6fab375726ac30c768b0e21c14c21b77488396cb7dab0bd3a46bc84940ff98",
+    ),
+    (
+        m.Advert(
+            sender="s" * 52,
+            recipient="r" * 52,
+            timestamp=1_800_000_000.0,
+            nonce=bytes(16),
+            role="aggregator",
+            load=-70000,
+            children=tuple(f"peer-{i}" for i in range(300)),
+        ),
+        0,
+        "3bf0027a099255c48eefa9447a200cd860ff663de4f3546a21ae9aa2f385507b",
+    ),
+    (
+        m.Gossip(
+            nonce=bytes(16),
+            timestamp=-1.5e-300,
+            weight=65504.0,
+            mode="push",
+            link=2**40,
+            seq=2**63 - 1,
+            ack=255,
+            degree=24,
+        ),
+        2608,
+        "d7275e987f78996cd6de9452920dbff5d0ad0a3dbce766ca208f9ab0a0ae4015",
+    ),
+]
+
+
+@pytest.mark.parametrize(("msg", "payload_len", "sha256"), GOLDEN)
+def test_header_bytes_are_those_of_the_previous_encoder(
+    msg: m.Message, payload_len: int, sha256: str
+):
+    raw = m.encode_header(msg, payload_len, bytes(range(32)))
+    assert hashlib.sha256(raw).hexdigest() == sha256
+
+
+def reference_header(msg: m.Message, payload_len: int) -> bytes:
+    """What the header was before the hand encoder: cbor2's canonical encoding."""
+    fields = {
+        "v": m.SCHEMA_VERSION,
+        "k": int(msg.KIND),
+        "s": msg.sender,
+        "r": msg.recipient,
+        "rd": msg.round,
+        "mv": msg.model_version,
+        "t": float(msg.timestamp),
+        "n": msg.nonce,
+        "c": msg.codec,
+        "pl": payload_len,
+        "pd": DIGEST,
+        "b": m.decode_header(m.encode_header(msg, payload_len, DIGEST)).body,
+    }
+    return cbor2.dumps(fields, canonical=True)
+
+
+wide_floats = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
+    [0.0, -0.0, 65504.0, 65520.0, 5.96e-8, 6.1e-5, 3.4028235e38, 3.4028236e38, 1e-45, 2.5]
+)
+wide_ints = st.integers(m.INT_MIN, m.INT_MAX) | st.sampled_from(
+    [23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, -24, -25, -256, -257, m.INT_MIN]
+)
+wide_text = st.text(max_size=m.MAX_STR_LEN) | st.sampled_from(["a" * 23, "b" * 24, "é" * 200])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    data=st.data(),
+    timestamp=wide_floats,
+    payload_len=st.integers(0, m.INT_MAX),
+    children=st.lists(st.text(max_size=8), max_size=300).map(tuple),
+)
+def test_hand_encoded_header_equals_cbor2_canonical(
+    data: st.DataObject, timestamp: float, payload_len: int, children: tuple[str, ...]
+):
+    msg = data.draw(messages())
+    body: dict[str, Any] = {}
+    for name, hint in msg.body_fields().items():  # wider values than messages() draws
+        if hint is float:
+            body[name] = data.draw(wide_floats)
+        elif hint is int:
+            body[name] = data.draw(wide_ints)
+        elif hint is str:
+            body[name] = data.draw(wide_text)
+        elif typing.get_origin(hint) is tuple:
+            body[name] = children
+        elif typing.get_origin(hint) is dict:
+            any_value = st.booleans() | wide_ints | wide_floats | wide_text
+            body[name] = data.draw(st.dictionaries(wide_text, any_value, max_size=64))
+    msg = dataclasses.replace(msg, timestamp=timestamp, **body)
+    payload_len = payload_len if msg.has_tensor else 0
+    assert m.encode_header(msg, payload_len, DIGEST) == reference_header(msg, payload_len)
+
+
+def test_typical_headers_are_written_by_the_hand_encoder_itself():
+    for msg, payload_len, _ in GOLDEN:
+        fields = cbor2.loads(m.encode_header(msg, payload_len, DIGEST))
+        order = m._ENCODE_PLAN[type(msg)]
+        assert m._encode_checked(fields, order) == cbor2.dumps(fields, canonical=True)
+
+
+def test_floats_take_cbor2s_shortest_exact_form():
+    rng = random.Random(7)
+    values = [0.0, -0.0, 65504.0, 65520.0, 2.0**-24, 2.0**-25, 2.0**-149, 2.0**-150, 5e-324]
+    values += [3.4028235e38, 3.4028236e38, 1.7976931348623157e308, 0.1, 1 / 3, 1e-8]
+    values += [struct.unpack(">e", struct.pack(">H", bits))[0] for bits in range(0x7C00)]
+    for _ in range(20_000):
+        values.append(struct.unpack(">f", struct.pack(">I", rng.randrange(0x7F800000)))[0])
+        values.append(struct.unpack(">d", struct.pack(">Q", rng.randrange(0x7FF0000000000000)))[0])
+    for value in values:
+        for signed in (value, -value):
+            assert schema._float(signed) == cbor2.dumps(signed, canonical=True), signed
+
+
+class Small(enum.IntEnum):
+    ONE = 1
+
+
+class Name(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        m.Update(nonce=NONCE, num_examples=Small.ONE),
+        m.Update(nonce=NONCE, sender=Name("subclassed"), metrics={"k": Small.ONE}),
+        m.Update(nonce=NONCE, timestamp=1_800_000_000),  # an int timestamp becomes a float
+        m.Gossip(nonce=NONCE, weight=3),  # so does an int for a float field
+    ],
+)
+def test_values_not_of_exactly_a_builtin_type_encode_as_cbor2_does(msg: m.Message):
+    assert m.encode_header(msg, 0, DIGEST) == reference_header(msg, 0)
+
+
+def test_a_string_cbor2_cannot_encode_fails_as_before():
+    msg = m.Update(nonce=NONCE, sender="\ud800")  # a lone surrogate: not UTF-8
+    with pytest.raises(Exception) as caught:
+        m.encode_header(msg, 0, DIGEST)
+    with pytest.raises(type(caught.value)):
+        cbor2.dumps("\ud800", canonical=True)
+
+
+# ------------------------------------------------------------ header scan: the fast pass
+
+
+def valid_headers() -> st.SearchStrategy[bytes]:
+    return messages().map(lambda msg: m.encode_header(msg, 0 if not msg.has_tensor else 9, DIGEST))
+
+
+def spoiled(raw: bytes, data: st.DataObject) -> bytes:
+    """``raw`` with a few bytes changed, cut or added (near-valid CBOR)."""
+    out = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, 3))):
+        how = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        at = data.draw(st.integers(0, max(len(out) - 1, 0)))
+        if how == "flip" and out:
+            out[at] = data.draw(st.integers(0, 255))
+        elif how == "cut":
+            del out[at:]
+        else:
+            out[at:at] = data.draw(st.binary(min_size=1, max_size=3))
+    return bytes(out)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=st.data())
+def test_the_fast_scan_accepts_only_what_the_exact_scan_accepts(data: st.DataObject):
+    raw = data.draw(st.binary(max_size=64) | valid_headers().map(lambda h: spoiled(h, data)))
+    if schema._profile_ok(raw):
+        schema._scan_exact(raw)  # must not raise
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=valid_headers())
+def test_the_fast_scan_passes_every_header_a_node_writes(raw: bytes):
+    assert schema._profile_ok(raw)
+
+
+def test_headers_longer_than_the_item_cap_take_the_exact_scan():
+    raw = cbor2.dumps(["x" * 100] * 90)  # fine, but more bytes than MAX_HEADER_ITEMS
+    assert len(raw) > m.MAX_HEADER_ITEMS and not schema._profile_ok(raw)
+    m.scan_header(raw)
+
+
+# ----------------------------------------------- message classes: the generated __init__
+
+
+ALL_CLASSES = [m.Message, *m.MESSAGE_TYPES.values()]
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES)
+def test_generated_init_gives_every_default(cls: type[m.Message]):
+    msg = cls()
+    for f in dataclasses.fields(cls):
+        expected = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        assert getattr(msg, f.name) == expected
+    assert msg == cls() and hash(msg.nonce) == hash(b"")
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES)
+def test_generated_init_keeps_the_dataclass_signature(cls: type[m.Message]):
+    params = inspect.signature(cls).parameters
+    assert list(params) == [f.name for f in dataclasses.fields(cls)]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    with pytest.raises(TypeError):
+        cls("positional")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cls(no_such_field=1)  # type: ignore[call-arg]
+
+
+def test_generated_init_sets_the_fields_given_and_stays_frozen():
+    vec = np.zeros(3, np.float32)
+    msg = m.Update(sender="a", round=4, num_examples=9, metrics={"loss": 0.5}, vector=vec)
+    assert (msg.sender, msg.round, msg.num_examples, msg.metrics) == ("a", 4, 9, {"loss": 0.5})
+    assert msg.vector is vec and msg.recipient == "" and msg.codec == "none"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        msg.round = 5  # type: ignore[misc]
+    # no new attributes either (CPython 3.11's frozen-slots __setattr__ raises TypeError
+    # for a name that is not a field, as it did with the dataclass __init__)
+    with pytest.raises((AttributeError, TypeError)):
+        msg.extra = 1  # type: ignore[attr-defined]
+
+
+def test_default_factory_gives_each_message_its_own_dict():
+    a, b = m.Fit(), m.Fit()
+    assert a.config == {} and a.config is not b.config
+    a.config["lr"] = 0.1
+    assert b.config == {} and m.Update().metrics is not m.Update().metrics
+    given_ = {"x": 1}
+    assert m.Fit(config=given_).config is given_  # a value given is kept, not copied
+
+
+def test_generated_init_equality_repr_and_replace_are_the_dataclass_ones():
+    a = m.Gossip(sender="s", weight=0.5, vector=np.ones(2, np.float32))
+    b = m.Gossip(sender="s", weight=0.5)
+    assert a == b  # vector is compare=False
+    assert a != m.Gossip(sender="s", weight=0.25)
+    assert repr(b).startswith("Gossip(sender='s', ") and "vector" not in repr(b)
+    c = dataclasses.replace(b, recipient="r")
+    assert (c.sender, c.recipient, c.weight) == ("s", "r", 0.5) and type(c) is m.Gossip
+
+
+def test_build_message_fills_every_field_from_the_header():
+    msg = GOLDEN[0][0]
+    header = m.decode_header(m.encode_header(msg, 2608, DIGEST))
+    vec = np.ones(2, np.float32)
+    built = m.build_message(header, b"payload", vec)
+    assert built == dataclasses.replace(msg, payload=b"payload") and built.vector is vec
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.sender = "x"  # type: ignore[misc]

@@ -98,8 +98,8 @@ def test_seal_for_a_recipient_equals_sealing_a_copy_addressed_to_it() -> None:
 
 def test_a_broadcast_hashes_its_payload_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = envelope.digest
-    monkeypatch.setattr(envelope, "digest", lambda p: calls.append(1) or real(p))
+    real = envelope._digest_views
+    monkeypatch.setattr(envelope, "_digest_views", lambda p: calls.append(1) or real(p))
     fit = m.Fit(payload=RawCodec().encode(vector(2)), config={"lr": 0.1})
     s = sealer()
     frames = {peer: s.seal(fit, peer.peer_id) for peer in (B, C)}

@@ -35,7 +35,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import blake3
@@ -74,7 +74,15 @@ def digest(payload: Buffer | tuple[Buffer, ...]) -> bytes:
         view = byte_view(payload)
         threads = blake3.blake3.AUTO if view.nbytes > THREADED_DIGEST_BYTES else 1
         return blake3.blake3(view, max_threads=threads).digest()
-    views = [byte_view(part) for part in payload]
+    return _digest_views([byte_view(part) for part in payload])
+
+
+def _digest_views(views: Sequence[memoryview]) -> bytes:
+    """:func:`digest` of payload parts that are already flat byte views (``byte_view``)."""
+    if len(views) == 1:
+        view = views[0]
+        threads = blake3.blake3.AUTO if view.nbytes > THREADED_DIGEST_BYTES else 1
+        return blake3.blake3(view, max_threads=threads).digest()
     total = sum(view.nbytes for view in views)
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if total > THREADED_DIGEST_BYTES else 1)
     for view in views:
@@ -154,10 +162,11 @@ class Sealer:
         if last is not None and last[0] is msg:
             _, spec, payload, length, payload_digest = last
         else:
-            spec, payload = self._payload(msg)
-            parts = payload if isinstance(payload, tuple) else (payload,)
+            spec, views = self._payload(msg)
+            parts = views if isinstance(views, tuple) else (views,)
             length = sum(len(part) for part in parts)
-            payload_digest = digest(payload)
+            payload_digest = _digest_views(parts)
+            payload = views
             if type(msg.payload) is bytes and msg.payload:  # immutable: safe to reuse
                 self._last = (msg, spec, payload, length, payload_digest)
         header = m.encode_header(
@@ -173,11 +182,11 @@ class Sealer:
         signature = self.identity.sign(DOMAIN + header)
         return Frame(head=m.frame_head(header, signature), payload=payload)
 
-    def _payload(self, msg: m.Message) -> tuple[str, Payload]:
+    def _payload(self, msg: m.Message) -> tuple[str, memoryview | tuple[memoryview, ...]]:
         """(canonical codec spec, payload as byte views) of ``msg``."""
         spec = msg.codec
         given: Payload = msg.payload
-        payload: Payload
+        payload: memoryview | tuple[memoryview, ...]
         if isinstance(given, tuple):
             payload = tuple(byte_view(part) for part in given)
             empty = not any(payload)
@@ -380,7 +389,7 @@ class Receiver:
         length = sum(len(part) for part in parts) if len(parts) > 1 else len(parts[0])
         if length != header.payload_len:
             raise PayloadError(f"payload is {length} bytes, header announced {header.payload_len}")
-        if digest(parts if len(parts) > 1 else parts[0]) != header.payload_digest:
+        if _digest_views(parts) != header.payload_digest:  # Frame.parts are byte views
             raise PayloadError("payload digest does not match the signed header")
         # a payload handed over in parts (memory transport) becomes one buffer here (one
         # copy), as a network receiver's is: the message carries one payload buffer

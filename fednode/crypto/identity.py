@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -98,9 +99,20 @@ class Identity:
         """The libp2p PeerID (base58btc) of this key."""
         return peer_id_from_public_key(self.public_key)
 
+    @functools.cached_property
+    def _secret_key(self) -> bytes:
+        """libsodium's 64-byte secret key (seed + public key) of this signing key."""
+        return nacl.bindings.crypto_sign_seed_keypair(self.seed)[1]
+
     def sign(self, data: bytes | memoryview) -> bytes:
-        """Detached 64-byte Ed25519 signature of ``data``."""
-        return self.signing_key.sign(bytes(data)).signature
+        """Detached 64-byte Ed25519 signature of ``data``.
+
+        The same signature as ``signing_key.sign(data).signature``, from PyNaCl's public
+        bindings directly: no ``SignedMessage`` object, no encoder (a few µs per call).
+        """
+        return nacl.bindings.crypto_sign(bytes(data), self._secret_key)[
+            : nacl.bindings.crypto_sign_BYTES
+        ]
 
     def to_libp2p_keypair(self) -> KeyPair:
         """The same key as a libp2p ``KeyPair`` for the libp2p host."""
@@ -118,8 +130,8 @@ def verify(public_key: bytes, data: bytes | memoryview, signature: bytes) -> boo
         return False
     if not isinstance(signature, bytes) or len(signature) != 64:
         return False
-    try:
-        nacl.signing.VerifyKey(public_key).verify(bytes(data), signature)
+    try:  # what VerifyKey(public_key).verify(data, signature) does, minus its wrappers
+        nacl.bindings.crypto_sign_open(signature + bytes(data), public_key)
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         return False
     return True

@@ -37,7 +37,6 @@ ties, sorted iteration — the same build, seed and shard count give the same re
 from __future__ import annotations
 
 import copy
-import dataclasses
 import heapq
 import math
 import random
@@ -633,7 +632,7 @@ class DesSimulation:
             return
         if self.sealed:
             assert node.sealer is not None
-            item: Any = node.sealer.seal(dataclasses.replace(action.msg, recipient=to))
+            item: Any = node.sealer.seal(action.msg, to)
             nbytes = item.nbytes
         else:
             item, nbytes = self.wire.stamp(

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 import struct
 import typing
 from dataclasses import dataclass, field
+from math import isfinite
 from typing import Any, ClassVar
 
 import cbor2
@@ -55,7 +55,7 @@ from .schema import MAX_HEADER_DEPTH as MAX_HEADER_DEPTH
 from .schema import MAX_HEADER_ITEMS as MAX_HEADER_ITEMS
 from .schema import MAX_STR_LEN as MAX_STR_LEN
 from .schema import MAX_TUPLE_ITEMS as MAX_TUPLE_ITEMS
-from .schema import Mismatch, checker, describe, exact_checker, names, short
+from .schema import Mismatch, canonical, cbor_head, checker, describe, exact_checker, names, short
 from .schema import scan_header as scan_header
 from .schema import supported as supported
 
@@ -266,6 +266,10 @@ def encode_header(
     encoded from ``dataclasses.replace(msg, ...)`` (the sealer stamps sender, recipient,
     time, nonce and codec this way without copying the message).
 
+    The bytes are ``cbor2.dumps(fields, canonical=True)``'s: the fixed top-level map is
+    written in its canonical key order by :func:`_encode_checked`, and a header holding a
+    value of a type it does not write itself goes to cbor2 whole.
+
     Errors: :class:`LocalProtocolError` if the message breaks the schema (the same checks
     a receiver applies), naming the field.
     """
@@ -286,7 +290,53 @@ def encode_header(
     header = _check_header(fields, LocalProtocolError)
     fields["t"] = header.timestamp
     fields["b"] = header.body
-    return cbor2.dumps(fields, canonical=True)
+    try:
+        return _encode_checked(fields, _ENCODE_PLAN[type(msg)])
+    except (TypeError, UnicodeEncodeError):  # a value the hand encoder does not take
+        return cbor2.dumps(fields, canonical=True)
+
+
+_TOP_KEYS = sorted(HEADER_KEYS, key=lambda k: (len(k), k))  # canonical order (see schema)
+assert _TOP_KEYS == ["b", "c", "k", "n", "r", "s", "t", "v", "mv", "pd", "pl", "rd"]
+
+
+def _encode_checked(f: dict[str, Any], plan: tuple[bytes, tuple[tuple[str, bytes], ...]]) -> bytes:
+    """The header map of checked fields ``f`` in canonical order (see :func:`encode_header`).
+
+    ``plan`` is the message class's: the bytes up to its body's first key (map of 12 pairs,
+    key "b", which sorts first, the body map's head) and (field, encoded key) per body
+    field in canonical order.
+    """
+    start, body_order = plan
+    body = f["b"]
+    return b"".join(
+        [
+            start,
+            *[key + canonical(body[name]) for name, key in body_order],
+            b"\x61c",
+            canonical(f["c"]),
+            b"\x61k",
+            canonical(f["k"]),
+            b"\x61n",
+            canonical(f["n"]),
+            b"\x61r",
+            canonical(f["r"]),
+            b"\x61s",
+            canonical(f["s"]),
+            b"\x61t",
+            canonical(f["t"]),
+            b"\x61v",
+            canonical(f["v"]),
+            b"\x62mv",
+            canonical(f["mv"]),
+            b"\x62pd",
+            canonical(f["pd"]),
+            b"\x62pl",
+            canonical(f["pl"]),
+            b"\x62rd",
+            canonical(f["rd"]),
+        ]
+    )
 
 
 def decode_header(raw: bytes | memoryview) -> Header:
@@ -315,69 +365,20 @@ def decode_header(raw: bytes | memoryview) -> Header:
 def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> Header:
     """Type- and range-check header ``fields`` (keyed by CBOR key) into a :class:`Header`.
 
-    Shared by decode (``error`` = SchemaError) and encode (LocalProtocolError).
+    Shared by decode (``error`` = SchemaError) and encode (LocalProtocolError). Values of
+    exactly their built-in type are checked in one expression; otherwise the general
+    rules of :func:`schema.checker` decide, field by field in :data:`HEADER_KEYS` order,
+    and name the first that does not fit. Either way the checks below run in one order.
     """
-    values = _exact_common(fields)
-    if values is None:  # some field is not exactly its type: the general rules decide
-        values = {}
-        for key, attr, hint, check in _HEADER_CHECKS:
-            try:
-                values[attr] = check(fields[key])
-            except Mismatch:
-                raise error(
-                    f"header field {attr!r}: expected {describe(hint)}, got {short(fields[key])}"
-                ) from None
-    if values["schema"] != SCHEMA_VERSION:
-        raise error(
-            f"schema version {values['schema']} not supported (this node speaks {SCHEMA_VERSION})"
-        )
-    kind = values["kind"] = _KINDS.get(values["kind"])
-    if kind is None:
-        raise error(f"unknown message kind {fields['k']}")
-    if len(values["nonce"]) != NONCE_LEN:
-        raise error(f"nonce: expected {NONCE_LEN} bytes, got {len(values['nonce'])}")
-    if len(values["payload_digest"]) != DIGEST_LEN:
-        raise error(
-            f"payload digest: expected {DIGEST_LEN} bytes, got {len(values['payload_digest'])}"
-        )
-    for name in ("sender", "recipient"):
-        if len(values[name]) > MAX_ID_LEN:
-            raise error(f"{name}: peer id longer than {MAX_ID_LEN} characters")
-    for name in ("payload_len", "round", "model_version"):
-        if values[name] < 0:
-            raise error(f"{name} must be >= 0, got {values[name]}")
-    if kind not in TENSOR_KINDS and (values["payload_len"] or values["codec"] != "none"):
-        raise error(
-            f"{kind.name} carries no payload: expected codec 'none' and payload_len 0, got "
-            f"{short(values['codec'])} and {values['payload_len']}"
-        )
-    cls = MESSAGE_TYPES[kind]
-    expected = _BODY_TYPES[cls]
-    body = fields["b"]
-    if not isinstance(body, dict):
-        raise error(f"header field 'body': expected a map, got {short(body)}")
-    if body.keys() != expected.keys():
-        raise error(f"{cls.__name__} body keys: expected {sorted(expected)}, got {names(body)}")
-    checked = _EXACT_BODY[cls](body)
-    if checked is None:
-        checked = {}
-        for name, hint, check in _BODY_CHECKS[cls]:
-            try:
-                checked[name] = check(body[name])
-            except Mismatch:
-                raise error(
-                    f"{cls.__name__}.{name}: expected {describe(hint)}, got {short(body[name])}"
-                ) from None
-    values["body"] = checked
-    return Header(**values)
-
-
-def _exact_common(f: dict[str, Any]) -> dict[str, Any] | None:
-    """The common fields as :class:`Header` arguments if each has exactly its built-in
-    type and fits it (what cbor2 returns for a well-formed header and what a sender
-    holds), else None. A fast path only: the result is what the general checks give."""
-    v, k, rd, mv, pl = f["v"], f["k"], f["rd"], f["mv"], f["pl"]
-    s, r, t, n, c, pd = f["s"], f["r"], f["t"], f["n"], f["c"], f["pd"]
+    v, k, rd, mv, pl = fields["v"], fields["k"], fields["rd"], fields["mv"], fields["pl"]
+    s, r, t, n, c, pd = (
+        fields["s"],
+        fields["r"],
+        fields["t"],
+        fields["n"],
+        fields["c"],
+        fields["pd"],
+    )
     if not (
         type(v) is int
         and type(k) is int
@@ -400,22 +401,66 @@ def _exact_common(f: dict[str, Any]) -> dict[str, Any] | None:
         and len(n) <= MAX_STR_LEN
         and len(pd) <= MAX_STR_LEN
         and type(t) is float
-        and math.isfinite(t)
-    ):
-        return None
-    return {
-        "schema": v,
-        "kind": k,
-        "sender": s,
-        "recipient": r,
-        "round": rd,
-        "model_version": mv,
-        "timestamp": t,
-        "nonce": n,
-        "codec": c,
-        "payload_len": pl,
-        "payload_digest": pd,
-    }
+        and isfinite(t)
+    ):  # some field is not exactly its type: the general rules decide
+        values = {}
+        for key, attr, hint, check in _HEADER_CHECKS:
+            try:
+                values[attr] = check(fields[key])
+            except Mismatch:
+                raise error(
+                    f"header field {attr!r}: expected {describe(hint)}, got {short(fields[key])}"
+                ) from None
+        v, k, s, r = values["schema"], values["kind"], values["sender"], values["recipient"]
+        rd, mv, t, n = (
+            values["round"],
+            values["model_version"],
+            values["timestamp"],
+            values["nonce"],
+        )
+        c, pl, pd = values["codec"], values["payload_len"], values["payload_digest"]
+    if v != SCHEMA_VERSION:
+        raise error(f"schema version {v} not supported (this node speaks {SCHEMA_VERSION})")
+    kind = _KINDS.get(k)
+    if kind is None:
+        raise error(f"unknown message kind {fields['k']}")
+    if len(n) != NONCE_LEN:
+        raise error(f"nonce: expected {NONCE_LEN} bytes, got {len(n)}")
+    if len(pd) != DIGEST_LEN:
+        raise error(f"payload digest: expected {DIGEST_LEN} bytes, got {len(pd)}")
+    if len(s) > MAX_ID_LEN:
+        raise error(f"sender: peer id longer than {MAX_ID_LEN} characters")
+    if len(r) > MAX_ID_LEN:
+        raise error(f"recipient: peer id longer than {MAX_ID_LEN} characters")
+    if pl < 0:
+        raise error(f"payload_len must be >= 0, got {pl}")
+    if rd < 0:
+        raise error(f"round must be >= 0, got {rd}")
+    if mv < 0:
+        raise error(f"model_version must be >= 0, got {mv}")
+    if kind not in TENSOR_KINDS and (pl or c != "none"):
+        raise error(
+            f"{kind.name} carries no payload: expected codec 'none' and payload_len 0, got "
+            f"{short(c)} and {pl}"
+        )
+    cls = MESSAGE_TYPES[kind]
+    body = fields["b"]
+    if not isinstance(body, dict):
+        raise error(f"header field 'body': expected a map, got {short(body)}")
+    expected = _BODY_TYPES[cls]
+    if body.keys() != expected.keys():
+        raise error(f"{cls.__name__} body keys: expected {sorted(expected)}, got {names(body)}")
+    checked = _EXACT_BODY[cls](body)
+    if checked is None:
+        checked = {}
+        for name, hint, check in _BODY_CHECKS[cls]:
+            try:
+                checked[name] = check(body[name])
+            except Mismatch:
+                raise error(
+                    f"{cls.__name__}.{name}: expected {describe(hint)}, got {short(body[name])}"
+                ) from None
+    return _new_header(v, kind, s, r, rd, mv, t, n, c, pl, pd, checked)
 
 
 def _check_body_annotations() -> None:
@@ -436,19 +481,7 @@ def build_message(
     header: Header, payload: bytes | memoryview, vector: np.ndarray | None = None
 ) -> Message:
     """The typed message for a verified header, its payload and its decoded vector."""
-    cls = MESSAGE_TYPES[header.kind]
-    return cls(
-        sender=header.sender,
-        recipient=header.recipient,
-        round=header.round,
-        model_version=header.model_version,
-        timestamp=header.timestamp,
-        nonce=header.nonce,
-        codec=header.codec,
-        payload=payload,
-        vector=vector,
-        **header.body,
-    )
+    return _FROM_HEADER[header.kind](header, payload, vector)
 
 
 def split_head(head: bytes | memoryview, *, max_header: int) -> tuple[memoryview, memoryview]:
@@ -495,7 +528,105 @@ def frame_head(header: bytes, signature: bytes) -> bytes:
     return PREFIX.pack(MAGIC, SCHEMA_VERSION, FLAGS, len(header)) + header + signature
 
 
+# ------------------------------------------------------------------ fast construction
+#
+# Frozen dataclasses store each field with ``object.__setattr__`` (their own __setattr__
+# refuses). Setting the slot through its member descriptor does the same store about twice
+# as fast, so every message class gets an ``__init__`` generated that way (same keyword-only
+# signature, defaults and default factories; frozen-ness is __setattr__'s, unchanged), and
+# the receiver builds headers and messages with generated functions that skip the keyword
+# parsing. The generated source comes from our own dataclass fields only.
+
+
+class _Factory:
+    """Default of a parameter whose value comes from a ``default_factory``."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+_FACTORY = _Factory()
+
+
+def _slot_setter(cls: type, name: str) -> Any:
+    """``__set__`` of the member descriptor that stores field ``name`` of slots class ``cls``."""
+    descriptor = next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)
+    if type(descriptor).__name__ != "member_descriptor":
+        raise TypeError(f"{cls.__name__}.{name} is not a slot")
+    return descriptor.__set__
+
+
+def _generate(cls: type, source: list[str], namespace: dict[str, Any], name: str) -> Any:
+    exec("\n".join(source), namespace)
+    function = namespace[name]
+    function.__qualname__ = f"{cls.__qualname__}.{name}"
+    return function
+
+
+def _fast_init(cls: type[Message]) -> Any:
+    """An ``__init__`` for ``cls`` equivalent to its dataclass one (see above)."""
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__}: __post_init__ is not supported by _fast_init")
+    namespace: dict[str, Any] = {"FACTORY": _FACTORY}
+    params, lines = [], []
+    for i, f in enumerate(dataclasses.fields(cls)):
+        namespace[f"set{i}"] = _slot_setter(cls, f.name)
+        value = f.name
+        if f.default is not dataclasses.MISSING:
+            namespace[f"default{i}"] = f.default
+            params.append(f"{f.name}=default{i}")
+        elif f.default_factory is not dataclasses.MISSING:
+            namespace[f"factory{i}"] = f.default_factory
+            params.append(f"{f.name}=FACTORY")
+            value = f"factory{i}() if {f.name} is FACTORY else {f.name}"
+        else:
+            params.append(f.name)
+        lines.append(f"    set{i}(self, {value})")
+    source = [f"def __init__(self, *, {', '.join(params)}):", *lines]
+    init = _generate(cls, source, namespace, "__init__")
+    init.__annotations__ = dict(cls.__init__.__annotations__)
+    return init
+
+
+def _from_header(cls: type[Message]) -> Any:
+    """``build(header, payload, vector)``: the ``cls`` message of a checked header.
+
+    The body's keys are exactly ``cls``'s body fields (checked by :func:`_check_header`).
+    """
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    lines = ["def build(h, payload, vector):", "    m = new(cls)", "    b = h.body"]
+    for i, f in enumerate(dataclasses.fields(cls)):
+        namespace[f"set{i}"] = _slot_setter(cls, f.name)
+        if f.name in ("payload", "vector"):
+            value = f.name
+        elif f.name in _COMMON:
+            value = f"h.{f.name}"
+        else:
+            value = f"b[{f.name!r}]"
+        lines.append(f"    set{i}(m, {value})")
+    lines.append("    return m")
+    return _generate(cls, lines, namespace, "build")
+
+
+def _header_builder() -> Any:
+    """``new_header(*values)``: a :class:`Header` from checked values in field order."""
+    names_ = [f.name for f in dataclasses.fields(Header)]
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": Header}
+    lines = [f"def new_header({', '.join(names_)}):", "    h = new(cls)"]
+    for i, name in enumerate(names_):
+        namespace[f"set{i}"] = _slot_setter(Header, name)
+        lines.append(f"    set{i}(h, {name})")
+    lines.append("    return h")
+    return _generate(Header, lines, namespace, "new_header")
+
+
 _check_body_annotations()
+_ALL_CLASSES: tuple[type[Message], ...] = (Message, *MESSAGE_TYPES.values())
+for _cls in _ALL_CLASSES:
+    setattr(_cls, "__init__", _fast_init(_cls))  # noqa: B010 (mypy refuses a direct assignment)
+del _cls
+_new_header = _header_builder()
+_FROM_HEADER = {kind: _from_header(cls) for kind, cls in MESSAGE_TYPES.items()}
 _KINDS: dict[Any, Kind] = {int(k): k for k in Kind}
 _HEADER_CHECKS = [
     (key, attr, hint, checker(hint))
@@ -507,3 +638,13 @@ _BODY_CHECKS = {
     for cls, fields_ in _BODY_TYPES.items()
 }
 _EXACT_BODY = {cls: exact_checker(fields_) for cls, fields_ in _BODY_TYPES.items()}
+#: per class: what :func:`_encode_checked` needs (see there)
+_ENCODE_PLAN = {
+    cls: (
+        b"\xac\x61b" + cbor_head(5, len(fields_)),
+        tuple(
+            sorted(((name, canonical(name)) for name in fields_), key=lambda p: (len(p[1]), p[1]))
+        ),
+    )
+    for cls, fields_ in _BODY_TYPES.items()
+}

@@ -10,6 +10,9 @@ profile" and "Body value types"):
   ``dict[str, X]``), and :func:`exact_checker` compiles a fast path for a whole map of
   fields that gives the same result when every value has exactly its built-in type.
 
+On the sending side, :func:`canonical` writes a checked value as
+``cbor2.dumps(value, canonical=True)`` would (``messages.encode_header``).
+
 :mod:`fednode.wire.messages` applies them to messages; a value that does not fit raises
 :class:`Mismatch`, which the caller turns into its own error (SchemaError when decoding,
 LocalProtocolError when encoding).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+import struct
 import types
 import typing
 from collections.abc import Callable
@@ -229,6 +233,80 @@ def supported(hint: Any) -> bool:
     return hint in _SCALARS
 
 
+# ------------------------------------------------------------- canonical CBOR encoding
+#
+# canonical CBOR (RFC 8949 4.2.1 / cbor2 canonical=True): shortest argument forms, map keys
+# sorted by their encoded bytes (for text keys: by length, then bytewise)
+_SMALL_HEADS = [tuple(bytes([major << 5 | n]) for n in range(24)) for major in range(8)]
+_ARG1, _ARG2 = struct.Struct("!BB"), struct.Struct("!BH")
+_ARG4, _ARG8 = struct.Struct("!BI"), struct.Struct("!BQ")
+_F16, _F32, _F64 = struct.Struct("!Be"), struct.Struct("!Bf"), struct.Struct("!Bd")
+
+
+def cbor_head(major: int, n: int) -> bytes:
+    """Initial byte(s) of a CBOR item of ``major`` type with argument ``n``, shortest form."""
+    if n < 24:
+        return _SMALL_HEADS[major][n]
+    if n < 0x100:
+        return _ARG1.pack(major << 5 | 24, n)
+    if n < 0x10000:
+        return _ARG2.pack(major << 5 | 25, n)
+    if n < 0x100000000:
+        return _ARG4.pack(major << 5 | 26, n)
+    return _ARG8.pack(major << 5 | 27, n)
+
+
+def canonical(value: Any) -> bytes:
+    """Canonical CBOR of a checked header value of exactly a built-in type: the bytes of
+    ``cbor2.dumps(value, canonical=True)`` (tests compare them), in a fraction of the time
+    for the small values of a header.
+
+    Raises TypeError for anything else (the caller then lets cbor2 encode the header).
+    """
+    kind = type(value)
+    if kind is str:
+        raw = value.encode("utf-8")
+        return cbor_head(3, len(raw)) + raw
+    if kind is int:
+        return cbor_head(0, value) if value >= 0 else cbor_head(1, -1 - value)
+    if kind is bytes:
+        return cbor_head(2, len(value)) + value
+    if kind is float:
+        return _float(value)
+    if value is True:
+        return b"\xf5"
+    if value is False:
+        return b"\xf4"
+    if value is None:
+        return b"\xf6"
+    if kind is tuple or kind is list:
+        return cbor_head(4, len(value)) + b"".join([canonical(item) for item in value])
+    if kind is dict:
+        pairs = sorted([(canonical(k), canonical(v)) for k, v in value.items()], key=_by_key)
+        return cbor_head(5, len(pairs)) + b"".join([k + v for k, v in pairs])
+    raise TypeError(f"not encoded by hand: {kind.__name__}")
+
+
+def _float(value: float) -> bytes:
+    """The shortest of half, single and double precision that holds ``value`` exactly
+    (cbor2's canonical float; ``value`` is finite, checked before)."""
+    try:
+        single = _F32.pack(0xFA, value)
+    except OverflowError:
+        return _F64.pack(0xFB, value)
+    if _F32.unpack(single)[1] != value:
+        return _F64.pack(0xFB, value)
+    try:
+        half = _F16.pack(0xF9, value)
+    except OverflowError:
+        return single
+    return half if _F16.unpack(half)[1] == value else single
+
+
+def _by_key(pair: tuple[bytes, bytes]) -> tuple[int, bytes]:
+    return len(pair[0]), pair[0]
+
+
 # ------------------------------------------------------------------ CBOR header profile
 
 
@@ -241,7 +319,105 @@ def scan_header(raw: bytes) -> None:
     MAX_HEADER_DEPTH nested containers or MAX_HEADER_ITEMS items, any declared length or
     count larger than the bytes left, and bytes after the item. Floats (half, single,
     double) pass here; their values are checked by the schema. Raises SchemaError.
+
+    Fast path: :func:`_profile_ok`, a table-driven walk (~2x faster) that only answers
+    "certainly in the profile"; when it does not, :func:`_scan_exact` walks again, decides
+    and names the first violation. So a header a node writes is walked once.
     """
+    if not _profile_ok(raw):
+        _scan_exact(raw)
+
+
+def _skip_table() -> tuple[int, ...]:
+    """Per initial byte: bytes the item takes when that is fixed (> 0), else a code < 0.
+
+    Fixed: integers (major 0/1, info < 28), strings with an inline length (info < 24),
+    false / true / null and half / single / double floats. Codes: -1 string with a 1-byte
+    length, -2 with a 2-byte length, -3 array or map with an inline count, -4 with a
+    1-byte count, -5 with a 2-byte count; 0 anything else (rare, or outside the profile:
+    left to :func:`_scan_exact`).
+    """
+    table = []
+    for initial in range(256):
+        major, info = initial >> 5, initial & 0x1F
+        step = 0
+        if major <= 1 and info < 28:
+            step = 1 + (1 << (info - 24) if info >= 24 else 0)
+        elif major in (2, 3):
+            step = 1 + info if info < 24 else {24: -1, 25: -2}.get(info, 0)
+        elif major in (4, 5):
+            step = -3 if info < 24 else {24: -4, 25: -5}.get(info, 0)
+        elif major == 7 and info in (20, 21, 22, 25, 26, 27):
+            step = {25: 3, 26: 5, 27: 9}.get(info, 1)
+        table.append(step)
+    return tuple(table)
+
+
+_SKIP = _skip_table()
+
+
+def _profile_ok(raw: bytes) -> bool:
+    """True only if ``raw`` passes :func:`_scan_exact` (a sound fast path; False: unsure).
+
+    The same walk without error messages or item counting: a header of at most
+    MAX_HEADER_ITEMS bytes cannot hold more items than that (each takes a byte), and
+    longer ones are left to the exact scan. A declared length past the end moves ``pos``
+    past ``end``, which the next item or the final ``pos == end`` turns into False.
+    """
+    end = len(raw)
+    if end > MAX_HEADER_ITEMS:
+        return False
+    skip = _SKIP
+    pos = 0
+    outer: list[int] = []
+    left = 1
+    while True:
+        if not left:
+            if not outer:
+                return pos == end
+            left = outer.pop()
+            continue
+        left -= 1
+        if pos >= end:
+            return False
+        initial = raw[pos]
+        step = skip[initial]
+        if step > 0:
+            pos += step
+        elif step == -1:
+            if pos + 1 >= end:
+                return False
+            pos += 2 + raw[pos + 1]
+        elif step == -2:
+            if pos + 2 >= end:
+                return False
+            pos += 3 + (raw[pos + 1] << 8 | raw[pos + 2])
+        elif step == 0 or len(outer) >= MAX_HEADER_DEPTH:
+            return False
+        else:  # a container: -3 inline count, -4 one byte, -5 two bytes
+            if step == -3:
+                count = initial & 0x1F
+                pos += 1
+            elif step == -4:
+                if pos + 1 >= end:
+                    return False
+                count = raw[pos + 1]
+                pos += 2
+            else:
+                if pos + 2 >= end:
+                    return False
+                count = raw[pos + 1] << 8 | raw[pos + 2]
+                pos += 3
+            if initial >= 0xA0:  # a map: keys and values
+                count *= 2
+            if count:
+                outer.append(left)
+                left = count
+
+
+def _scan_exact(raw: bytes) -> None:
+    """The reference scan (see :func:`scan_header`): raises SchemaError at the first
+    violation, naming it."""
     end = len(raw)
     pos = items = 0
     outer: list[int] = []  # items still expected at each enclosing level
