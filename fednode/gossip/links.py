@@ -182,7 +182,8 @@ def mix(x: np.ndarray, links: list[Link], coefs: list[float]) -> tuple[np.ndarra
     d = rows[:k]
     if all(link.mine is x for link in links):
         d -= rows[k]
-        sq = np.einsum("ij,ij->i", rows, rows).tolist()  # k deltas, then x itself
+        # k deltas, then x itself; numpy's vecdot: no Python-level wrapper, unlike einsum
+        sq = np.vecdot(rows, rows).tolist()
         scale = math.sqrt(sq[k]) or 1.0
         dist = [math.sqrt(s) / scale for s in sq[:k]]
     else:  # a lossy link's public copy lags x
