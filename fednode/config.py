@@ -332,6 +332,9 @@ class WireParams:
     error_feedback: bool = True
     max_frame_bytes: int = 512 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
+    #: inbound frames read at once (all peers / one peer); more wait their turn, unread
+    max_inbound_frames: int = 32
+    max_inbound_frames_per_peer: int = 4
     max_clock_skew_s: float = 300.0
 
     def validate(self) -> None:
@@ -349,6 +352,18 @@ class WireParams:
             "wire.max_header_bytes",
             self.max_header_bytes,
             "an integer in [256, max_frame_bytes]",
+        )
+        _check(
+            self.max_inbound_frames >= 1,
+            "wire.max_inbound_frames",
+            self.max_inbound_frames,
+            "an integer >= 1",
+        )
+        _check(
+            1 <= self.max_inbound_frames_per_peer <= self.max_inbound_frames,
+            "wire.max_inbound_frames_per_peer",
+            self.max_inbound_frames_per_peer,
+            "an integer in [1, max_inbound_frames]",
         )
         _check(
             self.max_clock_skew_s > 0,

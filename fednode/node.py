@@ -54,7 +54,12 @@ PEER_POLL_S = 0.25
 UNDISCOVERED_WAIT_S = 5.0
 #: bound on the evaluation of the last gossip round after the role stopped
 FINAL_EVAL_S = 10.0
-_REJECT_ERRORS = {"not_accepted": "NotMember", "handshake": "HandshakeFailed"}
+_REJECT_ERRORS = {"not_accepted": "NotMember", "handshake": "HandshakeFailed", "busy": "Busy"}
+_REJECT_DETAILS = {
+    "not_accepted": "not a member: frame refused before it was read",
+    "handshake": "inbound security handshake failed (wrong or missing network key?)",
+    "busy": "frame not taken within net.send_timeout_s (inbound limits or a full queue)",
+}
 
 
 def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
@@ -180,11 +185,7 @@ class Node:
         """The transport refused a frame or a connection: count it and log it."""
         error = _REJECT_ERRORS.get(reason, reason)
         self.stats.rejected[error] += 1
-        detail = (
-            "not a member: frame refused before it was read"
-            if reason == "not_accepted"
-            else "inbound security handshake failed (wrong or missing network key?)"
-        )
+        detail = _REJECT_DETAILS.get(reason, reason)
         self._emit(
             "rejected", {"peer": who, "error": error, "stage": "transport", "detail": detail}
         )
@@ -207,6 +208,8 @@ class Node:
             network_key=self.network_key,
             max_frame_bytes=cfg.wire.max_frame_bytes,
             max_header_bytes=cfg.wire.max_header_bytes,
+            max_inbound=cfg.wire.max_inbound_frames,
+            max_inbound_per_peer=cfg.wire.max_inbound_frames_per_peer,
             dial_timeout=cfg.net.dial_timeout_s,
             send_timeout=cfg.net.send_timeout_s,
             # closed membership: a non-member's frame is refused before its payload is read

@@ -46,6 +46,12 @@ def test_toml_file_and_override(tmp_path):
         ("[train]\nepochs = 3", "train.epochs", "a known key"),
         ("[net]\nallow = ['12D3KooWx']", "net.open_membership", "false when net.allow"),
         ("[server]\nresume_from = 'latest'", "server.resume_from", "checkpoint_dir"),
+        ("[wire]\nmax_inbound_frames = 0", "wire.max_inbound_frames", ">= 1"),
+        (
+            "[wire]\nmax_inbound_frames = 4\nmax_inbound_frames_per_peer = 8",
+            "wire.max_inbound_frames_per_peer",
+            "[1, max_inbound_frames]",
+        ),
     ],
 )
 def test_bad_config_names_field_value_and_expectation(tmp_path, toml, field, fragment):

@@ -291,6 +291,98 @@ async def test_frames_from_peers_not_accepted_are_refused_unread() -> None:
         assert b.incoming.statistics().current_buffer_used == 0
 
 
+async def test_inbound_frames_are_read_within_the_limits_and_the_rest_wait_their_turn() -> None:
+    """At most max_inbound frames are read at once, at most max_inbound_per_peer of them
+    from one peer; the others wait unread and are all delivered when their turn comes."""
+    a, c = Libp2pTransport(_key(1)), Libp2pTransport(_key(3))
+    b = Libp2pTransport(_key(2), max_inbound=2, max_inbound_per_peer=1, channel_size=64)
+    reading: dict[str, int] = {}
+    most = {"total": 0, "per_peer": 0}
+    release = trio.Event()
+    receive = b._receive
+
+    async def slow_receive(stream: Any, peer: str) -> int:
+        reading[peer] = reading.get(peer, 0) + 1
+        most["total"] = max(most["total"], sum(reading.values()))
+        most["per_peer"] = max(most["per_peer"], reading[peer])
+        try:
+            await release.wait()
+            return await receive(stream, peer)
+        finally:
+            reading[peer] -= 1
+
+    b._receive = slow_receive  # type: ignore[method-assign]
+    async with running(a, b, c) as nursery:
+        with trio.fail_after(DEADLINE):
+            await a.connect(b.local_peer, b.addresses())
+            await c.connect(b.local_peer, b.addresses())
+            for sender in (a, c):
+                for i in range(4):
+                    nursery.start_soon(sender.send, b.local_peer, _frame(bytes([i]) * 1000))
+            while sum(reading.values()) < 2:  # both slots taken: one per peer
+                await trio.sleep(0.01)
+            await trio.sleep(0.3)  # the other six had time to start reading, and did not
+            assert most == {"total": 2, "per_peer": 1}
+            assert b._inbound.statistics().tasks_waiting == 0  # they queue per peer first
+            release.set()
+            got = [await b.incoming.receive() for _ in range(8)]
+        assert sorted(inbound.peer for inbound in got) == sorted([a.local_peer, c.local_peer] * 4)
+        assert most == {"total": 2, "per_peer": 1} and b.refused_frames == 0
+        assert b._per_peer == {}  # nothing kept for peers with no frame in flight
+
+
+async def test_a_frame_that_waits_past_send_timeout_is_answered_busy_and_counted() -> None:
+    refusals: list[tuple[str, str]] = []
+    a = Libp2pTransport(_key(1))
+    b = Libp2pTransport(
+        _key(2),
+        max_inbound=1,
+        max_inbound_per_peer=1,
+        send_timeout=0.5,
+        on_reject=lambda who, reason: refusals.append((who, reason)),
+    )
+    release = trio.Event()
+    receive = b._receive
+    calls = 0
+
+    async def first_one_holds_on(stream: Any, peer: str) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # a reader that keeps the one slot past every deadline
+            with trio.CancelScope(shield=True):
+                await release.wait()
+        return await receive(stream, peer)
+
+    b._receive = first_one_holds_on  # type: ignore[method-assign]
+    held_outcome: list[str] = []
+
+    async def send_held() -> None:
+        try:
+            await a.send(b.local_peer, _frame(b"held"))
+            held_outcome.append("taken")
+        except TransportError as exc:
+            held_outcome.append(str(exc))
+
+    async with running(a, b) as nursery:
+        with trio.fail_after(DEADLINE):
+            await a.connect(b.local_peer, b.addresses())
+            nursery.start_soon(send_held)
+            while calls < 1:
+                await trio.sleep(0.01)
+            with pytest.raises(TransportError, match="did not take the frame in time"):
+                await a.send(b.local_peer, _frame(b"queued behind the held one"))
+            assert calls == 1  # the second frame never got to be read
+            assert refusals == [(a.local_peer, "busy")] and b.refused_frames == 1
+            release.set()  # the held reader is past its own deadline too: busy as well
+            while not held_outcome:
+                await trio.sleep(0.01)
+            assert "did not take the frame in time" in held_outcome[0]
+            await a.send(b.local_peer, _frame(b"after"))  # the slot came back
+            inbound = await b.incoming.receive()
+            assert bytes(inbound.frame.payload) == b"after"
+        assert b.refused_frames == 2 and b._per_peer == {}
+
+
 async def test_malformed_frame_head_is_a_local_error() -> None:
     a, b = Libp2pTransport(_key(1)), Libp2pTransport(_key(2))
     async with running(a, b):

@@ -206,14 +206,20 @@ class Libp2pTransport(Transport):
     ``key_pair`` is the node's Ed25519 key (``Identity.to_libp2p_keypair()``); its
     libp2p peer id is :attr:`local_peer`. ``network_key`` (32 bytes) turns on the
     private network. Limits: ``max_frame_bytes`` bounds head + payload of one inbound
-    frame (checked before allocating), ``max_header_bytes`` the CBOR header.
-    ``dial_timeout`` bounds a connect, ``send_timeout`` one whole frame (send until
+    frame (checked before allocating), ``max_header_bytes`` the CBOR header;
+    ``max_inbound`` frames are read at once (so inbound frames hold at most
+    ``max_inbound x max_frame_bytes`` of memory), at most ``max_inbound_per_peer`` of
+    them from one peer. A stream beyond either limit waits its turn (first come, first
+    served), unread, within its ``send_timeout``; one that is still waiting then is
+    answered "busy". ``dial_timeout`` bounds a connect, ``send_timeout`` one whole frame (send until
     acknowledged; receive from first to last byte). ``accept_from(peer)``, if given, is
     asked before anything of an inbound frame is read: a peer it refuses (say, not on
     the allow-list) is answered "not accepted" and costs no allocation.
     ``on_reject(who, reason)``, if given, hears of every refusal this transport makes on
     its own: ``reason="not_accepted"`` with the peer id for a frame ``accept_from``
-    refused, ``reason="handshake"`` with the remote ``ip:port`` for an inbound
+    refused, ``reason="busy"`` for a frame not taken within ``send_timeout`` (the node
+    was at its inbound limits, or its ``incoming`` channel stayed full),
+    ``reason="handshake"`` with the remote ``ip:port`` for an inbound
     connection whose security handshake failed (with a network key, a peer without the
     key ends here). :attr:`refused_frames` and :attr:`failed_handshakes` count them.
     It runs inside libp2p's tasks and must not block. ``muxer="mplex"`` exists only for
@@ -231,6 +237,8 @@ class Libp2pTransport(Transport):
         dial_timeout: float = 10.0,
         send_timeout: float = 60.0,
         channel_size: int = 16,
+        max_inbound: int = 32,
+        max_inbound_per_peer: int = 4,
         accept_from: Callable[[str], bool] | None = None,
         on_reject: Callable[[str, str], None] | None = None,
         muxer: Literal["yamux", "mplex"] = "yamux",
@@ -239,6 +247,8 @@ class Libp2pTransport(Transport):
             raise ValueError(f"network_key must be 32 bytes, got {len(network_key)}")
         if max_frame_bytes < PREFIX.size or max_header_bytes < 0:
             raise ValueError("max_frame_bytes/max_header_bytes out of range")
+        if not 1 <= max_inbound_per_peer <= max_inbound:
+            raise ValueError("need 1 <= max_inbound_per_peer <= max_inbound")
         self._key_pair = key_pair
         self._pid = ID.from_pubkey(key_pair.public_key)
         self.local_peer = self._pid.to_base58()
@@ -251,7 +261,11 @@ class Libp2pTransport(Transport):
         self._muxer = muxer
         self._accept_from = accept_from
         self._on_reject = on_reject
-        #: inbound frames refused because ``accept_from`` said no
+        #: frames being read, all peers / per peer (peers with none waiting are dropped)
+        self._inbound = trio.CapacityLimiter(max_inbound)
+        self._max_per_peer = max_inbound_per_peer
+        self._per_peer: dict[str, trio.CapacityLimiter] = {}
+        #: inbound frames refused: ``accept_from`` said no, or not taken in time (busy)
         self.refused_frames = 0
         #: inbound connections whose security handshake (pnet + Noise) failed
         self.failed_handshakes = 0
@@ -553,9 +567,10 @@ class Libp2pTransport(Transport):
                 status = STATUS_NOT_ACCEPTED  # answered before reading anything
             else:
                 with trio.move_on_after(self._send_timeout) as deadline:
-                    status = await self._receive(stream, peer)
+                    status = await self._receive_in_turn(stream, peer)
                 if deadline.cancelled_caught:
                     log.warning("frame from %s not taken within %ss", peer, self._send_timeout)
+                    self._reject(peer, "busy")
             with trio.move_on_after(CLEANUP_S):
                 await stream.write(bytes((status,)))
                 await stream.close()
@@ -571,6 +586,20 @@ class Libp2pTransport(Transport):
                 await stream.reset()
             except Exception as exc:  # per-peer boundary (cleanup of a dead stream)
                 log.debug("resetting stream from %s: %r", peer, exc)
+
+    async def _receive_in_turn(self, stream: INetStream, peer: str) -> int:
+        """:meth:`_receive` within the inbound limits: a peer's own limit first, so the
+        streams one peer opens beyond it queue behind each other, not ahead of others."""
+        limiter = self._per_peer.get(peer)
+        if limiter is None:
+            limiter = self._per_peer[peer] = trio.CapacityLimiter(self._max_per_peer)
+        try:
+            async with limiter, self._inbound:
+                return await self._receive(stream, peer)
+        finally:
+            idle = not limiter.borrowed_tokens and not limiter.statistics().tasks_waiting
+            if idle and self._per_peer.get(peer) is limiter:
+                del self._per_peer[peer]
 
     async def _receive(self, stream: INetStream, peer: str) -> int:
         """Read one frame and queue it on ``incoming``; the status byte to answer."""
