@@ -17,10 +17,15 @@ from .wire.messages import Message
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Seal ``msg`` and send it to ``to`` (the message's recipient is set from ``to``)."""
+    """Seal ``msg`` and send it to ``to`` (the message's recipient is set from ``to``).
+
+    ``addrs``: where ``to`` listens, when this node may not know (an ``Assign`` named a
+    new parent): the runner dials them first if not connected to ``to``.
+    """
 
     to: str
     msg: Message
+    addrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,6 +232,13 @@ class Node:
             nursery.start_soon(self._watch_signals, role_scope, nursery.cancel_scope)
             await nursery.start(transport.run)
             self.listen_addrs = transport.addresses()
+            from .hierarchy.aggregator import RegionalAggregator
+            from .hierarchy.client import Client
+
+            if isinstance(self.role, Client | RegionalAggregator):
+                # advertised: the coordinator tells the clients it places under this node
+                # where to dial it, so two tiers work without discovery (--no-mdns)
+                self.role.addrs = self.listen_addrs
             log.info(
                 "node %s (%s) listening on %s", self.peer_id, cfg.role, ", ".join(self.listen_addrs)
             )

@@ -181,12 +181,14 @@ async def run_role(
             failed(to, msg, exc)
             return
         in_flight += 1
-        nursery.start_soon(send_later, to, msg, frame)
+        nursery.start_soon(send_later, to, msg, frame, action.addrs)
 
-    async def send_later(to: str, msg: m.Message, frame: Frame) -> None:
+    async def send_later(to: str, msg: m.Message, frame: Frame, addrs: tuple[str, ...]) -> None:
         nonlocal in_flight
         try:
             with trio.fail_after(send_timeout_s):
+                if addrs and to not in transport.peers():
+                    await transport.connect(to, addrs)
                 await transport.send(to, frame)
             stats.sent_frames += 1
             stats.sent_bytes += frame.nbytes

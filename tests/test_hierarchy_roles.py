@@ -199,6 +199,14 @@ def test_client_follows_assign_from_coordinator_only():
     c.handle(m.Advert(sender="coord", recipient="me", role="coordinator"), 0.0)
     actions = c.handle(m.Assign(sender="coord", recipient="me", role="client", parent="B"), 0.0)
     assert c.parent == "B" and {a.to for a in actions} == {"B", "coord"}
+    where = ("/ip4/10.0.0.7/tcp/4001/p2p/D",)
+    c.addrs = ("/ip4/10.0.0.2/tcp/4001/p2p/me",)
+    actions = c.handle(
+        m.Assign(sender="coord", recipient="me", role="client", parent="D", addrs=where), 1.0
+    )
+    (to_d,) = [a for a in sends(actions, m.Advert) if a.to == "D"]
+    assert to_d.addrs == where  # the runner dials them if it is not connected to D
+    assert to_d.msg.addrs == c.addrs  # and its advert says where it listens itself
     with pytest.raises(RemoteProtocolError, match="Assign"):
         c.handle(m.Assign(sender="stranger", recipient="me", role="client", parent="X"), 0.0)
 

@@ -1,5 +1,6 @@
 """The coordinator's tree (placement, promotion, orphans) and checkpoints, without trio."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -77,6 +78,21 @@ def test_promotion_moves_a_share_of_the_region_and_holds_the_round():
     t.on_advert(agg("p", ["a", "b"], region="eu", trains=True))
     assert not t.settling(2.0) and t.leaves("p") == 3
     assert set(t.direct) == {"p", "c", "d"}  # the rest of eu stays: promotion took its share
+
+
+def test_assign_tells_the_client_where_its_new_parent_listens():
+    """The parent's advertised addresses travel in the Assign: no discovery needed."""
+    t = Tree(TierParams(placement="least_loaded"), me="C")
+    where = ("/ip4/10.0.0.7/tcp/4001/p2p/A",)
+    t.on_advert(dataclasses.replace(agg("A", region="eu"), addrs=where))
+    assert assigns(t.on_advert(client("c1", region="eu")))["c1"].addrs == where
+    t.on_advert(agg("B", region="ap"))  # advertised none: the client relies on discovery
+    assert assigns(t.on_advert(client("c2", region="ap")))["c2"].addrs == ()
+    flat = Tree(TierParams(), me="C")
+    for p in ("q", "r"):  # promotion: the promoted client's own advert has its addresses
+        flat.on_advert(dataclasses.replace(client(p, region="us"), addrs=(f"/ip4/10.0.0.9/{p}",)))
+    sent = assigns(flat.promote("q", now=1.0, share=1.0))
+    assert sent["r"].parent == "q" and sent["r"].addrs == ("/ip4/10.0.0.9/q",)
 
 
 def test_promotion_that_never_settles_stops_holding_after_settle_s():

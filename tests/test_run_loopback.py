@@ -189,3 +189,52 @@ def test_sigterm_says_goodbye_prints_why_and_exits_0(tmp_path: Path) -> None:
     assert stopped["signal"] == "SIGTERM" and stopped["error"] is None
     assert client_s < 20  # goodbye (<= 2 s) + closing the host (generous: shared 2-core CI)
     assert "stopped: SIGTERM" in coord_log.read_text()
+
+
+def test_two_tier_without_discovery_clients_dial_the_aggregator_they_are_assigned(
+    tmp_path: Path,
+) -> None:
+    """--no-mdns, everyone bootstraps to the coordinator only: a client learns where its
+    aggregator listens from the coordinator's Assign (the aggregator's advertised
+    addresses) and dials it; the rounds run through the aggregator."""
+    coord_key, coord_id = _coordinator_key(tmp_path)
+    port = _free_port()
+    boot = f"/ip4/127.0.0.1/tcp/{port}/p2p/{coord_id}"
+    local = ["--local-epochs", "1", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", boot]
+    procs = []
+    try:
+        coord = _spawn(
+            [
+                *FEDNODE,
+                *("--role", "coordinator", "--rounds", "2", "--local-epochs", "1"),
+                *("--min-available-clients", "2", "--min-fit-clients", "1"),
+                *("--listen", f"/ip4/127.0.0.1/tcp/{port}", "--key-file", str(coord_key)),
+            ],
+            tmp_path / "coordinator.log",
+        )
+        procs.append(coord)
+        agg_args = ["--role", "aggregator", "--region", "r0", "--key-file"]
+        agg_args += [str(tmp_path / "agg.key"), *local]
+        procs.append(_spawn([*FEDNODE, *agg_args], tmp_path / "aggregator.log"))
+        listening = _wait_for(
+            tmp_path / "aggregator.log", lambda ev: any(e["event"] == "listening" for e in ev), 60
+        )
+        agg_id = next(e["peer"] for e in listening if e["event"] == "listening")
+        _wait_for(  # the first round should already run through the aggregator
+            tmp_path / "coordinator.log",
+            lambda ev: any(e["event"] == "peer_up" and e["peer"] == agg_id for e in ev),
+            60,
+        )
+        for i in range(2):
+            args = ["--role", "client", "--region", "r0", "--client-index", str(i)]
+            args += ["--num-clients", "2", "--key-file", str(tmp_path / f"k{i}.key"), *local]
+            procs.append(_spawn([*FEDNODE, *args], tmp_path / f"client{i}.log"))
+        assert coord.wait(timeout=150) == 0, (tmp_path / "coordinator.log").read_text()
+    finally:
+        _stop_all(procs)
+    rounds = [e for e in _events(tmp_path / "coordinator.log") if e["event"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[-1]["aggregators"] == 1 and rounds[-1]["clients_completed"] == 2
+    for i in range(2):  # only the Assign told them where the aggregator is
+        events = _events(tmp_path / f"client{i}.log")
+        assert any(e["event"] == "peer_up" and e["peer"] == agg_id for e in events)

@@ -68,9 +68,15 @@ def update(vector: np.ndarray, **kw: Any) -> m.Update:
 
 
 async def run_pair(
-    sender: Any, receiver_role: Any, *, buffer: int = 256, executor: Any = None
+    sender: Any,
+    receiver_role: Any,
+    *,
+    buffer: int = 256,
+    executor: Any = None,
+    wrap: Any = None,
 ) -> tuple[RunStats, RunStats, list[tuple[str, dict[str, Any]]]]:
-    """Run A (``sender``) and B (``receiver_role``) until B stops; A's events."""
+    """Run A (``sender``) and B (``receiver_role``) until B stops; A's events.
+    ``wrap(transport)``: what A's runner gets instead of its memory transport."""
     net = MemoryNetwork(buffer=buffer)
     events: list[tuple[str, dict[str, Any]]] = []
     stats_a, stats_b = RunStats(), RunStats()
@@ -82,6 +88,8 @@ async def run_pair(
     async with trio.open_nursery() as nursery:
         await nursery.start(net.run)
         ta, tb = net.attach(A.peer_id), net.attach(B.peer_id)
+        if wrap is not None:
+            ta = wrap(ta)
         rx_a = Receiver(A.peer_id, members, model_size=N, clock=clock)
         rx_b = Receiver(B.peer_id, members, model_size=N, clock=clock)
 
@@ -213,3 +221,39 @@ async def test_a_send_to_a_peer_that_is_gone_is_reported_to_the_role(
 
     assert stats_a.send_failures == 1 and sender.down == [gone]
     assert ("send_failed", {"peer": gone, "kind": "UPDATE", "error": "PeerGone"}) in events
+
+
+async def test_a_send_with_addresses_dials_them_first_when_not_connected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Send.addrs (an Assign named a parent this node has not met): dial, then send."""
+    where = ("/ip4/10.0.0.7/tcp/4001",)
+    dialed: list[tuple[str, tuple[str, ...]]] = []
+
+    class Unmet:
+        """A's transport, as if B were not connected yet until A dials it."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+            self.incoming, self.events = inner.incoming, inner.events
+            self.local_peer = inner.local_peer
+
+        def peers(self) -> frozenset[str]:
+            return frozenset(p for p, _a in dialed)
+
+        def send_nowait(self, peer: str, frame: Any) -> bool:
+            return False  # not connected: the send runs as a task
+
+        async def connect(self, peer: str, addrs: tuple[str, ...] = ()) -> None:
+            dialed.append((peer, addrs))
+
+        async def send(self, peer: str, frame: Any) -> None:
+            assert peer in self.peers(), "sent before dialing"
+            await self.inner.send(peer, frame)
+
+    vec = np.ones(N, dtype=np.float32)
+    sender = Script([Send(B.peer_id, update(vec), where), Send(B.peer_id, update(vec), where)])
+    receiver = Script([], stop_after=2)
+    stats_a, _, _ = await run_pair(sender, receiver, wrap=Unmet)
+    assert stats_a.sent_frames == 2 and len(receiver.got) == 2
+    assert dialed[0] == (B.peer_id, where)

@@ -93,6 +93,8 @@ class RegionalAggregator:
         self.children: dict[str, m.Advert | None] = dict.fromkeys(children)
         self.known: dict[str, m.Advert] = {}
         self.me = ""
+        #: this node's listen addresses, advertised (the node sets them once it listens)
+        self.addrs: tuple[str, ...] = ()
         self.aggregator = StreamingMean()
         self.state = State.IDLE
         self.job: EdgeJob | None = None
@@ -122,6 +124,7 @@ class RegionalAggregator:
             load=len(self.children) + self.trains,
             accepting=bool(accepting) or self.trains,
             children=tuple(sorted(self.children)),
+            addrs=self.addrs,
         )
 
     def start(self, now: float) -> list[Action]:

@@ -88,6 +88,8 @@ class Client:
         self._discover_at: float | None = None
         #: set once promoted: every call is delegated to it
         self.promoted: RegionalAggregator | None = None
+        #: this node's listen addresses, advertised (the node sets them once it listens)
+        self.addrs: tuple[str, ...] = ()
         self._table: dict[tuple[State, m.Kind], Callable[[Any, float], list[Action]]] = {}
         for state in State:
             self._table[(state, m.Kind.ADVERT)] = self._on_advert
@@ -105,6 +107,7 @@ class Client:
             region=self.region,
             parent=self.parent,
             accepting=self.accepting,
+            addrs=self.addrs,
         )
 
     # --- role interface (delegates once promoted) ------------------------------------
@@ -166,10 +169,11 @@ class Client:
                 self._discover_at = now + DISCOVERY_S
         return []
 
-    def _move_to(self, parent: str) -> list[Action]:
+    def _move_to(self, parent: str, addrs: tuple[str, ...] = ()) -> list[Action]:
+        """Report to ``parent`` from now on (dialing ``addrs`` if not connected to it)."""
         self._unannounced, self._discover_at = set(), None
         old, self.parent = self.parent, parent
-        actions: list[Action] = [Send(parent, self.advert())]
+        actions: list[Action] = [Send(parent, self.advert(), addrs)]
         if old and old != parent:
             actions.append(Send(old, self.advert()))  # so the old parent lets go
         return actions
@@ -220,7 +224,7 @@ class Client:
         if msg.role != "client" or not msg.parent:
             raise RemoteProtocolError(f"cannot take role {msg.role!r}", peer=msg.sender)
         self._assigned = True
-        return self._move_to(msg.parent) if msg.parent != self.parent else []
+        return self._move_to(msg.parent, msg.addrs) if msg.parent != self.parent else []
 
     def _promote(self, msg: m.Assign, now: float) -> list[Action]:
         agg = RegionalAggregator(
@@ -234,6 +238,7 @@ class Client:
         )
         agg.known = {p: a for p, a in self.known.items() if a.role == "coordinator"}
         agg.me = msg.recipient
+        agg.addrs = self.addrs
         self.promoted, self.role = agg, agg.role
         # a training job in flight is dropped: its result must not reach the aggregator
         self._drop_results = 1 if self._job is not None else 0

@@ -167,9 +167,14 @@ class Tree:
             return None
         return min(pool, key=lambda a: (self.load(a), a))
 
-    def assign(self, client: str, agg: str) -> list[Action]:
+    def assign(self, client: str, agg: str, addrs: tuple[str, ...] | None = None) -> list[Action]:
+        """Move ``client`` under ``agg``, telling it where ``agg`` listens (``addrs``;
+        default: what ``agg`` advertised), so it can dial ``agg`` without discovery."""
         self.pending[client] = agg
-        return [Send(client, m.Assign(role="client", parent=agg))]
+        if addrs is None:
+            known = self.direct.get(agg)
+            addrs = known.addrs if known is not None else ()
+        return [Send(client, m.Assign(role="client", parent=agg, addrs=addrs))]
 
     def rebalance(self, region_only: bool = False) -> list[Action]:
         """Place every direct client that has somewhere better to be (an aggregator joined)."""
@@ -239,7 +244,7 @@ class Tree:
         ]
         for child in moved:
             del self.direct[child]
-            actions += self.assign(child, peer)
+            actions += self.assign(child, peer, advert.addrs)
         return actions
 
     def auto_promote(self, now: float) -> list[Action]:

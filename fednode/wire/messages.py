@@ -141,6 +141,10 @@ class Advert(Message):
     #: an aggregator's current children (how the coordinator learns the tree; the
     #: 64 KiB header limit bounds this to ~1,200 peer ids)
     children: tuple[str, ...] = ()
+    #: multiaddrs the sender listens on (``/ip4/.../tcp/.../p2p/<id>``): what the
+    #: coordinator hands to the clients it places under this node, so they can dial it
+    #: without discovery (``--no-mdns``, other subnets)
+    addrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,6 +212,8 @@ class Assign(Message):
     role: str = "client"
     parent: str = ""
     children: tuple[str, ...] = ()
+    #: where to reach ``parent`` (its advertised ``addrs``; empty: rely on discovery)
+    addrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
