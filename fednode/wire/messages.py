@@ -304,6 +304,8 @@ def encode_header(
 
 _TOP_KEYS = sorted(HEADER_KEYS, key=lambda k: (len(k), k))  # canonical order (see schema)
 assert _TOP_KEYS == ["b", "c", "k", "n", "r", "s", "t", "v", "mv", "pd", "pl", "rd"]
+#: (encoded key, key) of the top-level pairs after the body, in canonical order
+_TOP_REST = tuple((canonical(key), key) for key in _TOP_KEYS[1:])
 
 
 def _encode_checked(f: dict[str, Any], plan: tuple[bytes, tuple[tuple[str, bytes], ...]]) -> bytes:
@@ -319,28 +321,7 @@ def _encode_checked(f: dict[str, Any], plan: tuple[bytes, tuple[tuple[str, bytes
         [
             start,
             *[key + canonical(body[name]) for name, key in body_order],
-            b"\x61c",
-            canonical(f["c"]),
-            b"\x61k",
-            canonical(f["k"]),
-            b"\x61n",
-            canonical(f["n"]),
-            b"\x61r",
-            canonical(f["r"]),
-            b"\x61s",
-            canonical(f["s"]),
-            b"\x61t",
-            canonical(f["t"]),
-            b"\x61v",
-            canonical(f["v"]),
-            b"\x62mv",
-            canonical(f["mv"]),
-            b"\x62pd",
-            canonical(f["pd"]),
-            b"\x62pl",
-            canonical(f["pl"]),
-            b"\x62rd",
-            canonical(f["rd"]),
+            *[key + canonical(f[name]) for key, name in _TOP_REST],
         ]
     )
 
