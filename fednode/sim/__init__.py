@@ -3,7 +3,7 @@
 Two drivers run the *same* role objects a deployed node runs:
 
 * :class:`DesSimulation` (:mod:`fednode.sim.des`) — a discrete-event driver in plain
-  Python: one heap of timed events, ~10 µs of driver per message; optionally every
+  Python: one queue of timed events, ~10 µs of driver per message; optionally every
   message sealed and verified for real; :func:`run_experiment` can shard it across
   worker processes.
 * :class:`Simulation` (:mod:`fednode.sim.engine`) — every node under the real trio runner

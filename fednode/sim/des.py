@@ -5,8 +5,8 @@ The trio simulator (:mod:`fednode.sim.engine`) runs every node under the real
 300 µs per message. That is fidelity; it does not reach 10,000 nodes. This driver keeps the
 role objects and calls them exactly as ``run_role`` does (``start``; ``handle`` /
 ``on_peer`` / ``on_result`` each followed by ``poll``; ``poll`` alone when
-``next_deadline()`` passes) and executes the same actions, from one heap of
-``(time, seq, event)`` in plain Python:
+``next_deadline()`` passes) and executes the same actions, from one event queue in
+plain Python (a heap of the instants that have events, a FIFO of events per instant):
 
 * **deliveries** at ``send time + latency + bytes / bandwidth`` of the link (the memory
   transport's model: transfers do not queue behind each other);
