@@ -71,9 +71,7 @@ def digest(payload: Buffer | tuple[Buffer, ...]) -> bytes:
     incrementally: no part is copied to put them together.
     """
     if not isinstance(payload, tuple):
-        view = byte_view(payload)
-        threads = blake3.blake3.AUTO if view.nbytes > THREADED_DIGEST_BYTES else 1
-        return blake3.blake3(view, max_threads=threads).digest()
+        return _digest_views((byte_view(payload),))
     return _digest_views([byte_view(part) for part in payload])
 
 
