@@ -108,7 +108,7 @@ def read_allow_list(entries: tuple[str, ...]) -> frozenset[str]:
 def read_network_key(path: str) -> bytes | None:
     if not path:
         return None
-    from .p2p.libp2p_host import read_network_key as parse
+    from .p2p.network_key import read_network_key as parse
 
     try:
         return parse(Path(path).read_bytes())

@@ -48,8 +48,8 @@ from fednode.p2p.libp2p_host import (
     PROTOCOL_ID,
     STATUS_TOO_LARGE,
     Libp2pTransport,
-    read_network_key,
 )
+from fednode.p2p.network_key import read_network_key
 from fednode.p2p.transport import Frame, PeerEvent, Transport
 from fednode.wire.messages import MAGIC, PREFIX, SCHEMA_VERSION, frame_head
 

@@ -86,6 +86,7 @@ from ..errors import (
 )
 from ..wire.messages import PREFIX, head_length
 from . import _libp2p_patches
+from .multiaddrs import expand_unspecified, p2p_suffix_stripped
 from .transport import Frame, Inbound, PeerEvent, Transport
 
 log = logging.getLogger(__name__)
@@ -123,39 +124,6 @@ _FOREIGN: tuple[type[BaseException], ...] = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
 )
-
-
-def _p2p_suffix_stripped(addr: str, peer: str | None) -> multiaddr.Multiaddr:
-    """Parse ``addr``; drop a trailing ``/p2p/<id>`` (must match ``peer`` if given)."""
-    maddr = multiaddr.Multiaddr(addr)
-    try:
-        p2p = maddr.value_for_protocol("p2p")
-    except LookupError:  # multiaddr's ProtocolLookupError: no /p2p component
-        p2p = None
-    if p2p:
-        if peer is not None and p2p != peer:
-            raise ValueError(f"address {addr} names peer {p2p}, expected {peer}")
-        maddr = maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{p2p}"))
-    return maddr
-
-
-def _expand_unspecified(maddr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
-    """``/ip4/0.0.0.0/tcp/P`` -> one address per local IPv4 interface (dialable)."""
-    text = str(maddr)
-    if not text.startswith("/ip4/0.0.0.0/"):
-        return [maddr]
-    import ifaddr  # a zeroconf dependency; only reads local interface addresses
-
-    rest = text[len("/ip4/0.0.0.0") :]
-    ips = sorted(
-        {
-            str(ip.ip)
-            for adapter in ifaddr.get_adapters()
-            for ip in adapter.ips
-            if isinstance(ip.ip, str)
-        }
-    )
-    return [multiaddr.Multiaddr(f"/ip4/{ip}{rest}") for ip in ips] or [maddr]
 
 
 async def _read_exactly(stream: INetStream, n: int) -> bytes:
@@ -399,7 +367,7 @@ class Libp2pTransport(Transport):
             return ()
         out: list[str] = []
         for maddr in self._host.get_transport_addrs():
-            for concrete in _expand_unspecified(maddr):
+            for concrete in expand_unspecified(maddr):
                 out.append(f"{concrete}/p2p/{self.local_peer}")
         return tuple(out)
 
@@ -438,7 +406,7 @@ class Libp2pTransport(Transport):
         host = self._require_host()
         pid = self._parse_peer(peer)
         try:
-            maddrs = [_p2p_suffix_stripped(a, peer) for a in addrs]
+            maddrs = [p2p_suffix_stripped(a, peer) for a in addrs]
         except ValueError as exc:
             raise TransportError(f"bad address for {peer}: {exc}", peer=peer) from exc
         if self._is_connected(pid):
@@ -694,30 +662,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
-def read_network_key(data: bytes) -> bytes:
-    """Parse a network key file: go-libp2p ``swarm.key`` (``/key/swarm/psk/1.0.0/``,
-    ``/base16/``, 64 hex digits), or just 64 hex digits, or 32 raw bytes.
-
-    Errors: :class:`ValueError` naming what was expected.
-    """
-    text = data.strip()
-    lines = text.splitlines()
-    if lines and lines[0].strip() == b"/key/swarm/psk/1.0.0/":
-        if len(lines) < 3 or lines[1].strip() != b"/base16/":
-            raise ValueError("swarm.key: expected '/base16/' on line 2 and the key on line 3")
-        text = lines[2].strip()
-    if len(text) == 64:
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ValueError("network key: expected 64 hex digits") from exc
-    if len(data) == 32:
-        return data
-    raise ValueError(f"network key: expected 32 bytes or 64 hex digits, got {len(text)} bytes")
-
-
 __all__ = [
     "PROTOCOL_ID",
     "Libp2pTransport",
-    "read_network_key",
 ]
