@@ -48,7 +48,7 @@ def _generate(cls: type[m.Message]) -> tuple[Callable[..., m.Message], Callable[
     build = ["def from_fields(v, vector):", " n = new(cls)"]
     pos = 0
     for i, name in enumerate(names):
-        descr = next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)
+        descr = m.slot_descriptor(cls, name)
         ns[f"S{i}"], ns[f"G{i}"] = descr.__set__, descr.__get__
         stamp.append(f" S{i}(n, {name if name in _GIVEN else f'G{i}(msg)'})")
         if name == "vector":

@@ -535,12 +535,14 @@ class _Factory:
 _FACTORY = _Factory()
 
 
-def _slot_setter(cls: type, name: str) -> Any:
-    """``__set__`` of the member descriptor that stores field ``name`` of slots class ``cls``."""
+def slot_descriptor(cls: type, name: str) -> Any:
+    """The member descriptor that stores field ``name`` of slots class ``cls``: its
+    ``__set__`` / ``__get__`` store and read the field directly (frozen or not). Also
+    used by the simulator's fast wire (:mod:`fednode.sim.fastwire`)."""
     descriptor = next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)
     if type(descriptor).__name__ != "member_descriptor":
         raise TypeError(f"{cls.__name__}.{name} is not a slot")
-    return descriptor.__set__
+    return descriptor
 
 
 def _generate(cls: type, source: list[str], namespace: dict[str, Any], name: str) -> Any:
@@ -557,7 +559,7 @@ def _fast_init(cls: type[Message]) -> Any:
     namespace: dict[str, Any] = {"FACTORY": _FACTORY}
     params, lines = [], []
     for i, f in enumerate(dataclasses.fields(cls)):
-        namespace[f"set{i}"] = _slot_setter(cls, f.name)
+        namespace[f"set{i}"] = slot_descriptor(cls, f.name).__set__
         value = f.name
         if f.default is not dataclasses.MISSING:
             namespace[f"default{i}"] = f.default
@@ -583,7 +585,7 @@ def _from_header(cls: type[Message]) -> Any:
     namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
     lines = ["def build(h, payload, vector):", "    m = new(cls)", "    b = h.body"]
     for i, f in enumerate(dataclasses.fields(cls)):
-        namespace[f"set{i}"] = _slot_setter(cls, f.name)
+        namespace[f"set{i}"] = slot_descriptor(cls, f.name).__set__
         if f.name in ("payload", "vector"):
             value = f.name
         elif f.name in _COMMON:
@@ -601,7 +603,7 @@ def _header_builder() -> Any:
     namespace: dict[str, Any] = {"new": object.__new__, "cls": Header}
     lines = [f"def new_header({', '.join(names_)}):", "    h = new(cls)"]
     for i, name in enumerate(names_):
-        namespace[f"set{i}"] = _slot_setter(Header, name)
+        namespace[f"set{i}"] = slot_descriptor(Header, name).__set__
         lines.append(f"    set{i}(h, {name})")
     lines.append("    return h")
     return _generate(Header, lines, namespace, "new_header")
