@@ -54,11 +54,14 @@ PEER_POLL_S = 0.25
 UNDISCOVERED_WAIT_S = 5.0
 #: bound on the evaluation of the last gossip round after the role stopped
 FINAL_EVAL_S = 10.0
-_REJECT_ERRORS = {"not_accepted": "NotMember", "handshake": "HandshakeFailed", "busy": "Busy"}
-_REJECT_DETAILS = {
-    "not_accepted": "not a member: frame refused before it was read",
-    "handshake": "inbound security handshake failed (wrong or missing network key?)",
-    "busy": "frame not taken within net.send_timeout_s (inbound limits or a full queue)",
+#: transport refusal reason -> (error counted in RunStats.rejected, what the log says)
+_TRANSPORT_REJECTS = {
+    "not_accepted": ("NotMember", "not a member: frame refused before it was read"),
+    "handshake": (
+        "HandshakeFailed",
+        "inbound security handshake failed (wrong or missing network key?)",
+    ),
+    "busy": ("Busy", "frame not taken within net.send_timeout_s (inbound limits or a full queue)"),
 }
 
 
@@ -183,9 +186,8 @@ class Node:
 
     def _on_reject(self, who: str, reason: str) -> None:
         """The transport refused a frame or a connection: count it and log it."""
-        error = _REJECT_ERRORS.get(reason, reason)
+        error, detail = _TRANSPORT_REJECTS.get(reason, (reason, reason))
         self.stats.rejected[error] += 1
-        detail = _REJECT_DETAILS.get(reason, reason)
         self._emit(
             "rejected", {"peer": who, "error": error, "stage": "transport", "detail": detail}
         )
