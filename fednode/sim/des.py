@@ -403,7 +403,7 @@ class DesSimulation:
         self.start(root)
         before = self.processed
         self._loop(max_virtual_s, inclusive=True)
-        if self.next_time != math.inf and self.next_time > max_virtual_s:
+        if max_virtual_s < self.next_time < math.inf:  # stopped by the limit, work left
             self._now = max_virtual_s
         rounds = [
             {k: v for k, v in e.items() if k not in ("t", "node", "event")}
