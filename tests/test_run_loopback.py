@@ -43,6 +43,15 @@ def _spawn(args: list[str], out: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT)
 
 
+def _spawn_coordinator(
+    tmp_path: Path, key: Path, port: int, rounds: int, *args: str
+) -> subprocess.Popen[bytes]:
+    """A coordinator on 127.0.0.1:``port`` with ``key``, E=1, logging to coordinator.log."""
+    base = [*FEDNODE, "--role", "coordinator", "--rounds", str(rounds), "--local-epochs", "1"]
+    base += ["--listen", f"/ip4/127.0.0.1/tcp/{port}", "--key-file", str(key)]
+    return _spawn([*base, *args], tmp_path / "coordinator.log")
+
+
 def _events(path: Path) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text(errors="replace").splitlines():
@@ -90,24 +99,7 @@ def test_star_federation_over_libp2p_loopback(tmp_path: Path) -> None:
             args += ["--local-epochs", "1", "--listen", "/ip4/127.0.0.1/tcp/0"]
             args += ["--key-file", str(tmp_path / f"k{i}.key"), "--bootstrap", boot]
             procs.append(_spawn(args, tmp_path / f"client{i}.log"))
-        coord = _spawn(
-            [
-                *FEDNODE,
-                "--role",
-                "coordinator",
-                "--rounds",
-                "2",
-                "--min-available-clients",
-                "2",
-                "--local-epochs",
-                "1",
-                "--listen",
-                f"/ip4/127.0.0.1/tcp/{port}",
-                "--key-file",
-                str(coord_key),
-            ],
-            tmp_path / "coordinator.log",
-        )
+        coord = _spawn_coordinator(tmp_path, coord_key, port, 2, "--min-available-clients", "2")
         procs.append(coord)
         assert coord.wait(timeout=120) == 0, (tmp_path / "coordinator.log").read_text()
     finally:
@@ -123,25 +115,8 @@ def test_sigterm_says_goodbye_prints_why_and_exits_0(tmp_path: Path) -> None:
     coord_key, coord_id = _coordinator_key(tmp_path)
     port = _free_port()
     coord_log, client_log = tmp_path / "coordinator.log", tmp_path / "client.log"
-    coord = _spawn(
-        [
-            *FEDNODE,
-            "--role",
-            "coordinator",
-            "--rounds",
-            "100",
-            "--min-available-clients",
-            "1",
-            "--min-fit-clients",
-            "1",
-            "--local-epochs",
-            "1",
-            "--listen",
-            f"/ip4/127.0.0.1/tcp/{port}",
-            "--key-file",
-            str(coord_key),
-        ],
-        coord_log,
+    coord = _spawn_coordinator(
+        tmp_path, coord_key, port, 100, "--min-available-clients", "1", "--min-fit-clients", "1"
     )
     client = _spawn(
         [
@@ -203,14 +178,8 @@ def test_two_tier_without_discovery_clients_dial_the_aggregator_they_are_assigne
     local = ["--local-epochs", "1", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", boot]
     procs = []
     try:
-        coord = _spawn(
-            [
-                *FEDNODE,
-                *("--role", "coordinator", "--rounds", "2", "--local-epochs", "1"),
-                *("--min-available-clients", "2", "--min-fit-clients", "1"),
-                *("--listen", f"/ip4/127.0.0.1/tcp/{port}", "--key-file", str(coord_key)),
-            ],
-            tmp_path / "coordinator.log",
+        coord = _spawn_coordinator(
+            tmp_path, coord_key, port, 2, "--min-available-clients", "2", "--min-fit-clients", "1"
         )
         procs.append(coord)
         agg_args = ["--role", "aggregator", "--region", "r0", "--key-file"]
