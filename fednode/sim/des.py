@@ -577,10 +577,7 @@ class DesSimulation:
                     self._now + max(charge, 0.0), RESULT, node.index, node.epoch, pending, None
                 )
                 return
-        t0, c0 = time.perf_counter(), time.thread_time()
-        result = compute(ex.task, job)
-        ex.cpu_compute_s += time.thread_time() - c0
-        ex.wall_compute_s += time.perf_counter() - t0
+        result = ex.timed(job)
         if isinstance(result, TrainResult):
             charge = ex.train_cost_s * job.work * result.num_examples / 100 * slow
         else:
