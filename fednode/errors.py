@@ -16,7 +16,8 @@
     │   └── LocalProtocolError    we tried to do something the protocol forbids
     ├── TransportError         the network failed under us
     │   └── PeerGone           the peer is not reachable (crashed, left, partitioned)
-    └── RoundFailed            a round could not complete (too few results, deadline)
+    ├── RoundFailed            a round could not complete (too few results, deadline)
+    └── JobCancelled           a compute job stopped at a cancel point: its node is stopping
 
 Every error raised for remote input carries the offending ``peer`` when known, so the
 log line and the rejection counter can name it. Foreign exceptions (libp2p, OS, cbor2,
@@ -98,3 +99,9 @@ class PeerGone(TransportError):
 
 class RoundFailed(FednodeError):
     """A round could not complete: too few results before the deadline, too many failures."""
+
+
+class JobCancelled(FednodeError):
+    """A training or evaluation job stopped early at a :func:`~fednode.training.cancel_point`
+    because the node running it is stopping. Raised inside the job's worker thread and
+    caught by the executor; never reaches a role."""

@@ -24,12 +24,16 @@ building the message) and dropped. A :class:`Stop` action ends the loop and its 
 if any, is returned to the caller.
 
 Cancellation: cancelling :func:`run_role` cancels in-flight sends and jobs; nothing is
-left behind (every task lives in the loop's nursery).
+left behind (every task lives in the loop's nursery). A job running in a worker thread
+stops at its task's next :func:`~fednode.training.cancel_point` (:class:`ThreadExecutor`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -42,8 +46,10 @@ from .actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, Tra
 from .crypto.envelope import Receiver, Sealer
 from .errors import FednodeError, LocalProtocolError, PeerGone, TransportError
 from .p2p.transport import Frame, Transport
-from .training.task import Task
+from .training.task import Task, stoppable
 from .wire import messages as m
+
+log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
 
@@ -74,15 +80,54 @@ def compute(task: Task, job: TrainJob | EvalJob) -> TrainResult | EvalResult:
 
 
 class ThreadExecutor:
-    """Real nodes: CPU work runs in a worker thread so the node stays responsive."""
+    """Real nodes: CPU work runs in a worker thread so the node stays responsive.
 
-    def __init__(self, task: Task) -> None:
+    Cancelling :meth:`run` (the node stopping) sets the job's stop flag: the job's next
+    :func:`~fednode.training.cancel_point` raises and the thread ends; ``run`` waits for
+    that, shielded, up to ``stop_grace_s``. A job that does not stop by then (its task
+    never calls ``cancel_point``) is left to finish in its thread, with a warning; the
+    next job on this executor waits for it, so the task's model never has two jobs.
+    """
+
+    def __init__(self, task: Task, *, stop_grace_s: float = 5.0) -> None:
         self.task = task
+        self.stop_grace_s = stop_grace_s
         self._lock = trio.Lock()  # one model per task object: one job at a time
+        self._abandoned: trio.Event | None = None  # set when a left-behind job ends
 
     async def run(self, job: TrainJob | EvalJob) -> TrainResult | EvalResult:
         async with self._lock:
-            return await trio.to_thread.run_sync(compute, self.task, job)
+            if self._abandoned is not None:
+                await self._abandoned.wait()
+                self._abandoned = None
+            stop, ended = threading.Event(), trio.Event()
+            trio_token = trio.lowlevel.current_trio_token()
+
+            def work() -> TrainResult | EvalResult:
+                try:
+                    with stoppable(stop):
+                        return compute(self.task, job)
+                finally:
+                    with contextlib.suppress(trio.RunFinishedError):
+                        trio_token.run_sync_soon(ended.set)
+
+            try:
+                return await trio.to_thread.run_sync(work, abandon_on_cancel=True)  # type: ignore[call-arg]
+            except trio.Cancelled:
+                stop.set()
+                with trio.move_on_after(self.stop_grace_s) as grace:
+                    grace.shield = True
+                    await ended.wait()
+                if not ended.is_set():
+                    self._abandoned = ended
+                    log.warning(
+                        "%s job of round %d did not stop within %.1f s (its task never calls "
+                        "fednode.training.cancel_point); leaving it to finish in its thread",
+                        "training" if isinstance(job, TrainJob) else "evaluation",
+                        job.round,
+                        self.stop_grace_s,
+                    )
+                raise
 
 
 @dataclass

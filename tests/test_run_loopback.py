@@ -7,6 +7,7 @@ terminated (then killed) in ``finally``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -207,3 +208,41 @@ def test_two_tier_without_discovery_clients_dial_the_aggregator_they_are_assigne
     for i in range(2):  # only the Assign told them where the aggregator is
         events = _events(tmp_path / f"client{i}.log")
         assert any(e["event"] == "peer_up" and e["peer"] == agg_id for e in events)
+
+
+def test_sigterm_during_a_long_training_job_stops_the_node_at_once(tmp_path: Path) -> None:
+    """A client whose training job takes 30 s (a plug-in task calling cancel_point between
+    batches) gets SIGTERM mid-job: the job stops at its next batch and the node says
+    goodbye and exits in seconds, not after the job."""
+    coord_key, coord_id = _coordinator_key(tmp_path)
+    port = _free_port()
+    slow = ["--task", "fednode.testing.slow_task:SlowTask"]
+    client_log, jobs = tmp_path / "client.log", tmp_path / "jobs"
+    env = {**os.environ, "FEDNODE_SLOW_LOG": str(jobs), "FEDNODE_SLOW_BATCHES": "600"}
+    coord = _spawn_coordinator(
+        tmp_path, coord_key, port, 3, "--min-available-clients", "1", "--min-fit-clients", "1",
+        *slow,
+    )  # fmt: skip
+    args = [*FEDNODE, "--role", "client", *slow, "--listen", "/ip4/127.0.0.1/tcp/0"]
+    args += ["--key-file", str(tmp_path / "client.key")]
+    args += ["--bootstrap", f"/ip4/127.0.0.1/tcp/{port}/p2p/{coord_id}"]
+    with client_log.open("wb") as f:
+        client = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (jobs.exists() and "train_start" in jobs.read_text()):
+            assert time.monotonic() < deadline, client_log.read_text()
+            assert client.poll() is None, client_log.read_text()
+            time.sleep(0.2)
+        time.sleep(0.5)  # well inside the 30 s job
+        client.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        assert client.wait(timeout=25) == 0, client_log.read_text()
+        stopped_s = time.monotonic() - t0
+    finally:
+        _stop_all([client, coord])
+    records = [json.loads(line) for line in jobs.read_text().splitlines()]
+    end = next(r for r in records if r["event"] == "train_end")
+    assert end["stopped"] is True and end["batches"] < 600
+    assert "stopped: SIGTERM" in client_log.read_text()
+    assert stopped_s < 15  # the job's rest would be ~29 s; goodbye <= 2 s + closing the host

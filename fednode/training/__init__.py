@@ -1,1 +1,9 @@
-"""fednode.training."""
+"""fednode.training: the Task protocol, the built-in tasks, aggregation and partitions.
+
+A plug-in task calls :func:`cancel_point` between batches so a stopping node need not
+wait for its job to finish (see :mod:`fednode.training.task`).
+"""
+
+from .task import cancel_point
+
+__all__ = ["cancel_point"]

@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import TaskError
 from ..wire.tensors import DTYPE, Layout
 from .partition import partition_indices
+from .task import cancel_point
 
 MODELS = ("mlp", "linear")
 
@@ -124,6 +125,7 @@ class DigitsTask:
         for _ in range(epochs):
             order = torch.from_numpy(rng.permutation(n))
             for start in range(0, n, batch):
+                cancel_point()  # a stopping node need not wait for the epoch
                 idx = order[start : start + batch]
                 opt.zero_grad(set_to_none=True)
                 loss = self._loss(model(self._x[idx]), self._y[idx])

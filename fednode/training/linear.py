@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import TaskError
 from ..wire.tensors import DTYPE, Layout
 from .partition import parse_partition, partition_indices
+from .task import cancel_point
 
 FEATURES, CLASSES = 64, 10
 SIZE = CLASSES * FEATURES + CLASSES  # 650
@@ -92,6 +93,7 @@ def sgd_softmax(
     for _ in range(epochs):
         order = rng.permutation(n) if rng is not None else None
         for start in range(0, n, batch):
+            cancel_point()  # a stopping node need not wait for the epoch
             if order is None:
                 xb, yb = x, y
             else:
