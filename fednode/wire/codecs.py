@@ -379,7 +379,7 @@ class Int8Codec(_BaseCodec):
     """``int8``: per-chunk absmax scale, round-to-nearest or stochastic rounding."""
 
     _id = _ID_INT8
-    _ext = struct.Struct("<I")
+    _ext: struct.Struct | None = struct.Struct("<I")  # the base's declared type (mypyc)
 
     def __init__(
         self,
