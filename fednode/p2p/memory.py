@@ -204,7 +204,12 @@ class MemoryTransport(Transport):
         self.network = network
         self.local_peer = peer
         self._in_send, self.incoming = trio.open_memory_channel[Inbound](buffer)
-        self._ev_send, self.events = trio.open_memory_channel[PeerEvent](buffer)
+        # Peer events are raised synchronously (attach, crash, partition), so they cannot
+        # wait for room; a bounded buffer would drop some when many nodes attach at once
+        # (a coordinator attached first hears of every client before its pump runs) and a
+        # dropped peer-up is a peer the role never hears of. Unbounded: at most one event
+        # per peer and change, which the network itself caused.
+        self._ev_send, self.events = trio.open_memory_channel[PeerEvent](math.inf)
         self._closed = False
 
     async def send(self, peer: str, frame: Frame) -> None:
@@ -251,12 +256,8 @@ class MemoryTransport(Transport):
     def _event(self, event: PeerEvent) -> None:
         if self._closed:
             return
-        try:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             self._ev_send.send_nowait(event)
-        except trio.WouldBlock:
-            pass  # consumers poll peers() too; a dropped event is not a lost peer
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
 
     def _close(self) -> None:
         self._closed = True
