@@ -136,6 +136,48 @@ def test_two_workers_run_a_two_tier_tree_to_the_same_models():
     assert two.bytes.sum() == pytest.approx(one.bytes.sum(), rel=0.1)  # window-granular
 
 
+@pytest.mark.parametrize(
+    ("spec", "task", "options"),
+    [
+        ("ring16", "synthetic", SimOptions()),
+        ("ring16", "synthetic", SimOptions(workers=2)),
+        ("star10", "digits:numpy", SimOptions()),
+        ("star10", "digits:numpy", SimOptions(driver="trio")),
+    ],
+    ids=["gossip", "gossip-2-workers", "star", "star-trio"],
+)
+def test_progress_reports_rounds_as_they_finish(spec, task, options):
+    calls: list[tuple[int, int]] = []
+    res = run_experiment(
+        spec,
+        overrides={"data.task": task, **FAST},
+        options=options,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    done = [d for d, _ in calls]
+    assert done == sorted(set(done)) and done[-1] == len(res.rounds) == 3  # grows, ends
+    assert {total for _, total in calls} == {3}
+
+
+def test_cli_progress_line_on_a_terminal_only():
+    import io
+
+    from rich.console import Console
+
+    from fednode.sim.cli_sim import _progress
+
+    tty = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with _progress(tty, "ring16") as update:
+        assert update is not None
+        update(2, 5)
+    shown = tty.file.getvalue()
+    assert "ring16" in shown and "2/5" in shown and "building the nodes" in shown
+    plain = Console(file=io.StringIO(), force_terminal=False)
+    with _progress(plain, "ring16") as update:
+        assert update is None  # a pipe or a log file gets no progress line
+    assert plain.file.getvalue() == ""
+
+
 def test_result_arrays_and_pandas():
     res = run_experiment("torus4x4", overrides={"data.task": "synthetic", **FAST})
     assert res.bound is not None and res.bound.shape == res.consensus.shape

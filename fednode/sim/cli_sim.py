@@ -22,8 +22,10 @@ Wiring (``fednode/cli.py``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,25 +123,65 @@ def _topology(spec: str, args: argparse.Namespace) -> Topology | str:
     return spec
 
 
-def _run_one(spec: str, args: argparse.Namespace, out: Path | None) -> ExperimentResult:
+def _run_one(
+    spec: str, args: argparse.Namespace, out: Path | None, console: Any = None
+) -> ExperimentResult:
     from ..config import load_config
     from .report import write_folder
 
     topo = _topology(spec, args)
     base = load_config(args.config, None) if args.config else None
-    res = run_experiment(
-        topo,
-        base,
-        overrides=_overrides(args),
-        options=_options(args),
-        n=None if isinstance(topo, Topology) else args.nodes,
-        graph_seed=args.graph_seed,
-    )
+    with _progress(console, Path(spec).stem) as progress:
+        res = run_experiment(
+            topo,
+            base,
+            overrides=_overrides(args),
+            options=_options(args),
+            n=None if isinstance(topo, Topology) else args.nodes,
+            graph_seed=args.graph_seed,
+            progress=progress,
+        )
     if isinstance(topo, Topology):  # the star shortcut: --nodes counts clients
         res.extra_summary = {"nodes": topo.n - 1, "topology": "star"}
     if out is not None:
         write_folder(res, out)
     return res
+
+
+@contextlib.contextmanager
+def _progress(console: Any, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress line on ``console`` while a run goes (rounds done of all, elapsed, left),
+    removed when it ends; nothing when ``console`` is None or not a terminal. Redrawn only
+    when a round ends: no refresh thread beside the run (its workers are forked)."""
+    if console is None or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True, auto_refresh=False) as bar:
+        task = bar.add_task(f"{label}: building the nodes", total=None)
+        bar.refresh()
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, description=label, completed=done, total=total)
+            bar.refresh()
+
+        yield update
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -157,7 +199,7 @@ def run_sim(args: argparse.Namespace) -> int:
         if args.out is not None:
             sub = args.out / f"{i:02d}-{Path(spec).stem}" if args.compare else args.out
         t0 = time.perf_counter()
-        res = _run_one(spec, args, sub)
+        res = _run_one(spec, args, sub, None if args.json else console)
         results.append(res)
         if not args.json:
             _print(console, res, time.perf_counter() - t0)

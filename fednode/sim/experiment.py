@@ -29,7 +29,7 @@ import gc
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,12 +389,15 @@ def run_experiment(
     n: int | None = None,
     graph_seed: int | None = None,
     out: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ExperimentResult:
     """Run one topology spec; write the experiment folder to ``out`` if given.
 
     ``topology`` is a :class:`Topology`, a ``.toml`` path or a shipped spec's name
     (``n`` / ``graph_seed`` override the spec's). ``overrides`` are dotted config fields
     (``{"rounds.rounds": 20, "data.task": "synthetic"}``) applied over ``config``.
+    ``progress(done, total)`` is called whenever the highest round any node has finished
+    grows (with several workers: at most once per window), for a progress display.
     Errors: ConfigError for a bad spec, config or option.
     """
     options = options or SimOptions()
@@ -409,6 +412,7 @@ def run_experiment(
     built = build(topo, cfg, options)
     spectral = spectral_summary(topo.graph)
     collector = Collector(topo, built, cfg, options)
+    collector.progress = progress
     schedule = FaultSchedule(topo.faults, built.node_of)
     notes: list[str] = []
     with _run_settings():

@@ -87,6 +87,10 @@ class Collector:
         self._pending: list[tuple[int, np.ndarray]] = []
         self.samples: dict[int, list[tuple[int, np.ndarray]]] = {}
         self.ref: np.ndarray | None = None
+        #: the highest round any node has finished so far, and who hears when it grows
+        #: (``progress(done, total)``; ``run_experiment(progress=...)``)
+        self.front = 0
+        self.progress: Callable[[int, int], None] | None = None
         #: sharded runs: whether a node is this shard's (None: one process, every node)
         self.local: Callable[[int], bool] | None = None
         self._rows_done = 0
@@ -118,8 +122,10 @@ class Collector:
     def on_event(
         self, nodes: Any, index: int, event: str, data: dict[str, Any], now: float, sent: int
     ) -> None:
+        rnd = int(data["round"])
+        if rnd > self.front:
+            self.advance(rnd)
         if event == "round":
-            rnd = int(data["round"])
             self.root_rows.append(dict(data))
             self.net_bytes.append((rnd, sent))
             if self.local is None:  # sharded: each shard writes its rows (at_boundary)
@@ -127,13 +133,19 @@ class Collector:
                     self._node_row(nodes[i], rnd, now, {})
             return
         node = nodes[index]
-        rnd = int(data["round"])
         delta = node.stats.sent_bytes - self._last_sent.get(index, 0)
         self._last_sent[index] = node.stats.sent_bytes
         x = node.role.params
         self._fold(rnd, index, x, delta, now)
         if index in self.rows_for:
             self._node_row(node, rnd, now, data, sent_delta=delta)
+
+    def advance(self, front: int) -> None:
+        """Some node finished round ``front`` (the highest so far): tell ``progress``."""
+        if front > self.front:
+            self.front = front
+            if self.progress is not None:
+                self.progress(front, int(self._config.rounds.rounds))
 
     def _node_row(
         self, node: Any, rnd: int, now: float, data: dict[str, Any], sent_delta: int | None = None

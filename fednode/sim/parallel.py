@@ -218,6 +218,7 @@ def _drive(
                 inbox[dst].append((first, blob))
                 crossed += count
         collector.window_bytes.append((until, sum(r["bytes"] for r in replies)))
+        collector.advance(max(r["front"] for r in replies))
         windows += 1
     boundary = max([boundary] + [r["boundary"] for r in replies])
     for p in pipes:
@@ -265,11 +266,12 @@ def _worker(
     try:
         des.shard = shard
         collector.reset_shard_state()
+        collector.progress = None  # the parent reports progress, from the window replies
         owner = des.owner
         assert owner is not None
         collector.local = lambda i: owner[i] == shard
         des.start(root)
-        conn.send_bytes(marshal.dumps(_status(des, schedule)))
+        conn.send_bytes(marshal.dumps(_status(des, schedule, collector)))
         while True:
             cmd = marshal.loads(conn.recv_bytes())
             if cmd[0] == "finish":
@@ -290,14 +292,15 @@ def _worker(
             des.inject([item for _first, blob in blobs for item in marshal.loads(blob)])
             des.outbox = {}
             des.run_window(until)
-            conn.send_bytes(marshal.dumps(_status(des, schedule)))
+            conn.send_bytes(marshal.dumps(_status(des, schedule, collector)))
     except BaseException:
         conn.send_bytes(marshal.dumps({"crash": traceback.format_exc()}))
 
 
-def _status(des: DesSimulation, schedule: FaultSchedule) -> dict[str, Any]:
+def _status(des: DesSimulation, schedule: FaultSchedule, collector: Collector) -> dict[str, Any]:
     halt = des.halted
     return {
+        "front": collector.front,
         "next": des.next_time,
         "running": des._running,
         "boundary": schedule.boundary,

@@ -111,16 +111,33 @@ def sgd_softmax(
             p *= 1.0 / k
             np.matmul(p.T, xb, out=gw)
             np.sum(p, axis=0, out=gb)
-            if anchor is not None:
-                grad += mu * (theta - anchor)
-            if buf is None:
-                buf = grad.copy()
-            else:
-                buf *= momentum
-                buf += grad
-            theta -= lr * buf
+            buf = _momentum_step(theta, grad, buf, anchor, lr=lr, momentum=momentum, mu=mu)
             steps += 1
     return theta, total / max(steps, 1)
+
+
+def _momentum_step(
+    theta: np.ndarray,
+    grad: np.ndarray,
+    buf: np.ndarray | None,
+    anchor: np.ndarray | None,
+    *,
+    lr: float,
+    momentum: float,
+    mu: float,
+) -> np.ndarray:
+    """One SGD step with momentum (torch's rule) and the FedProx term when ``anchor`` is
+    given, on ``theta`` in place (one model, or a stack of them); returns the new
+    momentum buffer. ``grad`` is modified (the proximal term is added to it)."""
+    if anchor is not None:
+        grad += mu * (theta - anchor)
+    if buf is None:
+        buf = grad.copy()
+    else:
+        buf *= momentum
+        buf += grad
+    theta -= lr * buf
+    return buf
 
 
 class LinearTask:
@@ -212,14 +229,7 @@ class LinearTask:
             p *= 1.0 / n
             np.matmul(p.transpose(0, 2, 1), x, out=gw)
             np.sum(p, axis=1, out=grad[:, CLASSES * FEATURES :])
-            if anchor is not None:
-                grad += mu * (theta - anchor)
-            if buf is None:
-                buf = grad.copy()
-            else:
-                buf *= momentum
-                buf += grad
-            theta -= lr * buf
+            buf = _momentum_step(theta, grad, buf, anchor, lr=lr, momentum=momentum, mu=mu)
         return [(theta[i], n, {"train_loss": float(losses[i]) / epochs}) for i in range(k)]
 
     def evaluate(self, params: np.ndarray) -> tuple[float, int, dict[str, float]]:
