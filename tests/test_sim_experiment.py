@@ -178,6 +178,17 @@ def test_cli_progress_line_on_a_terminal_only():
     assert plain.file.getvalue() == ""
 
 
+def test_cli_suggests_workers_only_for_big_single_process_runs():
+    from fednode.sim.cli_sim import HINT_WORKERS_FROM, _workers_hint
+
+    big = HINT_WORKERS_FROM
+    assert "--workers 2" in (_workers_hint(big, 1, 2) or "")
+    assert "--workers 8" in (_workers_hint(big, 1, 64) or "")  # capped
+    assert _workers_hint(big - 1, 1, 2) is None  # small run
+    assert _workers_hint(big, 2, 2) is None  # already sharded
+    assert _workers_hint(big, 1, 1) is None  # nothing to shard over
+
+
 def test_result_arrays_and_pandas():
     res = run_experiment("torus4x4", overrides={"data.task": "synthetic", **FAST})
     assert res.bound is not None and res.bound.shape == res.consensus.shape

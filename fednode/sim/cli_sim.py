@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,9 @@ from typing import Any
 from ..errors import ConfigError
 from .experiment import ExperimentResult, SimOptions, run_experiment
 from .topology import Topology, build_topology, load_topology
+
+#: ``fednode sim`` suggests ``--workers`` for runs of at least this many nodes on one worker
+HINT_WORKERS_FROM = 5000
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +207,9 @@ def run_sim(args: argparse.Namespace) -> int:
         results.append(res)
         if not args.json:
             _print(console, res, time.perf_counter() - t0)
+            hint = _workers_hint(res.n, args.workers, os.cpu_count() or 1)
+            if hint:
+                console.print(hint)
     if args.compare and args.out is not None:
         from .report import compare
 
@@ -213,6 +220,16 @@ def run_sim(args: argparse.Namespace) -> int:
         rows = [_summary(r, args) for r in results]
         print(json.dumps(rows if args.compare else rows[0], sort_keys=True))
     return 0 if all(r.error is None for r in results) else 1
+
+
+def _workers_hint(n: int, workers: int, cores: int) -> str | None:
+    """A hint to use the machine's other cores for a big run on one worker."""
+    if workers != 1 or cores < 2 or n < HINT_WORKERS_FROM:
+        return None
+    return (
+        f"hint: {n:,} nodes ran in one process; --workers {min(cores, 8)} shards them over "
+        f"{min(cores, 8)} cores (near-linear here; results are deterministic per worker count)"
+    )
 
 
 def _summary(res: ExperimentResult, args: argparse.Namespace) -> dict[str, Any]:
