@@ -6,7 +6,10 @@ touches torch.
 
 Plug-in contract: ``--task mypkg.mod:MyTask`` imports ``MyTask`` and calls it with
 keyword arguments ``client_index``, ``num_clients``, ``partition`` (a string) and
-``seed``. The object must provide the methods of :class:`Task`.
+``seed`` — all four when it takes ``**kwargs``, else those it names (and ``cid``, Flower's
+string client id, if it names that). The object must provide the methods of
+:class:`Task`, or be a Flower ``NumPyClient`` (``get_parameters`` / ``fit`` /
+``evaluate``), which :mod:`fednode.training.flower` wraps unchanged.
 
 Stopping. A real node runs ``train`` / ``evaluate`` in a worker thread, which Python
 cannot interrupt. A task whose jobs take more than a moment should call
@@ -19,6 +22,7 @@ is waited for up to ``ThreadExecutor.stop_grace_s`` and then left to finish on i
 from __future__ import annotations
 
 import importlib
+import inspect
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -86,7 +90,7 @@ def load_task(
     spec: str, *, client_index: int = 0, num_clients: int = 1, partition: str = "iid", seed: int = 0
 ) -> Task:
     """Build the task named by ``spec`` (``digits[:mlp|linear|numpy]``, ``synthetic[:<samples>]``
-    or ``package.module:Class``).
+    or ``package.module:Class``: a Task, or a Flower NumPyClient, which is wrapped).
 
     Errors: :class:`TaskError` if the import fails or the object is not a Task.
     """
@@ -110,10 +114,30 @@ def load_task(
     except (ImportError, AttributeError) as exc:
         raise TaskError(f"task {spec!r} could not be loaded: {exc}") from exc
     try:
-        task = factory(**kwargs)
+        task = factory(**_accepted(factory, kwargs))
+        from .flower import NumPyClientTask, is_numpy_client
+
+        if is_numpy_client(task):  # a Flower NumPyClient, unchanged
+            return NumPyClientTask(task, name=spec)
+    except TaskError:
+        raise
     except Exception as exc:  # plug-in boundary: any failure is the plug-in's
         raise TaskError(f"task {spec!r} failed to construct: {exc}") from exc
     missing = [n for n in ("layout", "init_params", "train", "evaluate") if not hasattr(task, n)]
     if missing:
         raise TaskError(f"task {spec!r} is missing method(s): {', '.join(missing)}")
     return task
+
+
+def _accepted(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``factory`` takes: all of fednode's four when it accepts
+    ``**kwargs`` or its signature is unknown, else those it names, plus ``cid`` (Flower's
+    string client id) when it names that."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    offered = {**kwargs, "cid": str(kwargs["client_index"])}
+    return {k: v for k, v in offered.items() if k in params}
