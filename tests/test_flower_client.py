@@ -83,6 +83,24 @@ def test_a_misbehaving_fit_is_a_task_error(mode: str, message: str) -> None:
         task.train(task.init_params(0), {})
 
 
+class _InPlace(_Wrong):
+    """Updates the arrays it is given in place, as some Flower examples do."""
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
+        for p in parameters:
+            p += 1.0
+        return parameters, 1, {}
+
+
+def test_a_client_updating_its_arrays_in_place_does_not_touch_the_shared_model() -> None:
+    task = NumPyClientTask(_InPlace("in place"))
+    shared = np.zeros(9, dtype=np.float32)
+    shared.flags.writeable = False  # as the global model handed to every client is
+    trained, _n, _m = task.train(shared, {})
+    np.testing.assert_array_equal(trained, np.ones(9, dtype=np.float32))
+    np.testing.assert_array_equal(shared, np.zeros(9, dtype=np.float32))
+
+
 def test_which_objects_count_as_numpy_clients_and_which_arguments_factories_get() -> None:
     assert is_numpy_client(DigitsClient("0"))
     assert not is_numpy_client(load_task("digits:numpy"))  # a fednode task (it has train)

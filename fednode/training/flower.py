@@ -83,7 +83,10 @@ class NumPyClientTask:
 
     # --- conversions ------------------------------------------------------------------
     def _split(self, params: np.ndarray) -> list[np.ndarray]:
-        """The flat vector as the client's arrays (views, no copy)."""
+        """The flat vector as the client's arrays: views of a private copy, because a
+        Flower client may update the arrays it is given in place (Flower hands each
+        client freshly deserialised ones), and ``params`` is a model others share."""
+        params = np.array(params, dtype=DTYPE, copy=True)
         out, start = [], 0
         for shape, size in zip(self._layout.shapes, self._layout.sizes):
             out.append(params[start : start + size].reshape(shape))
