@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve `fednode status` / `fednode promote` on this Unix socket (mode 0600)",
     )
     run.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)",
+    )
+    run.add_argument(
         "--log",
         choices=("human", "json"),
         default="human",
@@ -513,6 +518,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "net.key_file": args.key_file,
         "net.network_key_file": args.network_key_file,
         "net.control_socket": args.control_socket,
+        "net.metrics_listen": args.metrics_listen,
         "server.checkpoint_dir": args.checkpoint_dir,
         "server.resume_from": args.resume_from,
     }

@@ -303,6 +303,8 @@ class NetParams:
     peer_timeout_s: float = 30.0
     #: Unix socket for `fednode status` / `fednode promote` ("" = none; mode 0600)
     control_socket: str = ""
+    #: Prometheus metrics at http://HOST:PORT/metrics ("" = off; e.g. 127.0.0.1:9464)
+    metrics_listen: str = ""
 
     def validate(self) -> None:
         _check(
@@ -322,6 +324,10 @@ class NetParams:
         for name in ("dial_timeout_s", "send_timeout_s", "peer_timeout_s"):
             value = getattr(self, name)
             _check(value > 0, f"net.{name}", value, "a float > 0 (seconds)")
+        if self.metrics_listen:
+            from .prometheus import parse_listen
+
+            parse_listen(self.metrics_listen)  # ConfigError naming the field
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ as a missing network key) are counted in :attr:`Node.stats` and logged as ``reje
 events with ``"stage": "transport"``.
 
 Events the node adds to the role's (JSON lines with ``--log json``): ``listening``
-(peer id, role, addresses), ``peer_up`` / ``peer_down``, ``gossip_eval`` (a gossip
-peer's test accuracy after each round), ``goodbye`` and ``stopped`` (reason, signal).
+(peer id, role, addresses), ``metrics`` (the URL of the Prometheus metrics, with
+``net.metrics_listen``), ``peer_up`` / ``peer_down``, ``gossip_eval`` (a gossip peer's
+test accuracy after each round), ``goodbye`` and ``stopped`` (reason, signal).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import trio
@@ -43,6 +44,9 @@ from .training.task import Task, load_task
 from .wire import messages as m
 
 log = logging.getLogger("fednode.node")
+
+if TYPE_CHECKING:
+    from .prometheus import NodeMetrics
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
 
@@ -173,6 +177,8 @@ class Node:
         self.role = build_role(self.config, self.task, self.identity.peer_id)
         self.stats = RunStats()
         self.stop: Stop | None = None
+        #: Prometheus metrics (net.metrics_listen), once the node runs
+        self.metrics: NodeMetrics | None = None
         self._goodbye_scope: trio.CancelScope | None = None
 
     @property
@@ -181,8 +187,14 @@ class Node:
         return self.identity.peer_id
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
+        self._observe(self.peer_id, event, data)
+
+    def _observe(self, peer: str, event: str, data: dict[str, Any]) -> None:
+        """Every event of this node (its own and its role's): metrics, then the sink."""
+        if self.metrics is not None:
+            self.metrics.on_event(event, data)
         if self.on_event is not None:
-            self.on_event(self.peer_id, event, data)
+            self.on_event(peer, event, data)
 
     def _on_reject(self, who: str, reason: str) -> None:
         """The transport refused a frame or a connection: count it and log it."""
@@ -263,13 +275,25 @@ class Node:
                 from .control import serve_control
 
                 await nursery.start(serve_control, self.role, cfg.net.control_socket)
+            if cfg.net.metrics_listen:  # Prometheus text metrics
+                from .prometheus import NodeMetrics, serve_metrics
+
+                self.metrics = NodeMetrics(
+                    role=cfg.role,
+                    peer_id=self.peer_id,
+                    federation=cfg.net.federation,
+                    stats=self.stats,
+                    peers=lambda: sum(1 for p in transport.peers() if self.membership.admits(p)),
+                )
+                bound = await nursery.start(serve_metrics, self.metrics, cfg.net.metrics_listen)
+                self._emit("metrics", {"url": f"http://{bound}/metrics"})
             if cfg.role in ("client", "peer"):
                 nursery.start_soon(_warm_up_training)
             logged = _PeerLog(transport, self._emit, self.membership.admits)
             nursery.start_soon(logged.pump)
             evals = _GossipEvals(self.role, executor, self._emit)
             nursery.start_soon(evals.run)
-            sink = evals.wrap(self.on_event)
+            sink = evals.wrap(self._observe)
             task_status.started()
             try:
                 with role_scope:

@@ -246,3 +246,25 @@ def test_sigterm_during_a_long_training_job_stops_the_node_at_once(tmp_path: Pat
     assert end["stopped"] is True and end["batches"] < 600
     assert "stopped: SIGTERM" in client_log.read_text()
     assert stopped_s < 15  # the job's rest would be ~29 s; goodbye <= 2 s + closing the host
+
+
+def test_a_node_serves_prometheus_metrics_on_loopback(tmp_path: Path) -> None:
+    import urllib.request
+
+    coord_key, _coord_id = _coordinator_key(tmp_path)
+    log_path = tmp_path / "coordinator.log"
+    coord = _spawn_coordinator(
+        tmp_path, coord_key, _free_port(), 5, "--metrics-listen", "127.0.0.1:0"
+    )
+    try:
+        events = _wait_for(log_path, lambda ev: any(e["event"] == "metrics" for e in ev), 60)
+        url = next(e["url"] for e in events if e["event"] == "metrics")
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+        with urllib.request.urlopen(url, timeout=10) as reply:  # 127.0.0.1 only
+            assert reply.status == 200
+            text = reply.read().decode()
+        assert 'role="coordinator"' in text and "fednode_frames_received_total" in text
+        coord.send_signal(signal.SIGTERM)
+        assert coord.wait(timeout=30) == 0, log_path.read_text()
+    finally:
+        _stop_all([coord])

@@ -1,0 +1,262 @@
+"""Prometheus text metrics of a running node (``net.metrics_listen``, ``--metrics-listen``).
+
+``GET /metrics`` on ``host:port`` returns the exposition format of prometheus-client,
+from a registry of this node's own (no global state): traffic from the runner's
+:class:`~fednode.runner.RunStats` (read at scrape time, so nothing is counted twice),
+rejected frames by error type, connected members, and what the node's events said last
+(round, accuracy, model version). Off by default; ``127.0.0.1:9464`` keeps it on the
+machine. It serves one connection at a time, each bounded by :data:`REQUEST_TIMEOUT_S`
+and :data:`MAX_REQUEST_BYTES`; a malformed request gets ``400`` and changes nothing.
+HTTP parsing is h11's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import h11
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .errors import ConfigError
+from .runner import RunStats
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 5.0
+MAX_REQUEST_BYTES = 16 * 1024
+LINGER_S = 1.0
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` / ``"[::1]:9464"`` -> (host, port). ConfigError names the field."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not 0 <= number <= 65535:
+        raise ConfigError(
+            "net.metrics_listen", value, "'' (off) or an IP address and port, e.g. 127.0.0.1:9464"
+        )
+    return host, number
+
+
+class NodeMetrics(Collector):
+    """The metric families of one node, computed when scraped."""
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        peer_id: str,
+        federation: str,
+        stats: RunStats,
+        peers: Callable[[], int],
+    ) -> None:
+        self.role, self.peer_id, self.federation = role, peer_id, federation
+        self.stats = stats
+        self.peers = peers
+        self.started = time.time()
+        #: from the node's events: the last round, its accuracy, the model version
+        self.round = 0
+        self.accuracy = math.nan
+        self.model_version = 0
+        self.rounds_done = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def on_event(self, event: str, data: dict[str, Any]) -> None:
+        """Note what a node event says (``round``, ``gossip_round``, ``gossip_eval``, ...)."""
+        if event in ("round", "gossip_round", "edge_round"):
+            self.round = max(self.round, int(data.get("round", 0)))
+            self.rounds_done += 1
+        if "accuracy" in data and event in ("round", "gossip_eval"):
+            with contextlib.suppress(TypeError, ValueError):
+                self.accuracy = float(data["accuracy"])
+        if "model_version" in data:
+            with contextlib.suppress(TypeError, ValueError):
+                self.model_version = max(self.model_version, int(data["model_version"]))
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        info = GaugeMetricFamily(
+            "fednode_info",
+            "this node: role, peer id, federation",
+            labels=["role", "peer", "federation"],
+        )
+        info.add_metric([self.role, self.peer_id, self.federation], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "fednode_start_time_seconds", "when the node started (unix time)", value=self.started
+        )
+        yield CounterMetricFamily("fednode_frames_sent", "frames sent", value=s.sent_frames)
+        yield CounterMetricFamily("fednode_sent_bytes", "frame bytes sent", value=s.sent_bytes)
+        yield CounterMetricFamily(
+            "fednode_frames_received", "frames received and accepted", value=s.received_frames
+        )
+        yield CounterMetricFamily(
+            "fednode_send_failures", "sends that failed (peer gone, timeout)", value=s.send_failures
+        )
+        rejected = CounterMetricFamily(
+            "fednode_frames_rejected",
+            "inbound frames and messages refused, by error type",
+            labels=["error"],
+        )
+        for error, count in sorted(s.rejected.items()):
+            rejected.add_metric([error], count)
+        yield rejected
+        refused = CounterMetricFamily(
+            "fednode_sends_refused",
+            "outbound messages this node refused to send, by error type",
+            labels=["error"],
+        )
+        for error, count in sorted(s.refused.items()):
+            refused.add_metric([error], count)
+        yield refused
+        yield GaugeMetricFamily("fednode_peers_connected", "connected members", value=self.peers())
+        yield GaugeMetricFamily(
+            "fednode_round", "the last round this node saw finish", value=self.round
+        )
+        yield CounterMetricFamily(
+            "fednode_rounds", "rounds this node finished or reported", value=self.rounds_done
+        )
+        yield GaugeMetricFamily(
+            "fednode_model_version", "the last model version reported", value=self.model_version
+        )
+        yield GaugeMetricFamily(
+            "fednode_accuracy",
+            "the last test accuracy reported (NaN: none yet)",
+            value=self.accuracy,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def serve_metrics(
+    metrics: NodeMetrics,
+    listen: str,
+    *,
+    timeout_s: float = REQUEST_TIMEOUT_S,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``GET /metrics`` on ``listen`` until cancelled; ``task_status.started`` gets
+    the bound ``host:port`` (port 0 picks one)."""
+    host, port = parse_listen(listen)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise ConfigError(
+            "net.metrics_listen", listen, f"an address this node can bind ({exc})"
+        ) from exc
+    sockname = listeners[0].socket.getsockname()
+    bound = (
+        f"[{sockname[0]}]:{sockname[1]}" if ":" in sockname[0] else f"{sockname[0]}:{sockname[1]}"
+    )
+    log.info("metrics at http://%s/metrics", bound)
+    task_status.started(bound)
+    async with contextlib.AsyncExitStack() as stack:
+        for each in listeners:  # one for an address; all are closed on the way out
+            await stack.enter_async_context(each)
+        listener = listeners[0]
+        while True:
+            stream = await listener.accept()
+            async with stream:
+                with trio.move_on_after(timeout_s) as scope:
+                    await _serve_one(metrics, stream)
+                if scope.cancelled_caught:
+                    log.warning("metrics request timed out after %.0fs", timeout_s)
+
+
+async def _serve_one(metrics: NodeMetrics, stream: trio.abc.Stream) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+    try:
+        request = await _next_request(conn, stream)
+    except h11.RemoteProtocolError as exc:
+        await _respond(conn, stream, 400, f"bad request: {exc}\n".encode(), h11_error=True)
+        await _linger(stream)
+        return
+    if request is None:
+        return  # the client closed without asking
+    target = request.target.split(b"?", 1)[0]
+    if request.method not in (b"GET", b"HEAD"):
+        await _respond(conn, stream, 405, b"only GET /metrics\n", allow=True)
+    elif target != b"/metrics":
+        await _respond(conn, stream, 404, b"not found: try /metrics\n")
+    else:
+        body = metrics.exposition()
+        await _respond(
+            conn, stream, 200, b"" if request.method == b"HEAD" else body, CONTENT_TYPE, len(body)
+        )
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """After an error reply to a request not read to its end: stop sending, then read and
+    drop (briefly, boundedly) what the client still sends, so that closing does not reset
+    the connection before the client has read the reply."""
+    with trio.move_on_after(LINGER_S), contextlib.suppress(trio.BrokenResourceError):
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
+        for _ in range(64):  # at most 64 x 4 KiB
+            if not await stream.receive_some(4096):
+                return
+
+
+async def _next_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
+    received = 0
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Request):
+            return event
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(4096)
+            received += len(data)
+            if received > MAX_REQUEST_BYTES:
+                raise h11.RemoteProtocolError("request too large", error_status_hint=431)
+            conn.receive_data(data)
+
+
+async def _respond(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    status: int,
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    length: int | None = None,
+    *,
+    allow: bool = False,
+    h11_error: bool = False,
+) -> None:
+    headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body) if length is None else length)),
+        ("Connection", "close"),
+    ]
+    if allow:
+        headers.append(("Allow", "GET, HEAD"))
+    if h11_error:  # h11 refuses to send after the peer broke the protocol: write it raw
+        head = f"HTTP/1.1 {status} Bad Request\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(head.encode() + b"\r\n" + body)
+        return
+    parts = [conn.send(h11.Response(status_code=status, headers=headers))]
+    if body:
+        parts.append(conn.send(h11.Data(data=body)))
+    parts.append(conn.send(h11.EndOfMessage()))
+    data = b"".join(p for p in parts if p)
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)
