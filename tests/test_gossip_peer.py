@@ -7,6 +7,7 @@ payload with its codec (as the Receiver does) and delivers in the order a test c
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 
 import numpy as np
@@ -370,3 +371,37 @@ def test_from_config_takes_consortium_members_codec_and_rounds_from_the_node_con
     p = GossipPeer.from_config(config, me="me", params=vec(0.0))
     assert p.consortium == "lab" and p.members == {"p1", "p2", "me"}
     assert p.rounds == 7 and p.codec.codec.spec == "int8" and not p.codec.lossless
+
+
+def test_maintenance_ticks_only_while_a_wanted_link_is_missing():
+    net, peers = path3(rounds=100, train=True)  # parked at training once linked
+    net.start([("a", "b"), ("b", "c")])
+    net.run()
+    b = peers["b"]
+    assert all(lk.up for lk in b.links.values()) and set(b.links) == {"a", "c"}
+    step = b._maintenance_interval()
+    assert b.next_deadline() == step  # b (the higher id) waited for a's hello: one tick
+    polled = []
+    while (due := b.next_deadline()) is not None and len(polled) < 10:
+        assert b.poll(due) == []
+        polled.append(due)
+    # one maintenance tick, then the check of b's own (answered) hello: nothing after
+    assert polled == [step, b.gossip.hello_timeout_s]
+    assert b.poll(50.0) == []
+
+    # c is dropped for missing steps: still a neighbour, cooling down; ticks resume on
+    # the same grid, and the first tick after the cooldown opens the link again
+    b.drop(b.links["c"], 51.0, notify=False, reason="misses")
+    tick = b.next_deadline()
+    assert tick == pytest.approx(math.ceil(51.0 / step) * step)
+    reopened_at = None
+    for _ in range(20):
+        actions = b.poll(tick)
+        if any(isinstance(a, Send) and a.to == "c" and a.msg.mode == "hello" for a in actions):
+            reopened_at = tick
+            break
+        tick = b.next_deadline()
+    cooldown_end = 51.0 + b.gossip.hello_timeout_s
+    assert reopened_at == pytest.approx(math.ceil(cooldown_end / step) * step)
+    # only the hello's own timeout is left to wait for
+    assert b.next_deadline() == pytest.approx(reopened_at + b.gossip.hello_timeout_s)

@@ -112,7 +112,12 @@ class GossipPeer:
         self.completed = 0
         self.model_version = 0
         self.started = 0.0
+        #: the next tick of the link maintenance (``_reach_out``) grid
         self.next_maintenance = 0.0
+        #: True while no tick could open a link: every candidate is linked or unwanted
+        #: and the degree is met. Ticks are skipped then (they would do nothing) until a
+        #: link goes away or a candidate appears (:meth:`_unlink`, :meth:`on_peer`).
+        self._settled = False
         #: no hello of ours can time out before this (inf: none pending); poll and
         #: next_deadline scan the links only once it has passed
         self.hello_due = math.inf
@@ -220,7 +225,7 @@ class GossipPeer:
         actions: list[Action] = []
         if now >= self.hello_due:
             self._expire_hellos(now)
-        if now >= self.next_maintenance:
+        if not self._settled and now >= self.next_maintenance:
             self.next_maintenance = now + self._maintenance_interval()
             actions += self._reach_out(now)
         if self.phase is Phase.JOINING:
@@ -231,11 +236,13 @@ class GossipPeer:
     def next_deadline(self) -> float | None:
         if self.phase is Phase.DONE:
             return None
-        at = min(self.next_maintenance, self.hello_due)
+        at = self.hello_due if self._settled else min(self.next_maintenance, self.hello_due)
         if self.phase is Phase.JOINING and self.started + self.gossip.join_wait_s < at:
             at = self.started + self.gossip.join_wait_s
         proto = self.proto.deadline()
-        return at if proto is None or at <= proto else proto
+        if proto is not None and proto < at:
+            return proto
+        return None if at == math.inf else at
 
     # --- link handshake ------------------------------------------------------------------
     def on_hello(self, msg: m.Gossip, now: float) -> list[Action]:
@@ -245,7 +252,7 @@ class GossipPeer:
         if link is not None and not link.up:  # both opened the link at once
             if self.me < peer:
                 return []  # ours wins; they accept it
-            del self.links[peer]
+            self._unlink(peer, now)
         elif link is not None:  # they lost the link we still hold: start over
             actions += self.drop(link, now, notify=False, reason="reopened", reach_out=False)
         if not self._accepts(peer):
@@ -298,7 +305,7 @@ class GossipPeer:
         link = self.links.get(msg.sender)
         if link is None or link.up or link.epoch != msg.round:
             return []
-        del self.links[msg.sender]
+        self._unlink(msg.sender, now)
         self.cooldown[msg.sender] = now + self.gossip.hello_timeout_s
         return self._reach_out(now)
 
@@ -388,7 +395,7 @@ class GossipPeer:
     ) -> list[Action]:
         """Forget ``link`` (telling the neighbour with a Bye when ``notify``)."""
         if self.links.get(link.peer) is link:
-            del self.links[link.peer]
+            self._unlink(link.peer, now)
         self.counters[f"dropped_{reason}"] += 1
         actions: list[Action] = []
         if notify:
@@ -464,13 +471,48 @@ class GossipPeer:
             ]
             for peer in self.rng.sample(pool, max(0, min(want, len(pool)))):
                 actions += self._hello(peer, now)
+        if self._nothing_to_open():
+            self._settled = True
+        else:
+            self._unsettle(now)
         return actions
+
+    def _nothing_to_open(self) -> bool:
+        """Would a maintenance tick, now or at any later time, open no link? True when
+        every candidate is linked or unwanted (neither explicit nor lost with room) and,
+        without explicit neighbours, the degree is met or no candidate is left unlinked.
+        Cooldowns and the patience of the higher id only delay a wanted link: not settled.
+        """
+        links, gp = self.links, self.gossip
+        short = self.explicit is None and len(links) < gp.degree
+        room = len(links) < gp.max_degree
+        for peer in self.candidates:
+            if peer in links:
+                continue
+            if short or (self.explicit is not None and peer in self.explicit):
+                return False
+            if room and peer in self.lost:
+                return False
+        return True
+
+    def _unlink(self, peer: str, now: float) -> None:
+        del self.links[peer]
+        self._unsettle(now)
+
+    def _unsettle(self, now: float) -> None:
+        """Maintenance ticks again, from its grid's next tick (the ticks skipped while
+        settled would have done nothing)."""
+        if self._settled:
+            self._settled = False
+            step = self._maintenance_interval()
+            while self.next_maintenance < now:
+                self.next_maintenance += step
 
     def _expire_hellos(self, now: float) -> None:
         """Forget the links whose hello went unanswered for ``hello_timeout_s``."""
         timeout = self.gossip.hello_timeout_s
         for link in [lk for lk in self.links.values() if not lk.up and now >= lk.opened + timeout]:
-            del self.links[link.peer]
+            self._unlink(link.peer, now)
             self.cooldown[link.peer] = now + timeout
             self.counters["hello_timeouts"] += 1
         pending = [lk.opened + timeout for lk in self.links.values() if not lk.up]

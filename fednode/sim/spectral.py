@@ -22,7 +22,11 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import shortest_path
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-DENSE_MAX_N = 2000
+#: dense ``eigvalsh`` up to here, Lanczos above: at 2,000 nodes on one BLAS thread (as
+#: during a run) dense took ~0.6 s and Lanczos ~0.02 s, equal to 1e-14 (2026-12-05)
+DENSE_MAX_N = 500
+#: networkx's exact bounding diameter search up to here when all-sources BFS is too big
+EXACT_DIAMETER_MAX_N = 2000
 _BFS_BUDGET = 5e7  # n * edges: all-sources BFS in C stays around a second
 
 
@@ -125,7 +129,7 @@ def _diameter(g: nx.Graph) -> tuple[int, bool]:
             d = shortest_path(adj, method="D", directed=False, unweighted=True, indices=idx)
             worst = max(worst, float(d.max()))
         return int(worst), True
-    if n <= DENSE_MAX_N:
+    if n <= EXACT_DIAMETER_MAX_N:
         return int(nx.diameter(g, usebounds=True)), True
     return int(nx.approximation.diameter(g, seed=0)), False
 
