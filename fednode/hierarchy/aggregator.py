@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,33 @@ class EdgeJob:
     first_selected: int = 0
 
 
+Handler = Callable[[Any, float], list[Action]]
+
+
+def child_table(
+    role: Any, states: Iterable[enum.Enum], *, on_reject: Handler
+) -> dict[tuple[Any, m.Kind], Handler]:
+    """The (state, kind) -> handler entries every child of the tree (client, aggregator)
+    shares in all its states: its parent's adverts, fits, assignments and bye; acks are
+    ignored; rejects go to ``on_reject``. The role adds its own entries."""
+
+    def bye(msg: Any, now: float) -> list[Action]:
+        return role.on_peer(msg.sender, False, now)
+
+    def ignore(msg: Any, now: float) -> list[Action]:
+        return []
+
+    table: dict[tuple[Any, m.Kind], Handler] = {}
+    for state in states:
+        table[(state, m.Kind.ADVERT)] = role._on_advert
+        table[(state, m.Kind.FIT)] = role._on_fit
+        table[(state, m.Kind.ASSIGN)] = role._on_assign
+        table[(state, m.Kind.BYE)] = bye
+        table[(state, m.Kind.ACK)] = ignore
+        table[(state, m.Kind.REJECT)] = on_reject
+    return table
+
+
 class RegionalAggregator:
     role = "aggregator"
 
@@ -101,14 +128,7 @@ class RegionalAggregator:
         self._seq = 0
         self.done = False
         self.rounds_done = 0
-        self._table: dict[tuple[State, m.Kind], Callable[[Any, float], list[Action]]] = {}
-        for state in State:
-            self._table[(state, m.Kind.ADVERT)] = self._on_advert
-            self._table[(state, m.Kind.FIT)] = self._on_fit
-            self._table[(state, m.Kind.ASSIGN)] = self._on_assign
-            self._table[(state, m.Kind.BYE)] = lambda msg, now: self.on_peer(msg.sender, False, now)
-            self._table[(state, m.Kind.ACK)] = lambda msg, now: []
-            self._table[(state, m.Kind.REJECT)] = self._on_reject
+        self._table = child_table(self, State, on_reject=self._on_reject)
         self._table[(State.IDLE, m.Kind.UPDATE)] = self._on_stale
         self._table[(State.FITTING, m.Kind.UPDATE)] = self._on_update
 

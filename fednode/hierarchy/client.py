@@ -23,7 +23,6 @@ object, so no runner change is needed.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ from ..config import TierParams
 from ..errors import RemoteProtocolError
 from ..wire import messages as m
 from ..wire.codecs import ErrorFeedback, parse_codec
-from .aggregator import RegionalAggregator
+from .aggregator import RegionalAggregator, child_table
 
 MAX_KNOWN = 256
 MAX_UNANNOUNCED = 65536
@@ -90,14 +89,7 @@ class Client:
         self.promoted: RegionalAggregator | None = None
         #: this node's listen addresses, advertised (the node sets them once it listens)
         self.addrs: tuple[str, ...] = ()
-        self._table: dict[tuple[State, m.Kind], Callable[[Any, float], list[Action]]] = {}
-        for state in State:
-            self._table[(state, m.Kind.ADVERT)] = self._on_advert
-            self._table[(state, m.Kind.FIT)] = self._on_fit
-            self._table[(state, m.Kind.ASSIGN)] = self._on_assign
-            self._table[(state, m.Kind.BYE)] = lambda msg, now: self.on_peer(msg.sender, False, now)
-            self._table[(state, m.Kind.ACK)] = lambda msg, now: []
-            self._table[(state, m.Kind.REJECT)] = lambda msg, now: []
+        self._table = child_table(self, State, on_reject=lambda msg, now: [])
 
     def advert(self) -> m.Advert:
         return m.Advert(
