@@ -141,6 +141,10 @@ async def _serve_one(role: Any, stream: trio.abc.Stream) -> None:
     with trio.move_on_after(REQUEST_TIMEOUT_S) as scope:
         try:
             raw = await _read_line(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("control client went away: %s", exc)
+            return
+        try:
             reply = handle_request(role, json.loads(raw))
         except ControlError as exc:
             reply = {"ok": False, "error": str(exc)}

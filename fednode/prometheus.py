@@ -175,7 +175,10 @@ async def serve_metrics(
             stream = await listener.accept()
             async with stream:
                 with trio.move_on_after(timeout_s) as scope:
-                    await _serve_one(metrics, stream)
+                    try:
+                        await _serve_one(metrics, stream)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        log.info("metrics client went away: %s", exc)  # e.g. a reset
                 if scope.cancelled_caught:
                     log.warning("metrics request timed out after %.0fs", timeout_s)
 

@@ -162,3 +162,36 @@ def test_run_help_lists_resume_and_control_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--resume", "--resume-from", "--checkpoint-dir", "--control-socket"):
         assert flag in out
+
+
+class _ResetStream(trio.abc.Stream):
+    """A client that resets the connection: every read fails, nothing is sent back."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+
+    async def receive_some(self, max_bytes=None):
+        raise trio.BrokenResourceError("socket connection broken: [Errno 104] reset by peer")
+
+    async def send_all(self, data):
+        self.sent += bytes(data)
+
+    async def wait_send_all_might_not_block(self):
+        pass
+
+    async def send_eof(self):
+        pass
+
+    async def aclose(self):
+        pass
+
+
+async def test_a_client_that_resets_the_connection_gets_no_reply_and_stops_nothing(caplog):
+    from fednode.control import _serve_one
+
+    _cfg, _sim, root = star(n=3, rounds=1)
+    stream = _ResetStream()
+    with caplog.at_level("INFO", logger="fednode.control"):
+        await _serve_one(root.role, stream)  # returns: no exception reaches the node
+    assert stream.sent == b""
+    assert "control client went away" in caplog.text

@@ -107,3 +107,26 @@ async def test_a_client_that_says_nothing_is_dropped_after_the_timeout() -> None
         ok = await _get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_resets_the_connection_does_not_stop_the_endpoint() -> None:
+    import socket
+    import struct
+
+    metrics = _metrics()
+    async with trio.open_nursery() as nursery:
+        addr = await nursery.start(serve_metrics, metrics, "127.0.0.1:0")
+        host, port = addr.rsplit(":", 1)
+        for partial in (b"GET /metr", b""):  # reset mid-request, and before any byte
+            with trio.fail_after(10):
+                sock = trio.socket.socket()
+                await sock.connect((host, int(port)))
+                if partial:
+                    await sock.send(partial)
+                await trio.sleep(0.05)  # the server is reading
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()  # linger 0: RST, not FIN
+            await trio.sleep(0.05)
+        ok = await _get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200")
+        nursery.cancel_scope.cancel()
