@@ -17,7 +17,8 @@
     ├── TransportError         the network failed under us
     │   └── PeerGone           the peer is not reachable (crashed, left, partitioned)
     ├── RoundFailed            a round could not complete (too few results, deadline)
-    └── JobCancelled           a compute job stopped at a cancel point: its node is stopping
+    ├── JobCancelled           a compute job stopped at a cancel point: its node is stopping
+    └── SimWorkerError         a simulator worker process failed or died (``--workers``)
 
 Every error raised for remote input carries the offending ``peer`` when known, so the
 log line and the rejection counter can name it. Foreign exceptions (libp2p, OS, cbor2,
@@ -105,3 +106,9 @@ class JobCancelled(FednodeError):
     """A training or evaluation job stopped early at a :func:`~fednode.training.cancel_point`
     because the node running it is stopping. Raised inside the job's worker thread and
     caught by the executor; never reaches a role."""
+
+
+class SimWorkerError(FednodeError):
+    """A worker process of a sharded simulation (``fednode sim --workers K``) raised, or
+    died without a word (e.g. killed by the kernel's out-of-memory killer). The run
+    stops; the other workers are stopped with it."""

@@ -251,3 +251,35 @@ def test_consensus_sums_do_not_depend_on_how_models_are_batched(monkeypatch):
     assert np.all(batched.consensus[1:] > 0)
     np.testing.assert_allclose(batched.consensus, single.consensus, rtol=1e-12)
     np.testing.assert_array_equal(batched.accuracy, single.accuracy)
+
+
+@pytest.mark.parametrize("how", ["dies", "raises"])
+def test_a_failing_worker_stops_the_run_with_a_clear_error(monkeypatch, how):
+    import os
+
+    from fednode.errors import SimWorkerError
+    from fednode.sim.des import DesSimulation
+
+    real = DesSimulation.run_window
+    windows = [0]
+
+    def run_window(self, until):  # inherited by the forked workers
+        windows[0] += 1
+        if self.shard == 1 and windows[0] > 3:
+            if how == "dies":
+                os._exit(3)  # no word to the parent, like the out-of-memory killer
+            raise ValueError("a bug in a role")
+        return real(self, until)
+
+    monkeypatch.setattr(DesSimulation, "run_window", run_window)
+    overrides = {"data.task": "synthetic", **FAST}
+    with pytest.raises(SimWorkerError) as caught:
+        run_experiment("ring16", overrides=overrides, options=SimOptions(workers=2))
+    text = str(caught.value)
+    if how == "dies":
+        assert text == "simulation worker 1 died: exit 3"
+    else:
+        assert text.startswith("simulation worker 1 failed:") and "a bug in a role" in text
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []  # the other worker was stopped too

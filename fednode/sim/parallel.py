@@ -27,6 +27,7 @@ seed and worker count. Needs ``os.fork`` (Linux, macOS); elsewhere use one worke
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import marshal
 import math
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SimWorkerError
 from .des import DesSimulation
 from .faults import FaultSchedule
 from .metrics import Collector
@@ -165,15 +166,20 @@ def run_sharded(
     procs = []
     for shard in range(k):
         parent_end, child_end = ctx.Pipe()
+        # the child closes its copies of the parent's ends: a worker then sees EOF (and
+        # exits) as soon as the parent closes its pipe, whatever the other workers hold
+        parent_ends = [*pipes, parent_end]
         proc = ctx.Process(
-            target=_worker, args=(des, root, collector, schedule, shard, child_end), daemon=True
+            target=_worker,
+            args=(des, root, collector, schedule, shard, child_end, parent_ends),
+            daemon=True,
         )
         proc.start()
         child_end.close()
         pipes.append(parent_end)
         procs.append(proc)
     try:
-        return _drive(pipes, lookahead, options.max_virtual_s, schedule, collector, k)
+        return _drive(pipes, procs, lookahead, options.max_virtual_s, schedule, collector, k)
     finally:
         gc.unfreeze()
         for p in pipes:
@@ -182,10 +188,12 @@ def run_sharded(
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
+                proc.join(timeout=1)
 
 
 def _drive(
     pipes: list[Connection],
+    procs: list[Any],
     lookahead: float,
     max_virtual_s: float,
     schedule: FaultSchedule,
@@ -193,7 +201,10 @@ def _drive(
     k: int,
 ) -> ShardOutcome:
     inbox: list[list[tuple[float, bytes]]] = [[] for _ in range(k)]
-    replies = [_recv(p) for p in pipes]  # started: next event time of each shard
+    def recv_all() -> list[dict[str, Any]]:
+        return [_recv(p, proc, shard) for shard, (p, proc) in enumerate(zip(pipes, procs))]
+
+    replies = recv_all()  # started: next event time of each shard
     windows, boundary, now, crossed = 0, schedule.boundary, 0.0, 0
     error: str | None = None
     while True:
@@ -212,7 +223,7 @@ def _drive(
         for shard, p in enumerate(pipes):  # frames are forwarded as the blobs they came in
             p.send_bytes(marshal.dumps(("run", now, until, boundary, inbox[shard])))
         inbox = [[] for _ in range(k)]
-        replies = [_recv(p) for p in pipes]
+        replies = recv_all()
         for r in replies:
             for dst, (count, first, blob) in r["outbox"].items():
                 inbox[dst].append((first, blob))
@@ -223,7 +234,7 @@ def _drive(
     boundary = max([boundary] + [r["boundary"] for r in replies])
     for p in pipes:
         p.send_bytes(marshal.dumps(("finish", now, boundary)))
-    finals = [_recv(p) for p in pipes]
+    finals = recv_all()
     messages = 0
     for f in finals:
         collector.merge(f["collector"])
@@ -245,10 +256,17 @@ def _drive(
     )
 
 
-def _recv(p: Connection) -> dict[str, Any]:
-    msg = marshal.loads(p.recv_bytes())
+def _recv(p: Connection, proc: Any, shard: int) -> dict[str, Any]:
+    try:
+        msg = marshal.loads(p.recv_bytes())
+    except (EOFError, OSError) as exc:  # it died without a word
+        proc.join(timeout=1)
+        code = proc.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        hint = " (SIGKILL: often the out-of-memory killer)" if code == -9 else ""
+        raise SimWorkerError(f"simulation worker {shard} died: {how}{hint}") from exc
     if isinstance(msg, dict) and "crash" in msg:
-        raise RuntimeError(f"simulation worker failed:\n{msg['crash']}")
+        raise SimWorkerError(f"simulation worker {shard} failed:\n{msg['crash']}")
     return msg
 
 
@@ -259,9 +277,12 @@ def _worker(
     schedule: FaultSchedule,
     shard: int,
     conn: Connection,
+    parent_ends: list[Connection],
 ) -> None:
     import traceback
 
+    for end in parent_ends:
+        end.close()
     cpu0 = time.process_time()
     try:
         des.shard = shard
@@ -273,7 +294,11 @@ def _worker(
         des.start(root)
         conn.send_bytes(marshal.dumps(_status(des, schedule, collector)))
         while True:
-            cmd = marshal.loads(conn.recv_bytes())
+            try:
+                raw = conn.recv_bytes()
+            except EOFError:
+                return  # the parent ended the run (or died): nobody to report to
+            cmd = marshal.loads(raw)
             if cmd[0] == "finish":
                 collector.at_boundary(des.nodes, cmd[2], des.now)
                 state = {
@@ -294,7 +319,8 @@ def _worker(
             des.run_window(until)
             conn.send_bytes(marshal.dumps(_status(des, schedule, collector)))
     except BaseException:
-        conn.send_bytes(marshal.dumps({"crash": traceback.format_exc()}))
+        with contextlib.suppress(OSError):  # the parent may be gone too
+            conn.send_bytes(marshal.dumps({"crash": traceback.format_exc()}))
 
 
 def _status(des: DesSimulation, schedule: FaultSchedule, collector: Collector) -> dict[str, Any]:
