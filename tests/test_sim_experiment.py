@@ -238,6 +238,20 @@ def test_cli_bad_spec_is_a_config_error():
         cli("--topology", "no_such_spec", "--rounds", "1")
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [("--eval-nodes", "-1", "eval_nodes"), ("--node-metrics", "-3", "node_metrics"),
+     ("--workers", "0", "workers"), ("--train-cost", "-0.5", "train_cost_s")],
+)  # fmt: skip
+def test_cli_bad_sim_option_fails_at_start_naming_it(tmp_path, flag, value, field):
+    from fednode.errors import ConfigError
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=field):
+        cli(flag, value, "--rounds", "1", "--out", str(out))
+    assert not out.exists()  # nothing was run or written
+
+
 def test_consensus_sums_do_not_depend_on_how_models_are_batched(monkeypatch):
     """The collector folds models into the consensus sums in batches: one at a time gives
     the same curve (to float64 rounding) as one batch per round."""

@@ -83,6 +83,16 @@ class SimOptions:
             raise ConfigError("train_cost_s", self.train_cost_s, "a float >= 0")
         if self.gossip_mode not in ("sync", "async"):
             raise ConfigError("gossip_mode", self.gossip_mode, "'sync' or 'async'")
+        for name, zero in (
+            ("eval_nodes", "all"),
+            ("node_metrics", "all"),
+            ("draw_max_nodes", "none"),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(name, value, f"an integer >= 0 (0: {zero})")
+        if not self.max_virtual_s > 0:
+            raise ConfigError("max_virtual_s", self.max_virtual_s, "a positive number of seconds")
 
 
 @dataclass
