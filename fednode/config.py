@@ -307,12 +307,18 @@ class NetParams:
     metrics_listen: str = ""
 
     def validate(self) -> None:
-        _check(
-            self.listen.startswith("/ip4/") or self.listen.startswith("/ip6/"),
-            "net.listen",
-            self.listen,
-            "a multiaddr such as /ip4/0.0.0.0/tcp/0",
-        )
+        from .p2p.multiaddrs import check_listen
+
+        try:
+            check_listen(self.listen)
+        except ValueError as exc:
+            raise ConfigError(
+                "net.listen", self.listen, f"a multiaddr such as /ip4/0.0.0.0/tcp/0 ({exc})"
+            ) from exc
+        if self.bootstrap:
+            from .p2p.discovery import parse_bootstrap
+
+            parse_bootstrap(self.bootstrap)  # ConfigError naming net.bootstrap and the address
         _check(bool(self.federation), "net.federation", self.federation, "a non-empty name")
         _check(
             not (self.allow and self.open_membership),
