@@ -416,6 +416,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.task import load_task
 
+    if args.epochs < 1:
+        raise ConfigError("--epochs", args.epochs, "an integer >= 1")
     config = _config(args)
     task = load_task(config.data.task, seed=config.seed)
     params = task.init_params(config.seed)

@@ -41,3 +41,12 @@ def test_demo_one_topology_and_bad_counts(capsys):
     assert code == 0 and set(rows(out)) == {"star"}
     assert main(["demo", "--peers", "0"]) == 2
     assert "--peers" in capsys.readouterr().out
+
+
+def test_centralized_baseline_trains_and_refuses_zero_epochs(capsys):
+    assert main(["train", "--centralized", "--epochs", "2", "--task", "digits:numpy"]) == 0
+    out = capsys.readouterr().out
+    accuracies = [float(m) for m in re.findall(r"│\s+\d+\s+│\s+([0-9.]+)\s+│", out)]
+    assert len(accuracies) == 2 and accuracies[-1] > 0.5  # two epochs, and it learned
+    assert main(["train", "--centralized", "--epochs", "0"]) == 2
+    assert "--epochs" in capsys.readouterr().out
