@@ -201,6 +201,7 @@ def _drive(
     k: int,
 ) -> ShardOutcome:
     inbox: list[list[tuple[float, bytes]]] = [[] for _ in range(k)]
+
     def recv_all() -> list[dict[str, Any]]:
         return [_recv(p, proc, shard) for shard, (p, proc) in enumerate(zip(pipes, procs))]
 
