@@ -13,7 +13,10 @@ Scale: synchronous gossip on a random 4-regular graph (5 ms links, no loss; the
 with 1 and 2 worker processes; and the two runs the simulator is specified against:
 
 * 10,000 gossip peers, random 4-regular graph, 100 rounds (``--required``);
-* 1,000 clients in a two-tier tree (10 regions) with the digits MLP (torch), 20 rounds.
+* 1,000 clients in a two-tier tree (10 regions) with the digits MLP (torch), 20 rounds;
+
+and, with ``--required`` too, the README's 10,000-peer command (``readme:10000:100:2``: the
+shipped spec, which has 1% loss, and the CLI's defaults).
 
     .venv/bin/python scripts/bench/sim_scale.py --quick          # ~3 min on 2 cores
     .venv/bin/python scripts/bench/sim_scale.py --required       # + the two required runs
@@ -174,12 +177,43 @@ def case_two_tier(clients: int, rounds: int, workers: int) -> dict[str, Any]:
     }
 
 
+def case_readme(n: int, rounds: int, workers: int) -> dict[str, Any]:
+    """The README's command: the shipped ``random_regular_4`` spec (5 ms links, 1% loss)
+    with ``fednode sim``'s defaults (E=5, 200 peers scored, 1,000 nodes' rows), i.e.
+    ``fednode sim --topology random_regular_4 --nodes N --task synthetic --rounds R``."""
+    from fednode.sim import SimOptions, run_experiment
+
+    t0, c0 = time.perf_counter(), _cpu_s()
+    res = run_experiment(
+        "random_regular_4",
+        n=n,
+        overrides={"data.task": "synthetic", "rounds.rounds": rounds},
+        options=SimOptions(workers=workers),
+    )
+    wall = time.perf_counter() - t0
+    assert res.error is None and len(res.rounds) == rounds, res.error
+    return {
+        "case": f"readme:{n}:{rounds}:{workers}",
+        "nodes": n,
+        "rounds": rounds,
+        "workers": workers,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(_cpu_s() - c0, 2),
+        "node_rounds_per_s": round(n * rounds / wall),
+        "messages": res.messages,
+        "final_accuracy": round(res.final_accuracy, 4),
+        "notes": res.notes,
+    }
+
+
 def run_case(spec: str) -> dict[str, Any]:
     kind, *args = spec.split(":")
     if kind == "baseline":
         out = case_baseline(args[0], args[1])
     elif kind == "gossip":
         out = case_gossip(*(int(a) for a in args))  # type: ignore[call-arg]
+    elif kind == "readme":
+        out = case_readme(*(int(a) for a in args))  # type: ignore[call-arg]
     else:
         out = case_two_tier(*(int(a) for a in args))  # type: ignore[call-arg]
     out["peak_rss_mb"] = round(_rss_mb())
@@ -257,7 +291,7 @@ def main() -> None:
         cases += ["gossip:50000:3:2"]
     if args.required:
         cases += ["gossip:10000:100:2", "gossip:10000:100:1", "two-tier:1000:20:1"]
-        cases += ["two-tier:1000:20:2"]
+        cases += ["two-tier:1000:20:2", "readme:10000:100:2"]
     if args.only:
         cases = args.only
     print(json.dumps(machine()))
