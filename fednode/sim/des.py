@@ -1,12 +1,13 @@
-"""Discrete-event driver: the same role objects as the trio simulator, ~20x less per message.
+"""Discrete-event driver: the same role objects as the trio simulator, ~8x less per message.
 
 The trio simulator (:mod:`fednode.sim.engine`) runs every node under the real
 :func:`fednode.runner.run_role`: a trio task per send, Ed25519 sign + verify, CBOR — about
-300 µs per message. That is fidelity; it does not reach 10,000 nodes. This driver keeps the
-role objects and calls them exactly as ``run_role`` does (``start``; ``handle`` /
-``on_peer`` / ``on_result`` each followed by ``poll``; ``poll`` alone when
-``next_deadline()`` passes) and executes the same actions, from one event queue in
-plain Python (a heap of the instants that have events, a FIFO of events per instant):
+250–850 µs of CPU per message (``docs/BENCHMARKS.md``, "Simulator scale, session 5").
+That is fidelity; it does not reach 10,000 nodes. This driver keeps the role objects and
+calls them exactly as ``run_role`` does (``start``; ``handle`` / ``on_peer`` /
+``on_result`` each followed by ``poll``; ``poll`` alone when ``next_deadline()`` passes)
+and executes the same actions, from one event queue in plain Python (a heap of the
+instants that have events, a FIFO of events per instant):
 
 * **deliveries** at ``send time + latency + bytes / bandwidth`` of the link (the memory
   transport's model: transfers do not queue behind each other);

@@ -34,6 +34,7 @@ this tree's run so both see the same load, and prints the CPU and wall ratios.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -84,6 +85,11 @@ def case_baseline(kind: str, driver: str) -> dict[str, Any]:
         config = load_config(None, {"data.task": "synthetic", "rounds.rounds": 10})
         sim, _nodes = build_gossip(config, build_topology("gossip", "cycle_graph", 100).graph)
         root = None
+    # A full collection of what the imports built (torch, sklearn) can fall inside these
+    # short timed runs or not, by chance: 170 against 400 us per message for the same
+    # code. Collect and freeze first, as run_experiment does, for every driver alike.
+    gc.collect()
+    gc.freeze()
     t0, c0 = time.perf_counter(), _cpu_s()
     if driver == "trio":
         if root is not None:
