@@ -119,25 +119,24 @@ def case_baseline(kind: str, driver: str) -> dict[str, Any]:
     }
 
 
-def case_gossip(n: int, rounds: int, workers: int) -> dict[str, Any]:
-    from fednode.sim import SimOptions, build_topology, run_experiment
+def _timed_gossip(
+    case: str, topology: Any, n: int, rounds: int, overrides: dict[str, Any], options: Any
+) -> dict[str, Any]:
+    """Run one gossip experiment and report it as a ``case`` line (both gossip cases)."""
+    from fednode.sim import run_experiment
 
-    topo = build_topology(
-        "gossip", "random_regular_graph", n, d=4, links={"latency_s": 0.005}, name=f"rr4-{n}"
-    )
     t0, c0 = time.perf_counter(), _cpu_s()
     res = run_experiment(
-        topo,
-        overrides={"data.task": "synthetic", "rounds.rounds": rounds, "train.local_epochs": 1},
-        options=SimOptions(workers=workers, eval_nodes=100, node_metrics=100),
-    )
+        topology, n=n, overrides={"data.task": "synthetic", "rounds.rounds": rounds,
+        **overrides}, options=options,
+    )  # fmt: skip
     wall = time.perf_counter() - t0
     assert res.error is None and len(res.rounds) == rounds, res.error
     return {
-        "case": f"gossip:{n}:{rounds}:{workers}",
+        "case": case,
         "nodes": n,
         "rounds": rounds,
-        "workers": workers,
+        "workers": options.workers,
         "wall_s": round(wall, 2),
         "cpu_s": round(_cpu_s() - c0, 2),
         "node_rounds_per_s": round(n * rounds / wall),
@@ -147,6 +146,31 @@ def case_gossip(n: int, rounds: int, workers: int) -> dict[str, Any]:
         "final_consensus_error": round(float(res.consensus[-1]), 5),
         "notes": res.notes,
     }
+
+
+def case_gossip(n: int, rounds: int, workers: int) -> dict[str, Any]:
+    """The issue's run: 5 ms links, no loss, E=1, 100 peers scored and 100 nodes' rows."""
+    from fednode.sim import SimOptions, build_topology
+
+    topo = build_topology(
+        "gossip", "random_regular_graph", n, d=4, links={"latency_s": 0.005}, name=f"rr4-{n}"
+    )
+    return _timed_gossip(
+        f"gossip:{n}:{rounds}:{workers}", topo, n, rounds, {"train.local_epochs": 1},
+        SimOptions(workers=workers, eval_nodes=100, node_metrics=100),
+    )  # fmt: skip
+
+
+def case_readme(n: int, rounds: int, workers: int) -> dict[str, Any]:
+    """The README's command: the shipped ``random_regular_4`` spec (5 ms links, 1% loss)
+    with ``fednode sim``'s defaults (E=5, 200 peers scored, 1,000 nodes' rows), i.e.
+    ``fednode sim --topology random_regular_4 --nodes N --task synthetic --rounds R``."""
+    from fednode.sim import SimOptions
+
+    return _timed_gossip(
+        f"readme:{n}:{rounds}:{workers}", "random_regular_4", n, rounds, {},
+        SimOptions(workers=workers),
+    )  # fmt: skip
 
 
 def case_two_tier(clients: int, rounds: int, workers: int) -> dict[str, Any]:
@@ -179,35 +203,6 @@ def case_two_tier(clients: int, rounds: int, workers: int) -> dict[str, Any]:
         "messages": res.messages,
         "final_accuracy": round(res.final_accuracy, 4),
         "clients_per_round": [r["clients_completed"] for r in res.records][-1],
-        "notes": res.notes,
-    }
-
-
-def case_readme(n: int, rounds: int, workers: int) -> dict[str, Any]:
-    """The README's command: the shipped ``random_regular_4`` spec (5 ms links, 1% loss)
-    with ``fednode sim``'s defaults (E=5, 200 peers scored, 1,000 nodes' rows), i.e.
-    ``fednode sim --topology random_regular_4 --nodes N --task synthetic --rounds R``."""
-    from fednode.sim import SimOptions, run_experiment
-
-    t0, c0 = time.perf_counter(), _cpu_s()
-    res = run_experiment(
-        "random_regular_4",
-        n=n,
-        overrides={"data.task": "synthetic", "rounds.rounds": rounds},
-        options=SimOptions(workers=workers),
-    )
-    wall = time.perf_counter() - t0
-    assert res.error is None and len(res.rounds) == rounds, res.error
-    return {
-        "case": f"readme:{n}:{rounds}:{workers}",
-        "nodes": n,
-        "rounds": rounds,
-        "workers": workers,
-        "wall_s": round(wall, 2),
-        "cpu_s": round(_cpu_s() - c0, 2),
-        "node_rounds_per_s": round(n * rounds / wall),
-        "messages": res.messages,
-        "final_accuracy": round(res.final_accuracy, 4),
         "notes": res.notes,
     }
 
