@@ -38,10 +38,11 @@ from .config import NodeConfig
 from .crypto.envelope import Membership, Receiver, Sealer
 from .crypto.identity import Identity, load_or_create, public_key_from_peer_id
 from .errors import ConfigError, FednodeError
-from .p2p.transport import Frame, Inbound, PeerEvent, Transport
+from .p2p.transport import PeerEvent, Transport
 from .runner import Role, RunStats, ThreadExecutor, run_role
 from .training.task import Task, load_task
 from .wire import messages as m
+from .wire.frames import Frame, Inbound
 
 log = logging.getLogger("fednode.node")
 

@@ -45,9 +45,10 @@ import trio
 from .actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainJob, TrainResult
 from .crypto.envelope import Receiver, Sealer
 from .errors import FednodeError, LocalProtocolError, PeerGone, TransportError
-from .p2p.transport import Frame, Transport
+from .p2p.transport import Transport
 from .training.task import Task, stoppable
 from .wire import messages as m
+from .wire.frames import Frame
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,7 @@ import pathlib
 import pytest
 
 PKG = pathlib.Path(__file__).resolve().parent.parent / "fednode"
-PURE = ["wire", "hierarchy", "gossip", "crypto", "training", "actions.py", "config.py",
-        "errors.py"]
+PURE = ["wire", "hierarchy", "gossip", "crypto", "training", "actions.py", "config.py", "errors.py"]
 IO_MODULES = {"trio", "libp2p", "socket", "zeroconf"}
 
 

@@ -21,9 +21,16 @@ from fednode.training.task import load_task
 
 
 def star(n=6, rounds=3, **overrides):
-    cfg = load_config(None, {"rounds.rounds": rounds, "rounds.min_available_clients": n,
-                             "rounds.min_fit_clients": 1, "train.local_epochs": 1,
-                             **overrides})
+    cfg = load_config(
+        None,
+        {
+            "rounds.rounds": rounds,
+            "rounds.min_available_clients": n,
+            "rounds.min_fit_clients": 1,
+            "train.local_epochs": 1,
+            **overrides,
+        },
+    )
     return cfg, *build_star(cfg, n)
 
 
@@ -128,11 +135,18 @@ def test_status_and_promote_without_a_node_say_so(tmp_path, capsys):
 
 
 def test_resume_latest_continues_from_the_newest_checkpoint(tmp_path):
-    cfg = load_config(None, {
-        "rounds.rounds": 2, "rounds.min_available_clients": 4, "rounds.min_fit_clients": 1,
-        "train.local_epochs": 1, "role": "coordinator",
-        "server.checkpoint_dir": str(tmp_path), "server.resume_from": "latest",
-    })
+    cfg = load_config(
+        None,
+        {
+            "rounds.rounds": 2,
+            "rounds.min_available_clients": 4,
+            "rounds.min_fit_clients": 1,
+            "train.local_epochs": 1,
+            "role": "coordinator",
+            "server.checkpoint_dir": str(tmp_path),
+            "server.resume_from": "latest",
+        },
+    )
     task = load_task("digits")
     fresh = build_role(cfg, task)  # nothing saved yet: a first start
     assert fresh.round_number == 1 and fresh.resumed_from is None
@@ -144,8 +158,9 @@ def test_resume_latest_continues_from_the_newest_checkpoint(tmp_path):
     assert resumed.round_number == 3 and resumed.model_version == 2  # round 3 is next
     np.testing.assert_array_equal(resumed.params, snap.params)
     # an explicit path must hold a checkpoint
-    missing = dataclasses.replace(cfg, server=dataclasses.replace(
-        cfg.server, resume_from=str(tmp_path / "nope")))
+    missing = dataclasses.replace(
+        cfg, server=dataclasses.replace(cfg.server, resume_from=str(tmp_path / "nope"))
+    )
     with pytest.raises(ConfigError, match="resume_from"):
         build_role(missing, task)
     assert resume_source(dataclasses.replace(cfg, role="client")) is None

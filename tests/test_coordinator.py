@@ -141,11 +141,18 @@ def test_fraction_fit_samples_subset_with_min():
 
 
 def make_with(**round_kw):
-    base = dict(rounds=2, min_fit_clients=1, min_available_clients=3, round_deadline_s=10.0,
-                wait_for_clients_s=100.0, max_retries=0)
+    base = dict(
+        rounds=2,
+        min_fit_clients=1,
+        min_available_clients=3,
+        round_deadline_s=10.0,
+        wait_for_clients_s=100.0,
+        max_retries=0,
+    )
     base.update(round_kw)
-    return Coordinator(params=np.zeros(SIZE, np.float32), rounds=RoundParams(**base),
-                       train=TrainParams())
+    return Coordinator(
+        params=np.zeros(SIZE, np.float32), rounds=RoundParams(**base), train=TrainParams()
+    )
 
 
 def record_of(actions):
@@ -195,25 +202,48 @@ def test_update_for_an_old_model_version_is_stale():
     c = make_with()
     for p in "abc":
         c.handle(advert(p), 0.0)
-    old = m.Update(sender="a", recipient="coord", round=1, model_version=7, num_examples=5,
-                   vector=np.ones(SIZE, np.float32), payload=b"x")
+    old = m.Update(
+        sender="a",
+        recipient="coord",
+        round=1,
+        model_version=7,
+        num_examples=5,
+        vector=np.ones(SIZE, np.float32),
+        payload=b"x",
+    )
     c.handle(old, 1.0)
     assert c.current.arrived == set() and c.current.stale == 1
 
 
 def test_aggregator_updates_carry_client_level_failure_rate():
     c = make_with(min_available_clients=20)
-    agg = m.Advert(sender="A", recipient="coord", role="aggregator", load=10,
-                   children=tuple(f"c{i}" for i in range(10)))
-    agg_b = m.Advert(sender="B", recipient="coord", role="aggregator", load=10,
-                     children=tuple(f"d{i}" for i in range(10)))
+    agg = m.Advert(
+        sender="A",
+        recipient="coord",
+        role="aggregator",
+        load=10,
+        children=tuple(f"c{i}" for i in range(10)),
+    )
+    agg_b = m.Advert(
+        sender="B",
+        recipient="coord",
+        role="aggregator",
+        load=10,
+        children=tuple(f"d{i}" for i in range(10)),
+    )
     c.handle(agg, 0.0)
     actions = c.handle(agg_b, 0.0)
     assert {a.to for a in sends(actions, m.Fit)} == {"A", "B"}
     assert sends(actions, m.Fit)[0].msg.config["deadline_s"] == 10.0
-    up = m.Update(sender="A", recipient="coord", round=1, num_examples=70,
-                  metrics={"clients": 7, "clients_selected": 10, "train_loss": 1.0},
-                  vector=np.ones(SIZE, np.float32), payload=b"x")
+    up = m.Update(
+        sender="A",
+        recipient="coord",
+        round=1,
+        num_examples=70,
+        metrics={"clients": 7, "clients_selected": 10, "train_loss": 1.0},
+        vector=np.ones(SIZE, np.float32),
+        payload=b"x",
+    )
     c.handle(up, 1.0)
     c.on_peer("B", False, 1.0)  # a whole region lost
     record = record_of(c.on_result(EvalResult(1, 0.5, 100, {"accuracy": 0.9}), 2.0))
@@ -230,9 +260,12 @@ def test_server_update_hook_gets_the_weighted_mean():
         seen.append(delta.copy())
         return params + 2 * delta
 
-    c = Coordinator(params=np.zeros(SIZE, np.float32),
-                    rounds=RoundParams(rounds=1, min_fit_clients=2, min_available_clients=2),
-                    train=TrainParams(), server_update=hook)
+    c = Coordinator(
+        params=np.zeros(SIZE, np.float32),
+        rounds=RoundParams(rounds=1, min_fit_clients=2, min_available_clients=2),
+        train=TrainParams(),
+        server_update=hook,
+    )
     c.handle(advert("a"), 0.0)
     c.handle(advert("b"), 0.0)
     c.handle(update("a", 1, 1.0, 10), 1.0)
@@ -265,7 +298,13 @@ def test_round_start_waits_for_a_promotion_to_settle():
     promote = [x for x in sends(actions, m.Assign) if x.to == "a"]
     assert promote and promote[0].msg.role == "aggregator" and not sends(actions, m.Fit)
     assert c.next_deadline() == 1.0 + c.tree.tier.settle_s
-    hello = m.Advert(sender="a", recipient="coord", role="aggregator", parent="coord", load=3,
-                     children=promote[0].msg.children)
+    hello = m.Advert(
+        sender="a",
+        recipient="coord",
+        role="aggregator",
+        parent="coord",
+        load=3,
+        children=promote[0].msg.children,
+    )
     actions = c.handle(hello, 2.0)
     assert {x.to for x in sends(actions, m.Fit)} == {"a"} | (set("bcd") - set(hello.children))

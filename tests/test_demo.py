@@ -19,8 +19,21 @@ def rows(out: str) -> dict[str, list[str]]:
 
 @pytest.mark.slow
 def test_demo_runs_three_topologies_into_one_table(capsys):
-    code = main(["demo", "--rounds", "4", "--local-epochs", "1", "--clients", "6",
-                 "--peers", "8", "--aggregators", "2"])
+    code = main(
+        [
+            "demo",
+            "--rounds",
+            "4",
+            "--local-epochs",
+            "1",
+            "--clients",
+            "6",
+            "--peers",
+            "8",
+            "--aggregators",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     table = rows(out)
@@ -35,8 +48,9 @@ def test_demo_runs_three_topologies_into_one_table(capsys):
 
 
 def test_demo_one_topology_and_bad_counts(capsys):
-    code = main(["demo", "--topology", "star", "--rounds", "1", "--local-epochs", "1",
-                 "--clients", "3"])
+    code = main(
+        ["demo", "--topology", "star", "--rounds", "1", "--local-epochs", "1", "--clients", "3"]
+    )
     out = capsys.readouterr().out
     assert code == 0 and set(rows(out)) == {"star"}
     assert main(["demo", "--peers", "0"]) == 2

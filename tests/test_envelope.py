@@ -38,9 +38,9 @@ from fednode.errors import (
     SchemaError,
     WireError,
 )
-from fednode.p2p.transport import Frame, Inbound
 from fednode.wire import messages as m
 from fednode.wire.codecs import RawCodec, parse_codec
+from fednode.wire.frames import Frame, Inbound
 
 N = 64  # model size (float32 values)
 T0 = 1_800_000_000.0

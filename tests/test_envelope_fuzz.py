@@ -34,9 +34,9 @@ from fednode.errors import (
     SchemaError,
     WireError,
 )
-from fednode.p2p.transport import Frame, Inbound
 from fednode.wire import messages as m
 from fednode.wire.codecs import parse_codec
+from fednode.wire.frames import Frame, Inbound
 
 N = 48
 T0 = 1_800_000_000.0

@@ -19,7 +19,6 @@ pytestmark = pytest.mark.slow
 ROUNDS = 30
 
 
-
 def config(partition: str = "iid"):
     return load_config(
         None,

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from fednode.actions import Action, Compute, Emit, Send, Stop, TrainResult
-from fednode.crypto.envelope import codec_for
 from fednode.errors import AuthError, RemoteProtocolError
 from fednode.gossip import GossipParams, GossipPeer, Phase, mh_weight
 from fednode.wire import messages as m
+from fednode.wire.codecs import codec_for
 
 SIZE = 8
 

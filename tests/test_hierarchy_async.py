@@ -22,15 +22,19 @@ from fednode.wire import messages as m
 SIZE = 3
 
 
-
 def make(buffer_size=2, concurrency=0, max_staleness=5, rounds=3):
     return AsyncCoordinator(
         params=np.zeros(SIZE, np.float32),
-        rounds=RoundParams(rounds=rounds, min_fit_clients=1, min_available_clients=3,
-                           round_deadline_s=10.0),
+        rounds=RoundParams(
+            rounds=rounds, min_fit_clients=1, min_available_clients=3, round_deadline_s=10.0
+        ),
         train=TrainParams(),
-        server=ServerParams(mode="async", buffer_size=buffer_size, concurrency=concurrency,
-                            max_staleness=max_staleness),
+        server=ServerParams(
+            mode="async",
+            buffer_size=buffer_size,
+            concurrency=concurrency,
+            max_staleness=max_staleness,
+        ),
     )
 
 
@@ -43,8 +47,14 @@ def fits(actions):
 
 
 def update(peer, version, delta, n=10):
-    return m.Update(sender=peer, recipient="C", model_version=version, num_examples=n,
-                    vector=np.full(SIZE, delta, np.float32), payload=b"x")
+    return m.Update(
+        sender=peer,
+        recipient="C",
+        model_version=version,
+        num_examples=n,
+        vector=np.full(SIZE, delta, np.float32),
+        payload=b"x",
+    )
 
 
 def test_staleness_weight_is_fedbuffs_inverse_square_root():
@@ -116,11 +126,17 @@ def test_async_beats_sync_in_virtual_time_with_slow_clients():
     """20% of the clients are 10x slower: sync waits for them every round, FedBuff doesn't."""
     times = {}
     for mode in ("sync", "async"):
-        cfg = load_config(None, {
-            "rounds.rounds": 40, "rounds.target_accuracy": 0.9, "server.mode": mode,
-            "server.buffer_size": 5, "rounds.min_available_clients": 10,
-            "rounds.min_fit_clients": 5,
-        })
+        cfg = load_config(
+            None,
+            {
+                "rounds.rounds": 40,
+                "rounds.target_accuracy": 0.9,
+                "server.mode": mode,
+                "server.buffer_size": 5,
+                "rounds.min_available_clients": 10,
+                "rounds.min_fit_clients": 5,
+            },
+        )
         sim, root = build_star(cfg, 10, slow={0: 10.0, 1: 10.0})
         result = sim.run(root)
         hit = next(r for r in result.rounds if r["accuracy"] >= 0.9)
@@ -163,7 +179,14 @@ def test_optimiser_state_round_trips():
 
 @pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi"])
 def test_server_optimisers_learn_in_the_simulator(name):
-    cfg = load_config(None, {"rounds.rounds": 5, "rounds.min_available_clients": 10,
-                             "rounds.min_fit_clients": 5, "server.optimizer": name})
+    cfg = load_config(
+        None,
+        {
+            "rounds.rounds": 5,
+            "rounds.min_available_clients": 10,
+            "rounds.min_fit_clients": 5,
+            "server.optimizer": name,
+        },
+    )
     result = run_star(cfg, 10)
     assert result.stop.error is None and result.final_accuracy > 0.85

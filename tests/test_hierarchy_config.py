@@ -44,8 +44,10 @@ def test_bad_hierarchy_values_name_the_field(key, value, fragment):
 
 def test_toml_groups_load(tmp_path):
     path = tmp_path / "node.toml"
-    path.write_text('[tier]\nedge_rounds = 3\nregion = "eu"\n[selection]\nstrategy = "oort"\n'
-                    '[server]\noptimizer = "fedadam"\nmode = "async"\n')
+    path.write_text(
+        '[tier]\nedge_rounds = 3\nregion = "eu"\n[selection]\nstrategy = "oort"\n'
+        '[server]\noptimizer = "fedadam"\nmode = "async"\n'
+    )
     config = load_config(path)
     assert config.tier.edge_rounds == 3 and config.tier.region == "eu"
     assert config.selection.strategy == "oort" and config.server.mode == "async"
@@ -53,14 +55,24 @@ def test_toml_groups_load(tmp_path):
 
 def test_factory_builds_each_role_from_config(tmp_path):
     params = np.zeros(8, np.float32)
-    sync = make_role(load_config(None, {
-        "role": "coordinator", "selection.strategy": "power_of_choice",
-        "server.optimizer": "fedyogi", "server.checkpoint_dir": str(tmp_path),
-    }), 8, params)
+    sync = make_role(
+        load_config(
+            None,
+            {
+                "role": "coordinator",
+                "selection.strategy": "power_of_choice",
+                "server.optimizer": "fedyogi",
+                "server.checkpoint_dir": str(tmp_path),
+            },
+        ),
+        8,
+        params,
+    )
     assert isinstance(sync, Coordinator) and isinstance(sync.selection, PowerOfChoice)
     assert isinstance(sync.server_update, FedYogi) and sync.checkpoints is not None
-    fedbuff = make_role(load_config(None, {"role": "coordinator", "server.mode": "async"}), 8,
-                        params)
+    fedbuff = make_role(
+        load_config(None, {"role": "coordinator", "server.mode": "async"}), 8, params
+    )
     assert isinstance(fedbuff, AsyncCoordinator)
     agg = make_role(load_config(None, {"role": "aggregator", "tier.region": "eu"}), 8)
     assert isinstance(agg, RegionalAggregator) and agg.region == "eu"

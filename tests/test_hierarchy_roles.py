@@ -18,14 +18,19 @@ def sends(actions, kind=m.Message):
 
 
 def fit(sender="coord", rnd=1, value=0.0, version=3, deadline=10.0, recipient="agg"):
-    return m.Fit(sender=sender, recipient=recipient, round=rnd, model_version=version,
-                 vector=np.full(SIZE, value, np.float32), payload=b"model",
-                 config={"local_epochs": 2, "deadline_s": deadline})
+    return m.Fit(
+        sender=sender,
+        recipient=recipient,
+        round=rnd,
+        model_version=version,
+        vector=np.full(SIZE, value, np.float32),
+        payload=b"model",
+        config={"local_epochs": 2, "deadline_s": deadline},
+    )
 
 
 def child(peer, parent="agg", accepting=True):
-    return m.Advert(sender=peer, recipient="agg", role="client", parent=parent,
-                    accepting=accepting)
+    return m.Advert(sender=peer, recipient="agg", role="client", parent=parent, accepting=accepting)
 
 
 def coord_advert(recipient="agg"):
@@ -33,14 +38,22 @@ def coord_advert(recipient="agg"):
 
 
 def update(peer, seq, delta, n, rnd=1, **metrics):
-    return m.Update(sender=peer, recipient="agg", round=rnd, model_version=seq, num_examples=n,
-                    metrics={"train_loss": 1.0, **metrics},
-                    vector=np.full(SIZE, delta, np.float32), payload=b"x")
+    return m.Update(
+        sender=peer,
+        recipient="agg",
+        round=rnd,
+        model_version=seq,
+        num_examples=n,
+        metrics={"train_loss": 1.0, **metrics},
+        vector=np.full(SIZE, delta, np.float32),
+        payload=b"x",
+    )
 
 
 def aggregator(edge_rounds=1, children="ab"):
-    agg = RegionalAggregator(region="eu", tier=TierParams(edge_rounds=edge_rounds,
-                                                          aggregator_deadline_fraction=0.5))
+    agg = RegionalAggregator(
+        region="eu", tier=TierParams(edge_rounds=edge_rounds, aggregator_deadline_fraction=0.5)
+    )
     agg.handle(coord_advert(), 0.0)
     for p in children:
         agg.handle(child(p), 0.0)
@@ -214,8 +227,9 @@ def test_client_follows_assign_from_coordinator_only():
 def test_promoted_client_becomes_an_aggregator_in_place():
     c = make_client()
     c.handle(m.Advert(sender="coord", recipient="me", role="coordinator"), 0.0)
-    promote = m.Assign(sender="coord", recipient="me", role="aggregator", parent="coord",
-                       children=("x", "y"))
+    promote = m.Assign(
+        sender="coord", recipient="me", role="aggregator", parent="coord", children=("x", "y")
+    )
     actions = c.handle(promote, 0.0)
     assert c.role == "aggregator"
     (hello,) = sends(actions, m.Advert)

@@ -68,19 +68,30 @@ def test_oort_explores_unseen_and_prefers_useful_fast_children():
 
 
 def test_make_selection_builds_each_strategy():
-    kinds = {"uniform": UniformSelection, "power_of_choice": PowerOfChoice,
-             "deadline": DeadlineAware, "oort": OortSelection}
+    kinds = {
+        "uniform": UniformSelection,
+        "power_of_choice": PowerOfChoice,
+        "deadline": DeadlineAware,
+        "oort": OortSelection,
+    }
     for name, cls in kinds.items():
         assert isinstance(make_selection(SelectionParams(strategy=name), 30.0), cls)
 
 
 def rounds_to(strategy: str, seed: int, target: float, max_rounds: int) -> int:
-    cfg = load_config(None, {
-        "rounds.rounds": max_rounds, "rounds.target_accuracy": target, "seed": seed,
-        "rounds.min_available_clients": 100, "rounds.min_fit_clients": 10,
-        "rounds.fraction_fit": 0.1, "data.partition": "dirichlet:0.3",
-        "selection.strategy": strategy,
-    })
+    cfg = load_config(
+        None,
+        {
+            "rounds.rounds": max_rounds,
+            "rounds.target_accuracy": target,
+            "seed": seed,
+            "rounds.min_available_clients": 100,
+            "rounds.min_fit_clients": 10,
+            "rounds.fraction_fit": 0.1,
+            "data.partition": "dirichlet:0.3",
+            "selection.strategy": strategy,
+        },
+    )
     result = run_star(cfg, 100)
     return result.rounds_to(target) or max_rounds + 1
 

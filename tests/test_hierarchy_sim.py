@@ -23,10 +23,8 @@ from fednode.sim.scenarios import (
 TOTAL_EXAMPLES = 1437  # the digits training split
 
 
-
 def config(**overrides):
-    base = {"rounds.rounds": 3, "rounds.min_available_clients": 30,
-            "rounds.min_fit_clients": 1}
+    base = {"rounds.rounds": 3, "rounds.min_available_clients": 30, "rounds.min_fit_clients": 1}
     base.update(overrides)
     return load_config(None, base)
 
@@ -105,8 +103,14 @@ def test_aggregator_killed_mid_round_clients_rehome_within_one_round_no_double_c
 
 
 def test_aggregator_loss_beyond_max_failure_fraction_retries_the_round():
-    cfg = config(**{"rounds.rounds": 3, "rounds.max_failure_fraction": 0.2,
-                    "rounds.max_retries": 1, "rounds.min_available_clients": 20})
+    cfg = config(
+        **{
+            "rounds.rounds": 3,
+            "rounds.max_failure_fraction": 0.2,
+            "rounds.max_retries": 1,
+            "rounds.min_available_clients": 20,
+        }
+    )
     sim, root = build_two_tier(cfg, 3, 30, assignment="coordinator")
     sim.fault_hooks.append(crash_at_round(2, [2]))
     result = sim.run(root)
@@ -120,8 +124,15 @@ def test_aggregator_loss_beyond_max_failure_fraction_retries_the_round():
 
 
 def test_coordinator_restart_resumes_from_its_checkpoint(tmp_path):
-    cfg = load_config(None, {"rounds.rounds": 5, "rounds.min_available_clients": 10,
-                             "rounds.min_fit_clients": 5, "server.optimizer": "fedavgm"})
+    cfg = load_config(
+        None,
+        {
+            "rounds.rounds": 5,
+            "rounds.min_available_clients": 10,
+            "rounds.min_fit_clients": 5,
+            "server.optimizer": "fedavgm",
+        },
+    )
     sim, root = build_star(cfg, 10, checkpoint_dir=tmp_path)
     init = root.role.params
     resumed = []
@@ -172,8 +183,7 @@ def test_promoted_client_aggregates_from_the_next_round():
 
 
 def test_regions_that_reach_promote_at_get_an_aggregator_automatically():
-    cfg = config(**{"rounds.rounds": 1, "rounds.min_available_clients": 12,
-                    "tier.promote_at": 4})
+    cfg = config(**{"rounds.rounds": 1, "rounds.min_available_clients": 12, "tier.promote_at": 4})
     sim, root = build_star(cfg, 12, regions=2)
     result = sim.run(root)
     assert result.stop.error is None, result.stop

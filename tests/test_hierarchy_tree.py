@@ -23,8 +23,15 @@ def client(peer, region="", parent=""):
 
 
 def agg(peer, children=(), region="", trains=False):
-    return m.Advert(sender=peer, recipient="C", role="aggregator", region=region,
-                    parent="C", load=len(children) + trains, children=tuple(children))
+    return m.Advert(
+        sender=peer,
+        recipient="C",
+        role="aggregator",
+        region=region,
+        parent="C",
+        load=len(children) + trains,
+        children=tuple(children),
+    )
 
 
 def assigns(actions):
@@ -122,10 +129,15 @@ def test_promoting_a_stranger_is_refused():
 
 
 def snap(round_=3, value=1.5):
-    return Snapshot(round=round_, model_version=round_, params=np.full(SIZE, value, np.float32),
-                    optimizer="fedadam",
-                    optimizer_state={"steps": 3, "m": np.ones(SIZE, np.float32)},
-                    membership={"C": ["a"]}, extra={"rng": [3, [1, 2], None]})
+    return Snapshot(
+        round=round_,
+        model_version=round_,
+        params=np.full(SIZE, value, np.float32),
+        optimizer="fedadam",
+        optimizer_state={"steps": 3, "m": np.ones(SIZE, np.float32)},
+        membership={"C": ["a"]},
+        extra={"rng": [3, [1, 2], None]},
+    )
 
 
 def test_checkpoint_round_trip_is_exact_and_versioned(tmp_path):
@@ -161,17 +173,29 @@ def test_corrupt_or_missing_checkpoint_is_a_config_error(tmp_path):
 
 def test_coordinator_checkpoints_every_round_and_resumes_where_it_stopped(tmp_path):
     def coordinator(**kw):
-        return Coordinator(params=np.zeros(SIZE, np.float32),
-                           rounds=RoundParams(rounds=5, min_fit_clients=1,
-                                              min_available_clients=1),
-                           train=TrainParams(), server_update=FedAdam(lr=0.1),
-                           checkpoints=DirectoryCheckpoints(tmp_path), **kw)
+        return Coordinator(
+            params=np.zeros(SIZE, np.float32),
+            rounds=RoundParams(rounds=5, min_fit_clients=1, min_available_clients=1),
+            train=TrainParams(),
+            server_update=FedAdam(lr=0.1),
+            checkpoints=DirectoryCheckpoints(tmp_path),
+            **kw,
+        )
 
     c = coordinator()
     c.handle(client("a"), 0.0)
-    c.handle(m.Update(sender="a", recipient="C", round=1, num_examples=5,
-                      vector=np.ones(SIZE, np.float32), payload=b"x",
-                      metrics={"train_loss": 2.0}), 1.0)
+    c.handle(
+        m.Update(
+            sender="a",
+            recipient="C",
+            round=1,
+            num_examples=5,
+            vector=np.ones(SIZE, np.float32),
+            payload=b"x",
+            metrics={"train_loss": 2.0},
+        ),
+        1.0,
+    )
     actions = c.on_result(EvalResult(1, 0.5, 10, {"accuracy": 0.5}), 1.0)
     assert any(isinstance(a, Emit) and a.event == "checkpoint" for a in actions)
     resumed = coordinator(resume_from=tmp_path)

@@ -50,7 +50,8 @@ from fednode.p2p.libp2p_host import (
     Libp2pTransport,
 )
 from fednode.p2p.network_key import read_network_key
-from fednode.p2p.transport import Frame, PeerEvent, Transport
+from fednode.p2p.transport import PeerEvent, Transport
+from fednode.wire.frames import Frame
 from fednode.wire.messages import MAGIC, PREFIX, SCHEMA_VERSION, frame_head
 
 pytestmark = pytest.mark.net

@@ -8,7 +8,8 @@ import trio
 import trio.testing
 
 from fednode.node import PEER_POLL_S, UNDISCOVERED_WAIT_S, _PeerLog
-from fednode.p2p.transport import Frame, PeerEvent, Transport
+from fednode.p2p.transport import PeerEvent, Transport
+from fednode.wire.frames import Frame
 
 
 class FakeTransport(Transport):

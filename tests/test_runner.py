@@ -107,8 +107,9 @@ async def run_pair(
 
         nursery.start_soon(node_a)
         with trio.fail_after(60):
-            await run_role(receiver_role, tb, Sealer(B, clock=clock), rx_b, NoExecutor(),
-                           stats=stats_b)
+            await run_role(
+                receiver_role, tb, Sealer(B, clock=clock), rx_b, NoExecutor(), stats=stats_b
+            )
         nursery.cancel_scope.cancel()
     return stats_a, stats_b, events
 

@@ -21,13 +21,14 @@ def star_config(**overrides):
 
 def plain_fedavg(num_clients: int, rounds: int, seed: int = 0) -> list[float]:
     """Framework-free sequential FedAvg (McMahan et al. 2017) on the same task and seeds."""
-    tasks = [load_task("digits", client_index=i, num_clients=num_clients, seed=seed)
-             for i in range(num_clients)]
+    tasks = [
+        load_task("digits", client_index=i, num_clients=num_clients, seed=seed)
+        for i in range(num_clients)
+    ]
     params = tasks[0].init_params(seed)
     accuracies = []
     for rnd in range(1, rounds + 1):
-        config = {"round": rnd, "local_epochs": 5, "batch_size": 32, "lr": 0.05,
-                  "momentum": 0.9}
+        config = {"round": rnd, "local_epochs": 5, "batch_size": 32, "lr": 0.05, "momentum": 0.9}
         results = [task.train(params, config) for task in tasks]
         total = sum(n for _, n, _ in results)
         params = sum(p.astype(np.float64) * (n / total) for p, n, _ in results).astype(np.float32)
@@ -76,8 +77,9 @@ def test_three_of_ten_crashed_round_still_completes():
 
 
 def test_crashes_beyond_min_fit_fail_with_clear_error():
-    config = star_config(**{"rounds.rounds": 3, "rounds.min_fit_clients": 8,
-                            "rounds.max_failure_fraction": 0.5})
+    config = star_config(
+        **{"rounds.rounds": 3, "rounds.min_fit_clients": 8, "rounds.max_failure_fraction": 0.5}
+    )
     sim, root = build_star(config, 10)
     sim.fault_hooks.append(crash_at_round(2, [1, 2, 3]))
     result = sim.run(root)
@@ -95,8 +97,20 @@ def test_same_seed_same_rounds():
 
 
 def test_cli_sim_writes_results(tmp_path, capsys):
-    code = main(["sim", "--nodes", "4", "--rounds", "2", "--local-epochs", "1",
-                 "--out", str(tmp_path), "--json"])
+    code = main(
+        [
+            "sim",
+            "--nodes",
+            "4",
+            "--rounds",
+            "2",
+            "--local-epochs",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["nodes"] == 4
@@ -115,8 +129,14 @@ def test_restarted_client_rejoins_and_trains_again():
     identity, new nonce stream) and is counted in the rounds after it returned."""
     from fednode.hierarchy.factory import make_role
 
-    config = star_config(**{"rounds.rounds": 5, "train.local_epochs": 1,
-                            "rounds.min_available_clients": 3, "rounds.min_fit_clients": 3})
+    config = star_config(
+        **{
+            "rounds.rounds": 5,
+            "train.local_epochs": 1,
+            "rounds.min_available_clients": 3,
+            "rounds.min_fit_clients": 3,
+        }
+    )
     sim, root = build_star(config, 4)
     victim = sim.nodes[2]
     size = victim.model_size
@@ -125,8 +145,11 @@ def test_restarted_client_rejoins_and_trains_again():
         # rounds take 0.36 s of virtual time here
         if peer == root.peer and event == "round_start" and data["round"] == 2:
             s.crash(victim.peer)
-            s.restart(victim.peer, lambda: make_role(
-                dataclasses.replace(config, role="client"), size), after_s=0.2)
+            s.restart(
+                victim.peer,
+                lambda: make_role(dataclasses.replace(config, role="client"), size),
+                after_s=0.2,
+            )
 
     sim.fault_hooks.append(hook)
     result = sim.run(root)
@@ -142,8 +165,14 @@ def test_restarted_client_rejoins_and_trains_again():
 
 
 def test_restart_refuses_a_running_node():
-    config = star_config(**{"rounds.rounds": 1, "rounds.min_available_clients": 2,
-                            "rounds.min_fit_clients": 2, "train.local_epochs": 1})
+    config = star_config(
+        **{
+            "rounds.rounds": 1,
+            "rounds.min_available_clients": 2,
+            "rounds.min_fit_clients": 2,
+            "train.local_epochs": 1,
+        }
+    )
     sim, root = build_star(config, 2)
     errors = []
 

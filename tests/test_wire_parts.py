@@ -17,9 +17,9 @@ from fednode.crypto.envelope import Membership, Receiver, Sealer, digest
 from fednode.crypto.identity import Identity
 from fednode.errors import PayloadError
 from fednode.p2p.memory import MemoryNetwork
-from fednode.p2p.transport import Frame, Inbound
 from fednode.wire import messages as m
 from fednode.wire.codecs import RawCodec, parse_codec
+from fednode.wire.frames import Frame, Inbound
 from fednode.wire.tensors import all_finite
 
 N = 1000

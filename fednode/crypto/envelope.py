@@ -29,7 +29,6 @@ boundary between wire bytes and the node.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import math
 import secrets
@@ -49,9 +48,9 @@ from ..errors import (
     ReplayError,
     WireError,
 )
-from ..p2p.transport import Buffer, Frame, Inbound, byte_view
 from ..wire import messages as m
-from ..wire.codecs import Codec, parse_codec
+from ..wire.codecs import Codec, codec_for, parse_codec
+from ..wire.frames import Buffer, Frame, Inbound, byte_view
 from ..wire.tensors import check_finite, check_vector
 from .identity import Identity, public_key_from_peer_id, verify
 
@@ -86,26 +85,6 @@ def _digest_views(views: Sequence[memoryview]) -> bytes:
     for view in views:
         hasher.update(view)
     return hasher.digest()
-
-
-@functools.lru_cache(maxsize=64)
-def _codec(spec: str) -> Codec:
-    return parse_codec(spec)
-
-
-def codec_for(spec: str) -> Codec:
-    """The (cached) codec named by ``spec`` for decoding.
-
-    Errors: PayloadError if ``spec`` is unknown or not in canonical form (``Codec.spec``:
-    one spelling per codec, as senders write it).
-    """
-    try:
-        codec = _codec(spec)
-    except FednodeError as exc:
-        raise PayloadError(f"unknown codec {spec!r}: {exc}") from exc
-    if codec.spec != spec:
-        raise PayloadError(f"codec {spec!r} is not in canonical form {codec.spec!r}")
-    return codec
 
 
 @dataclass(frozen=True)

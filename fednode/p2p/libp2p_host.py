@@ -84,10 +84,11 @@ from ..errors import (
     SchemaError,
     TransportError,
 )
+from ..wire.frames import Frame, Inbound
 from ..wire.messages import PREFIX, head_length
 from . import _libp2p_patches
 from .multiaddrs import expand_unspecified, p2p_suffix_stripped
-from .transport import Frame, Inbound, PeerEvent, Transport
+from .transport import PeerEvent, Transport
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from typing import Any
 import trio
 
 from ..errors import PeerGone, TransportError
-from .transport import Frame, Inbound, PeerEvent, Transport
+from ..wire.frames import Frame, Inbound
+from .transport import PeerEvent, Transport
 
 
 @dataclass(frozen=True, slots=True)

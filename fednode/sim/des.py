@@ -51,10 +51,10 @@ from ..actions import Action, Compute, Emit, EvalResult, Send, Stop, TrainJob, T
 from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
 from ..errors import ConfigError, FednodeError
-from ..p2p.transport import Inbound
 from ..runner import InlineExecutor, Role, RunStats, compute
 from ..wire import messages as m
 from ..wire.codecs import Codec
+from ..wire.frames import Inbound
 from .engine import SIM_EPOCH, Simulation, _seeded_nonces, sim_identity
 from .fastwire import FastWire
 from .topology import LinkParams

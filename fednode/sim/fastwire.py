@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ..p2p.transport import Frame
 from ..wire import messages as m
-from ..wire.codecs import Codec, parse_codec
+from ..wire.codecs import Codec, codec_for, parse_codec
+from ..wire.frames import Frame
 
 RAW_HEADER = 8  # the "none" codec's payload header (wire/codecs.py)
 _GIVEN = ("sender", "recipient", "timestamp", "payload", "vector")
@@ -138,8 +138,6 @@ class FastWire:
         if spec == "none" and memoryview(payload).nbytes == RAW_HEADER + 4 * size:
             vec = np.frombuffer(payload, dtype="<f4", offset=RAW_HEADER)  # zero-copy view
         else:
-            from ..crypto.envelope import codec_for
-
             vec = codec_for(spec).decode(payload, size)
         if vec.flags.writeable:
             vec = vec.view()

@@ -54,6 +54,7 @@ codec instance per sending task.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 import struct
@@ -63,7 +64,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
-from fednode.errors import ConfigError, LocalProtocolError, PayloadError
+from fednode.errors import ConfigError, FednodeError, LocalProtocolError, PayloadError
 from fednode.wire.tensors import all_finite
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "Int8Codec",
     "RawCodec",
     "TopKCodec",
+    "codec_for",
     "parse_codec",
 ]
 
@@ -536,6 +538,26 @@ def _build(parts: list[str], zstd: bool, seed: Seed) -> Codec | None:
         stochastic, chunk = opts
         return Int8Codec(chunk=chunk, stochastic=stochastic, seed=seed, zstd=zstd)
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _codec(spec: str) -> Codec:
+    return parse_codec(spec)
+
+
+def codec_for(spec: str) -> Codec:
+    """The (cached) codec named by ``spec`` for decoding.
+
+    Errors: PayloadError if ``spec`` is unknown or not in canonical form (``Codec.spec``:
+    one spelling per codec, as senders write it).
+    """
+    try:
+        codec = _codec(spec)
+    except FednodeError as exc:
+        raise PayloadError(f"unknown codec {spec!r}: {exc}") from exc
+    if codec.spec != spec:
+        raise PayloadError(f"codec {spec!r} is not in canonical form {codec.spec!r}")
+    return codec
 
 
 class ErrorFeedback:

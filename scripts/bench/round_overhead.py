@@ -81,19 +81,23 @@ class Run:
 
 def simulated(driver: str, task: str, num_clients: int, rounds: int) -> Run:
     """One star run of ``rounds`` rounds under ``driver``, per-round figures."""
-    config = load_config(None, {
-        "data.task": task, "rounds.rounds": rounds, "train.local_epochs": 1,
-        "rounds.min_available_clients": num_clients, "rounds.min_fit_clients": num_clients,
-    })
+    config = load_config(
+        None,
+        {
+            "data.task": task,
+            "rounds.rounds": rounds,
+            "train.local_epochs": 1,
+            "rounds.min_available_clients": num_clients,
+            "rounds.min_fit_clients": num_clients,
+        },
+    )
     sim, root = build_star(config, num_clients)
     t0, c0 = time.perf_counter(), time.process_time()
     if driver == "trio":
         result = sim.run(root)
         nodes = sim.nodes
     else:
-        des = DesSimulation.from_simulation(
-            sim, sealed=driver == "des-sealed", lazy_compute=False
-        )
+        des = DesSimulation.from_simulation(sim, sealed=driver == "des-sealed", lazy_compute=False)
         result = des.run(des.nodes[root.index])
         nodes = des.nodes
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -106,8 +110,7 @@ def simulated(driver: str, task: str, num_clients: int, rounds: int) -> Run:
 
 def plain_loop(task: str, num_clients: int, rounds: int) -> float:
     """Wall seconds per round of sequential FedAvg on the same tasks (no framework)."""
-    tasks = [load_task(task, client_index=i, num_clients=num_clients)
-             for i in range(num_clients)]
+    tasks = [load_task(task, client_index=i, num_clients=num_clients) for i in range(num_clients)]
     params = tasks[0].init_params(0)
     t0 = time.perf_counter()
     for rnd in range(1, rounds + 1):
@@ -125,26 +128,43 @@ def main() -> None:
         epilog="drivers: " + "; ".join(f"{k} = {v}" for k, v in DRIVERS.items()),
     )
     ap.add_argument("--rounds", type=int, default=20, help="rounds per run (default 20)")
-    ap.add_argument("--repeat", type=int, default=5,
-                    help="runs per driver, best one reported (default 5)")
-    ap.add_argument("--clients", type=int, nargs="+", default=[10, 100],
-                    help="client counts (default 10 100; the target is for 10)")
+    ap.add_argument(
+        "--repeat", type=int, default=5, help="runs per driver, best one reported (default 5)"
+    )
+    ap.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        default=[10, 100],
+        help="client counts (default 10 100; the target is for 10)",
+    )
     ap.add_argument("--task", default="digits:linear")
-    ap.add_argument("--driver", nargs="+", choices=list(DRIVERS), default=list(DRIVERS),
-                    help="drivers to measure, interleaved (default: all three)")
+    ap.add_argument(
+        "--driver",
+        nargs="+",
+        choices=list(DRIVERS),
+        default=list(DRIVERS),
+        help="drivers to measure, interleaved (default: all three)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     for driver in args.driver:
         simulated(driver, args.task, 2, 2)  # warm up torch, imports and caches
     started = datetime.now().strftime("%Y-%m-%d %H:%M")
-    print(f"task {args.task}, E=1, {args.rounds} rounds, best of {args.repeat}; "
-          f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}, {started}")
+    print(
+        f"task {args.task}, E=1, {args.rounds} rounds, best of {args.repeat}; "
+        f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}, {started}"
+    )
     for driver in args.driver:
         print(f"  {driver:<10} = {DRIVERS[driver]}")
-    print("ms per round          | baseline: plain | fednode | of which  |  framework overhead     "
-          " | overhead")
-    print("clients  driver       | FedAvg loop     | wall    | compute   |  wall-based   CPU-based "
-          " | / client (CPU)")
+    print(
+        "ms per round          | baseline: plain | fednode | of which  |  framework overhead     "
+        " | overhead"
+    )
+    print(
+        "clients  driver       | FedAvg loop     | wall    | compute   |  wall-based   CPU-based "
+        " | / client (CPU)"
+    )
     verdicts = []
     for n in args.clients:
         base = min(plain_loop(args.task, n, args.rounds) for _ in range(args.repeat))
@@ -157,11 +177,15 @@ def main() -> None:
             compute = min(r.compute_wall for r in rs)
             over_wall = min(r.overhead_wall for r in rs)
             over_cpu = min(r.overhead_cpu for r in rs)
-            print(f"{n:>7}  {driver:<12} | {base * 1e3:>15.2f} | {wall * 1e3:>7.2f} | "
-                  f"{compute * 1e3:>9.2f} | {over_wall * 1e3:>11.2f}  {over_cpu * 1e3:>10.2f} "
-                  f" | {over_cpu * 1e3 / n:>8.3f}")
-            print(f"{'':>7}  {'':<12}   wall / plain loop {wall / base:.2f}x; CPU overhead of "
-                  f"each run (ms): {', '.join(f'{r.overhead_cpu * 1e3:.2f}' for r in rs)}")
+            print(
+                f"{n:>7}  {driver:<12} | {base * 1e3:>15.2f} | {wall * 1e3:>7.2f} | "
+                f"{compute * 1e3:>9.2f} | {over_wall * 1e3:>11.2f}  {over_cpu * 1e3:>10.2f} "
+                f" | {over_cpu * 1e3 / n:>8.3f}"
+            )
+            print(
+                f"{'':>7}  {'':<12}   wall / plain loop {wall / base:.2f}x; CPU overhead of "
+                f"each run (ms): {', '.join(f'{r.overhead_cpu * 1e3:.2f}' for r in rs)}"
+            )
             if n == 10:
                 met = "met" if over_cpu * 1e3 < TARGET_MS else "NOT met"
                 default = ", `fednode sim`'s default driver" if driver == DEFAULT_DRIVER else ""
@@ -173,9 +197,11 @@ def main() -> None:
     print(f"load average at end {os.getloadavg()[0]:.1f}")
     for verdict in verdicts:
         print(verdict)
-    print("overhead = simulated run minus time inside task.train/evaluate: roles, aggregation, "
-          "codecs, signing/verification and CBOR (trio, des-sealed), the transport or event "
-          "queue, trio (trio engine only).")
+    print(
+        "overhead = simulated run minus time inside task.train/evaluate: roles, aggregation, "
+        "codecs, signing/verification and CBOR (trio, des-sealed), the transport or event "
+        "queue, trio (trio engine only)."
+    )
 
 
 if __name__ == "__main__":

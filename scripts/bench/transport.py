@@ -145,7 +145,7 @@ def _fednode_patch_selection(names: str | None) -> None:
 
 
 def _fednode_frame(payload: bytes) -> Any:
-    from fednode.p2p.transport import Frame
+    from fednode.wire.frames import Frame
     from fednode.wire.messages import frame_head
 
     return Frame(frame_head(b"\xa1\x61x\x00", bytes(64)), payload)

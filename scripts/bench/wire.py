@@ -58,9 +58,9 @@ from rich.table import Table
 
 from fednode.crypto.envelope import DOMAIN, Membership, Receiver, Sealer, digest
 from fednode.crypto.identity import Identity, verify
-from fednode.p2p.transport import Frame, Inbound
 from fednode.wire import messages as m
 from fednode.wire.codecs import RawCodec
+from fednode.wire.frames import Frame, Inbound
 from fednode.wire.tensors import check_finite
 
 
@@ -217,8 +217,10 @@ def main() -> None:
     pk, header_bytes, sig = alice.public_key, DOMAIN + bytes(raw_header), bytes(signature)
     view = codec.decode(payload, n)
     steps = [
-        ("send: codec none encode_parts (NaN check + 8 B header, no copy)",
-         lambda: codec.encode_parts(x)),
+        (
+            "send: codec none encode_parts (NaN check + 8 B header, no copy)",
+            lambda: codec.encode_parts(x),
+        ),
         ("send: BLAKE3 of the payload parts", lambda: digest(parts)),
         ("send: header + Ed25519 sign", lambda: alice.sign(header_bytes)),
         ("receive: header scan + schema", lambda: m.decode_header(raw_header)),
