@@ -39,7 +39,7 @@ from .crypto.envelope import Membership, Receiver, Sealer
 from .crypto.identity import Identity, load_or_create, public_key_from_peer_id
 from .errors import ConfigError, FednodeError
 from .p2p.transport import PeerEvent, Transport
-from .runner import Role, RunStats, ThreadExecutor, run_role
+from .runner import NodeLoop, Role, RunStats, ThreadExecutor, run_role
 from .training.task import Task, load_task
 from .wire import messages as m
 from .wire.frames import Frame, Inbound
@@ -300,15 +300,16 @@ class Node:
                 with role_scope:
                     if cfg.role == "peer":
                         await self._wait_for_peers(transport)
-                    self.stop = await run_role(
+                    loop = NodeLoop(
                         self.role,
-                        logged,
                         sealer,
                         receiver,
-                        executor,
-                        on_event=sink,
-                        send_timeout_s=cfg.net.send_timeout_s,
+                        peer=self.peer_id,
+                        emit=sink,
                         stats=self.stats,
+                    )
+                    self.stop = await run_role(
+                        loop, logged, executor, send_timeout_s=cfg.net.send_timeout_s
                     )
                 if self.stop is not None:
                     await evals.drain(FINAL_EVAL_S)

@@ -1,30 +1,18 @@
-"""The trio adapter that runs a role's state machine: the one I/O loop of every node.
+"""The trio driver of :class:`~fednode.loop.NodeLoop`, and the executors that run jobs.
 
-It feeds four inputs to the role — verified messages, peer events, job results, timers —
-and executes the actions it returns: seal and send, run compute jobs, emit events, stop.
-Real nodes and the simulator run this same loop; they differ only in the transport and
-the executor (threads vs. inline with virtual time charged).
-
-Each input is handed to the role by the task that received it (the frame pump, the
-peer-event pump, a job, the timer), synchronously: trio runs one task at a time, so the
-role still sees one input at a time, and no input waits in a second queue behind the
-transport's own. The role's actions run in order before the next input: events are
-emitted first, then messages are sealed and sent, then jobs start (a :class:`Stop`
-drops whatever follows it). A message is sealed at once; it is handed to the transport
-without a task when the transport can take it without waiting
+:func:`run_role` carries out what the loop asks over a real :class:`Transport` (libp2p
+sockets, or the memory transport in the trio simulator) in trio time: frames from the
+transport's channel, peer events and finished jobs go to the loop from the task that
+received them (trio runs one task at a time, so the role sees one input at a time); the
+main task sleeps until the role's next deadline. A frame the loop sealed is handed to the
+transport without a task when the transport can take it without waiting
 (:meth:`Transport.send_nowait`: the memory transport), else a task sends it under
-``send_timeout_s``.
-
-Errors: anything a peer causes (bad frame, protocol violation) is counted, emitted as a
-``rejected`` event and dropped; the loop goes on. A message this node may not send
-(:class:`~fednode.errors.LocalProtocolError`: e.g. a NaN/Inf update or metric, a frame
-over the size limit) is refused the same way: counted in :attr:`RunStats.refused`,
-emitted as ``send_refused`` (or ``local_error`` when the role itself raised it while
-building the message) and dropped. A :class:`Stop` action ends the loop and its error,
-if any, is returned to the caller.
+``send_timeout_s``; a send that fails or times out is reported back to the loop. What to
+do with each input — open, hand to the role, poll, emit, seal, refuse, reject — is the
+loop's (:mod:`fednode.loop`), shared with the discrete-event simulator.
 
 Cancellation: cancelling :func:`run_role` cancels in-flight sends and jobs; nothing is
-left behind (every task lives in the loop's nursery). A job running in a worker thread
+left behind (every task lives in the driver's nursery). A job running in a worker thread
 stops at its task's next :func:`~fednode.training.cancel_point` (:class:`ThreadExecutor`).
 """
 
@@ -35,36 +23,31 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
-from .actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainJob, TrainResult
-from .crypto.envelope import Receiver, Sealer
-from .errors import FednodeError, LocalProtocolError, PeerGone, TransportError
+from .actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
+from .errors import PeerGone, TransportError
+from .loop import EventSink, NodeLoop, Role, RunStats
 from .p2p.transport import Transport
 from .training.task import Task, stoppable
-from .wire import messages as m
 from .wire.frames import Frame
 
+__all__ = [
+    "EventSink",
+    "Executor",
+    "InlineExecutor",
+    "NodeLoop",
+    "Role",
+    "RunStats",
+    "ThreadExecutor",
+    "compute",
+    "run_role",
+]
+
 log = logging.getLogger(__name__)
-
-EventSink = Callable[[str, str, dict[str, Any]], None]
-
-
-class Role(Protocol):
-    role: str
-    done: bool
-
-    def start(self, now: float) -> list[Action]: ...
-    def handle(self, msg: m.Message, now: float) -> list[Action]: ...
-    def on_peer(self, peer: str, up: bool, now: float) -> list[Action]: ...
-    def on_result(self, result: TrainResult | EvalResult, now: float) -> list[Action]: ...
-    def poll(self, now: float) -> list[Action]: ...
-    def next_deadline(self) -> float | None: ...
 
 
 class Executor(Protocol):
@@ -169,207 +152,101 @@ class InlineExecutor:
         return result
 
 
-@dataclass
-class RunStats:
-    sent_frames: int = 0
-    sent_bytes: int = 0
-    received_frames: int = 0
-    #: inbound frames and messages dropped, by error type (blame: the peer)
-    rejected: Counter[str] = field(default_factory=Counter)
-    send_failures: int = 0
-    #: outbound messages this node refused to send, by error type (blame: us)
-    refused: Counter[str] = field(default_factory=Counter)
-
-
 async def run_role(
-    role: Role,
+    loop: NodeLoop,
     transport: Transport,
-    sealer: Sealer,
-    receiver: Receiver,
     executor: Executor,
     *,
-    on_event: EventSink | None = None,
     send_timeout_s: float = 60.0,
-    stats: RunStats | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> Stop:
-    """Run ``role`` until it stops; returns the :class:`Stop` action."""
-    me = transport.local_peer
-    emit = on_event or (lambda peer, event, data: None)
-    stats = stats if stats is not None else RunStats()
-    stop: Stop | None = None
-    pending: deque[tuple[str, Any]] = deque()  # inputs raised while a batch executes
-    wakeup: trio.CancelScope | None = None  # the main task's wait for the next deadline
+    """Drive ``loop`` over ``transport`` and ``executor`` until its role stops; returns the
+    :class:`Stop` action."""
     in_flight = 0  # sends running as tasks
     drained: trio.Event | None = None
+    wakeup: trio.CancelScope | None = None  # the main task's wait for the next deadline
     nursery: trio.Nursery
 
-    def refuse(to: str, msg: m.Message, exc: FednodeError) -> None:
-        stats.refused[type(exc).__name__] += 1
-        emit(
-            me,
-            "send_refused",
-            {"peer": to, "kind": msg.KIND.name, "error": type(exc).__name__, "detail": str(exc)},
-        )
+    class TrioPort:
+        __slots__ = ()
 
-    def failed(to: str, msg: m.Message, exc: BaseException) -> None:
-        stats.send_failures += 1
-        emit(me, "send_failed", {"peer": to, "kind": msg.KIND.name, "error": type(exc).__name__})
-        pending.append(("send_failed", to))
-
-    def send(action: Send) -> None:
-        nonlocal in_flight
-        to, msg = action.to, action.msg
-        try:
-            frame = sealer.seal(msg, to)
-            if transport.send_nowait(to, frame):
-                stats.sent_frames += 1
-                stats.sent_bytes += frame.nbytes
+        def transmit(self, to: str, frame: Frame, addrs: tuple[str, ...], kind: str) -> None:
+            nonlocal in_flight
+            try:
+                if transport.send_nowait(to, frame):
+                    loop.sent(frame.nbytes)
+                    return
+            except (PeerGone, TransportError) as exc:
+                loop.send_failed(to, kind, exc, trio.current_time())
                 return
-        except LocalProtocolError as exc:
-            refuse(to, msg, exc)
-            return
-        except (PeerGone, TransportError) as exc:
-            failed(to, msg, exc)
-            return
-        in_flight += 1
-        nursery.start_soon(send_later, to, msg, frame, action.addrs)
+            in_flight += 1
+            nursery.start_soon(send_later, to, frame, addrs, kind)
 
-    async def send_later(to: str, msg: m.Message, frame: Frame, addrs: tuple[str, ...]) -> None:
+        def run_job(self, job: TrainJob | EvalJob) -> None:
+            nursery.start_soon(run_job, job)
+
+    async def send_later(to: str, frame: Frame, addrs: tuple[str, ...], kind: str) -> None:
         nonlocal in_flight
         try:
             with trio.fail_after(send_timeout_s):
                 if addrs and to not in transport.peers():
                     await transport.connect(to, addrs)
                 await transport.send(to, frame)
-            stats.sent_frames += 1
-            stats.sent_bytes += frame.nbytes
-        except LocalProtocolError as exc:
-            refuse(to, msg, exc)
+            loop.sent(frame.nbytes)
         except (trio.TooSlowError, PeerGone, TransportError) as exc:
-            failed(to, msg, exc)
-            feed()
+            loop.send_failed(to, kind, exc, trio.current_time())
+            rearm()
         finally:
             in_flight -= 1
             if in_flight == 0 and drained is not None:
                 drained.set()
 
-    def execute(actions: list[Action]) -> None:
-        """Emits in order, then sends and jobs; a Stop drops the rest of the batch."""
-        nonlocal stop
-        later: list[Action] = []
-        emitted = False
-        for action in actions:
-            if isinstance(action, Emit):
-                emit(me, action.event, action.data)
-                emitted = True
-            elif isinstance(action, Send | Compute):
-                later.append(action)
-            elif isinstance(action, Stop):
-                stop = action
-                break
-        if emitted and trio.current_effective_deadline() == -math.inf:
-            return  # an event hook cancelled this node (a simulated crash): do nothing more
-        for action in later:
-            if isinstance(action, Send):
-                send(action)
-            else:
-                assert isinstance(action, Compute)
-                nursery.start_soon(run_job, action.job)
-
-    def local_error(exc: LocalProtocolError) -> list[Action]:
-        """The role refused to build a message (e.g. a NaN update): drop it, go on."""
-        stats.refused[type(exc).__name__] += 1
-        emit(me, "local_error", {"error": type(exc).__name__, "detail": str(exc)})
-        return []
-
-    def react(kind: str, value: Any, now: float) -> list[Action]:
-        try:
-            if kind == "msg":
-                try:
-                    return role.handle(value, now)
-                except LocalProtocolError:
-                    raise
-                except FednodeError as exc:  # blame the peer, keep running
-                    stats.rejected[type(exc).__name__] += 1
-                    data = {
-                        "peer": exc.peer or value.sender,
-                        "error": type(exc).__name__,
-                        "detail": str(exc),
-                    }
-                    emit(me, "rejected", data)
-                    return []
-            if kind == "peer":
-                return role.on_peer(value.peer, value.up, now)
-            if kind == "send_failed":
-                return role.on_peer(value, False, now)
-            return role.on_result(value, now)
-        except LocalProtocolError as exc:
-            return local_error(exc)
-
-    def feed(kind: str | None = None, value: Any = None) -> None:
-        """Hand an input (and any raised while executing) to the role; run its actions."""
-        nonlocal wakeup
-        if kind is not None:
-            pending.append((kind, value))
-        while pending and stop is None:
-            kind, value = pending.popleft()
-            now = trio.current_time()
-            if kind == "poll":
-                actions = role.poll(now)
-            else:
-                actions = react(kind, value, now)
-                actions = actions + role.poll(now)
-            execute(actions)
-        pending.clear()
+    def rearm() -> None:
+        """After an input: wake the main task at the role's next deadline, or at once if
+        the role stopped."""
         if wakeup is not None:
-            if stop is not None:
+            if not loop.active:
                 wakeup.cancel()
             else:
-                deadline = role.next_deadline()
+                deadline = loop.next_deadline()
                 deadline = math.inf if deadline is None else deadline
                 if deadline != wakeup.deadline:  # setting it costs trio some bookkeeping
                     wakeup.deadline = deadline
 
     async def pump_frames() -> None:
         async for inbound in transport.incoming:
-            stats.received_frames += 1
-            try:
-                msg = receiver.open(inbound)
-            except FednodeError as exc:
-                stats.rejected[type(exc).__name__] += 1
-                emit(
-                    me,
-                    "rejected",
-                    {"peer": inbound.peer, "error": type(exc).__name__, "detail": str(exc)},
-                )
-                continue
-            feed("msg", msg)
+            loop.on_frame(inbound, trio.current_time())
+            rearm()
 
     async def pump_events() -> None:
         async for event in transport.events:
-            feed("peer", event)
+            loop.on_peer(event.peer, event.up, trio.current_time())
+            rearm()
 
     async def run_job(job: TrainJob | EvalJob) -> None:
         result = await executor.run(job)
-        feed("result", result)
+        loop.on_result(result, trio.current_time())
+        rearm()
 
+    loop.port = TrioPort()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump_frames)
         nursery.start_soon(pump_events)
         task_status.started()
-        execute(role.start(trio.current_time()))
-        feed()
-        while stop is None:
-            deadline = role.next_deadline()
+        loop.start(trio.current_time())
+        while loop.active:
+            deadline = loop.next_deadline()
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as wakeup:
                 await trio.sleep_forever()
             wakeup = None
-            if stop is None:  # the role's deadline passed
-                feed("poll")
+            if loop.active:  # the role's deadline passed
+                loop.on_timer(trio.current_time())
         if in_flight:  # a role's last messages (e.g. a final reply) must not be cancelled
             drained = trio.Event()
             with trio.move_on_after(send_timeout_s):
                 await drained.wait()
         nursery.cancel_scope.cancel()
-    return stop
+    if loop.stop is None:  # killed: only a simulated crash does that, and it cancels us too
+        await trio.lowlevel.checkpoint()
+        return Stop("killed")
+    return loop.stop

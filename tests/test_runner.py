@@ -19,7 +19,7 @@ from fednode.crypto.envelope import Membership, Receiver, Sealer
 from fednode.crypto.identity import Identity
 from fednode.errors import LocalProtocolError
 from fednode.p2p.memory import MemoryNetwork
-from fednode.runner import RunStats, run_role
+from fednode.runner import NodeLoop, RunStats, run_role
 from fednode.wire import messages as m
 
 N = 8
@@ -95,21 +95,22 @@ async def run_pair(
         rx_b = Receiver(B.peer_id, members, model_size=N, clock=clock)
 
         async def node_a() -> None:
-            await run_role(
+            loop = NodeLoop(
                 sender,
-                ta,
                 Sealer(A, clock=clock),
                 rx_a,
-                executor or NoExecutor(),
-                on_event=lambda peer, event, data: events.append((event, data)),
+                peer=A.peer_id,
+                emit=lambda peer, event, data: events.append((event, data)),
                 stats=stats_a,
             )
+            await run_role(loop, ta, executor or NoExecutor())
 
         nursery.start_soon(node_a)
         with trio.fail_after(60):
-            await run_role(
-                receiver_role, tb, Sealer(B, clock=clock), rx_b, NoExecutor(), stats=stats_b
+            loop_b = NodeLoop(
+                receiver_role, Sealer(B, clock=clock), rx_b, peer=B.peer_id, stats=stats_b
             )
+            await run_role(loop_b, tb, NoExecutor())
         nursery.cancel_scope.cancel()
     return stats_a, stats_b, events
 

@@ -23,7 +23,7 @@ from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
 from ..errors import FednodeError
 from ..p2p.memory import LinkFaults, MemoryNetwork
-from ..runner import Executor, Role, RunStats, run_role
+from ..runner import Executor, NodeLoop, Role, RunStats, run_role
 
 SIM_EPOCH = 1_800_000_000.0  # wall-clock seconds at virtual time 0 (replay window clock)
 
@@ -44,6 +44,7 @@ class SimNode:
     model_size: int
     stats: RunStats = field(default_factory=RunStats)
     scope: trio.CancelScope | None = None
+    loop: NodeLoop | None = None
     stop: Stop | None = None
     #: how many times the node was restarted (each incarnation has its own nonce stream)
     incarnation: int = 0
@@ -129,6 +130,8 @@ class Simulation:
         """Kill a node now: its loop is cancelled and the network drops it."""
         node = self._by_peer[peer]
         self.network.crash(peer)
+        if node.loop is not None:
+            node.loop.kill()
         if node.scope is not None:
             node.scope.cancel()
         self.events.append(
@@ -184,17 +187,12 @@ class Simulation:
             nonce=_seeded_nonces(self.seed, node.index, incarnation),
         )
         receiver = Receiver(node.peer, membership, model_size=node.model_size, clock=self.clock)
+        node.loop = NodeLoop(
+            node.role, sealer, receiver, peer=node.peer, emit=self._on_event, stats=node.stats
+        )
         with trio.CancelScope() as scope:
             node.scope = scope
-            node.stop = await run_role(
-                node.role,
-                transport,
-                sealer,
-                receiver,
-                node.executor,
-                on_event=self._on_event,
-                stats=node.stats,
-            )
+            node.stop = await run_role(node.loop, transport, node.executor)
 
     def run(self, root: SimNode, *, max_virtual_s: float = 1e7) -> SimResult:
         """Run until ``root`` stops (or ``max_virtual_s`` of virtual time passes)."""
