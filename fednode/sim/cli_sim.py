@@ -63,7 +63,10 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="des: discrete-event driver (fast, default); trio: the real runner (fidelity)",
     )
     parser.add_argument(
-        "--sealed", action="store_true", help="des: sign and verify every message (slower)"
+        "--unsigned",
+        action="store_true",
+        help="skip Ed25519 signatures and CBOR for very large runs (membership, shapes and "
+        "finiteness are still checked); default: every frame signed and verified",
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="des: worker processes sharing the nodes (1)"
@@ -100,7 +103,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace) -> SimOptions:
     return SimOptions(
         driver=args.driver,
-        sealed=args.sealed,
+        unsigned=args.unsigned,
         workers=args.workers,
         train_cost_s=args.train_cost,
         eval_nodes=args.eval_nodes,

@@ -1,33 +1,30 @@
-"""Discrete-event driver: the same role objects as the trio simulator, ~8x less per message.
+"""Discrete-event driver: the node loop of every real node, under a plain-Python scheduler.
 
-The trio simulator (:mod:`fednode.sim.engine`) runs every node under the real
-:func:`fednode.runner.run_role`: a trio task per send, Ed25519 sign + verify, CBOR — about
-250–850 µs of CPU per message (``docs/BENCHMARKS.md``, "Simulator scale, session 5").
-That is fidelity; it does not reach 10,000 nodes. This driver keeps the role objects and
-calls them exactly as ``run_role`` does (``start``; ``handle`` / ``on_peer`` /
-``on_result`` each followed by ``poll``; ``poll`` alone when ``next_deadline()`` passes)
-and executes the same actions, from one event queue in plain Python (a heap of the
-instants that have events, a FIFO of events per instant):
+Each simulated node is a :class:`~fednode.loop.NodeLoop` — the very object
+:func:`fednode.runner.run_role` drives on a real node — around the same role objects the
+trio simulator (:mod:`fednode.sim.engine`) builds. What differs is only the clock and the
+scheduler: instead of trio tasks, one event queue (a heap of the instants that have
+events, a FIFO of events per instant) feeds the loops
 
 * **deliveries** at ``send time + latency + bytes / bandwidth`` of the link (the memory
   transport's model: transfers do not queue behind each other);
 * **job results** at ``start + train_cost_s x work x examples / 100 x slowdown`` (the
   :class:`~fednode.runner.InlineExecutor` charge);
-* **role deadlines**, **peer up/down events**, **send failures**, scheduled **calls**.
+* **role deadlines**, **peer up/down events** and scheduled **calls**.
 
-Messages travel as objects (``sealed=False``, :mod:`fednode.sim.fastwire`: no signature,
-no CBOR, payloads decoded once and shared read-only) or through each node's real
-:class:`~fednode.crypto.envelope.Sealer` and :class:`~fednode.crypto.envelope.Receiver`
-(``sealed=True``: signed, framed, verified, replay-checked).
+Frames are sealed and opened by each node's real :class:`~fednode.crypto.envelope.Sealer`
+and :class:`~fednode.crypto.envelope.Receiver` (signed, framed, verified, replay-checked:
+the default), or by the unsigned pair of :mod:`fednode.crypto.unsigned`
+(``unsigned=True``: no signature or CBOR; membership, recipient, shape and finiteness
+still checked) — plugged into the same loop.
 
 Differences from ``run_role`` over the memory transport (``docs/SIMULATION.md``): events at
 one virtual instant run in FIFO order (trio shuffles them, seeded); a stopped non-root node
 drops what it is sent (trio would queue 256 frames, then time the senders out); up/down
-events go to *visible* pairs only (default: every pair, like the memory transport); fast
-mode skips signatures, replay checks and the receiver's finiteness check (every codec
-refuses to encode NaN/Inf at the sender); a training job whose task knows its
-``num_examples`` runs lazily, batched with the jobs pending with it (same inputs, same
-result; the role must not modify a job's params in place — none does).
+events go to *visible* pairs only (default: every pair, like the memory transport); a
+training job whose task knows its ``num_examples`` runs lazily, batched with the jobs
+pending with it (same inputs, same result; the role must not modify a job's params in
+place — none does).
 
 Sharding (:mod:`fednode.sim.parallel`): with ``owner`` set, this process runs only the
 nodes of ``shard``; sends to other shards go to :attr:`outbox`, and :meth:`run_window`
@@ -47,20 +44,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..actions import Action, Compute, Emit, EvalResult, Send, Stop, TrainJob, TrainResult
+from ..actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
+from ..crypto import unsigned
 from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
-from ..errors import ConfigError, FednodeError
+from ..errors import ConfigError, PeerGone
+from ..loop import NodeLoop
 from ..runner import InlineExecutor, Role, RunStats, compute
-from ..wire import messages as m
-from ..wire.codecs import Codec
-from ..wire.frames import Inbound
+from ..wire.frames import Frame, Inbound
 from .engine import SIM_EPOCH, Simulation, _seeded_nonces, sim_identity
-from .fastwire import FastWire
 from .topology import LinkParams
 
 # event kinds; an event is (kind, node index, node epoch, a, b)
-DELIVER, RESULT, TIMER, PEER, SEND_FAILED, CALL = range(6)
+DELIVER, RESULT, TIMER, PEER, CALL = range(5)
 Event = tuple[int, int, int, Any, Any]
 _SPIN_LIMIT = 10_000  # deadline polls at one instant before we call the role broken
 EventSink = Callable[[int, str, dict[str, Any], float], None]
@@ -86,9 +82,7 @@ class DesNode:
     slowdown: float = 1.0
     spins: int = 0
     spin_t: float = -1.0
-    codecs: dict[str, Codec] = field(default_factory=dict, repr=False)
-    sealer: Sealer | None = field(default=None, repr=False)
-    receiver: Receiver | None = field(default=None, repr=False)
+    loop: NodeLoop | None = field(default=None, repr=False)
     fresh: Role | None = field(default=None, repr=False)  # pristine copy for restarts
 
     @property
@@ -139,14 +133,16 @@ class DesSimulation:
         *,
         seed: int = 0,
         link: LinkParams | None = None,
-        sealed: bool = False,
+        unsigned: bool = False,
+        membership: Membership | None = None,
         visible: Callable[[int], Iterable[int]] | None = None,
         keep_events: bool | frozenset[str] = True,
         lazy_compute: bool = True,
     ) -> None:
         self.seed = seed
         self.default_link = link or LinkParams()
-        self.sealed = sealed
+        self.unsigned = unsigned
+        self.membership = membership or Membership(open=True)
         self.visible = visible
         self.keep_events = keep_events
         self.lazy_compute = lazy_compute
@@ -167,7 +163,6 @@ class DesSimulation:
         self.processed = 0
         #: virtual time of the last event that reached a role
         self.last_active = 0.0
-        self.wire = FastWire()
         self._links: dict[tuple[int, int], LinkParams] = {}
         self._by_peer: dict[str, int] = {}
         #: the event queue: a heap of the distinct times that have events, and per time
@@ -265,6 +260,8 @@ class DesSimulation:
         for other in self._visible_alive(node):
             self._push(self._now, PEER, other.index, other.epoch, node.peer, False)
         self._down(node)
+        if node.loop is not None:
+            node.loop.kill()
         node.alive = False
         node.epoch += 1
         node.timer = None
@@ -289,7 +286,6 @@ class DesSimulation:
         node.alive = True
         node.stop = None
         node.epoch += 1
-        node.codecs.clear()
         self._record(node.index, "restarted")
         for other in self._visible_alive(node):
             self._push(self._now, PEER, other.index, other.epoch, node.peer, True)
@@ -297,10 +293,7 @@ class DesSimulation:
         if local:
             node.running = True
             self._running += 1
-            if self.sealed:
-                self._make_envelope(node)
-            self._execute(node, node.role.start(self._now))
-            self._arm(node)
+            self._boot(node)
 
     def partition(self, groups: Iterable[Iterable[int]]) -> None:
         """Only nodes in the same group reach each other; unnamed nodes share group 0."""
@@ -366,12 +359,35 @@ class DesSimulation:
         """Virtual time of the next pending event (inf: none, or the run halted)."""
         return self._times[0] if self._times and self._halt is None else math.inf
 
-    def _make_envelope(self, node: DesNode) -> None:
-        nonce = _seeded_nonces(self.seed, node.index * 1000 + node.epoch)
-        node.sealer = Sealer(node.identity, clock=self.clock, nonce=nonce)
-        node.receiver = Receiver(
-            node.peer, Membership(open=True), model_size=node.model_size, clock=self.clock
-        )
+    def _make_loop(self, node: DesNode) -> NodeLoop:
+        """A fresh :class:`NodeLoop` for ``node``'s current role and incarnation (each
+        incarnation signs with its own nonce stream, as a restarted process would)."""
+        sealer: Any
+        receiver: Any
+        if self.unsigned:
+            sealer = unsigned.UnsignedSealer(node.peer, self.clock, node.model_size)
+            receiver = unsigned.UnsignedReceiver(
+                node.peer, self.membership, model_size=node.model_size
+            )
+        else:
+            nonce = _seeded_nonces(self.seed, node.index * 1000 + node.epoch)
+            sealer = Sealer(node.identity, clock=self.clock, nonce=nonce)
+            receiver = Receiver(
+                node.peer, self.membership, model_size=node.model_size, clock=self.clock
+            )
+
+        def emit(peer: str, event: str, data: dict[str, Any]) -> None:
+            self._emit(node, event, data)
+
+        loop = NodeLoop(node.role, sealer, receiver, peer=node.peer, emit=emit, stats=node.stats)
+        loop.port = _Port(self, node)
+        return loop
+
+    def _boot(self, node: DesNode) -> None:
+        """Start ``node``'s role on a fresh loop, now."""
+        node.loop = loop = self._make_loop(node)
+        loop.start(self._now)
+        self._settle(node, node.epoch)
 
     def start(self, root: DesNode | None = None) -> None:
         """t = 0: attach and start the (local) nodes, root first, as the trio engine does."""
@@ -382,8 +398,6 @@ class DesSimulation:
         order = ([root] if root is not None else []) + [n for n in self.nodes if n is not root]
         attached: set[int] = set()
         for node in order:
-            if self.sealed:
-                self._make_envelope(node)
             for j in sorted(self._visible_of(node.index)):
                 if j in attached:
                     other = self.nodes[j]
@@ -392,8 +406,7 @@ class DesSimulation:
             attached.add(node.index)
             if self._local(node.index):
                 self._running += 1
-                self._execute(node, node.role.start(0.0))
-                self._arm(node)
+                self._boot(node)
             else:
                 node.running = False  # runs in its own shard
 
@@ -453,26 +466,17 @@ class DesSimulation:
             if node.epoch != epoch or not node.running:
                 continue
             self.last_active = t
-            role = node.role
+            loop = node.loop
+            assert loop is not None
             if kind == DELIVER:
-                if self.sealed:
-                    msg = self._receive(node, a, b)
-                    if msg is None:
-                        continue
-                else:  # fast path of _receive
-                    sender = nodes[b]
-                    if not sender.alive or sender.group != node.group:
-                        continue  # in flight when its sender crashed or the network split
-                    node.stats.received_frames += 1
-                    msg = a
-                try:
-                    actions = role.handle(msg, t)
-                except FednodeError as exc:  # blame the peer, keep running (as run_role)
-                    actions = self._rejected(node, exc, msg.sender)
+                sender = nodes[b]
+                if not sender.alive or sender.group != node.group:
+                    continue  # in flight when its sender crashed or the network split
+                loop.on_frame(Inbound(sender.peer, a, t), t)
             elif kind == RESULT:
                 if type(a) is list:  # a lazy job: run it (and its batch) now
                     a = self._result_of(a)
-                actions = role.on_result(a, t)
+                loop.on_result(a, t)
             elif kind == TIMER:
                 if node.timer != t:
                     continue  # superseded
@@ -481,27 +485,29 @@ class DesSimulation:
                 node.spin_t = t
                 if node.spins > _SPIN_LIMIT:
                     raise RuntimeError(
-                        f"{type(role).__name__} of node {idx} keeps a deadline at t={t} that "
-                        "poll() never clears"
+                        f"{type(node.role).__name__} of node {idx} keeps a deadline at t={t} "
+                        "that poll() never clears"
                     )
-                actions = role.poll(t)
-                if actions:
-                    self._execute(node, actions)
-                if node.running and node.epoch == epoch:
-                    self._arm(node)
-                continue
-            else:  # PEER, or SEND_FAILED (a is the peer, b None: down)
-                actions = role.on_peer(a, bool(b), t)
-            more = role.poll(t)
-            if more:
-                actions = actions + more
-            if actions:
-                self._execute(node, actions)
-            if node.running and node.epoch == epoch:
-                self._arm(node)
+                loop.on_timer(t)
+            else:  # PEER
+                loop.on_peer(a, b, t)
+            self._settle(node, epoch)
+
+    def _settle(self, node: DesNode, epoch: int) -> None:
+        """After an input: note a Stop, or arm the node's next deadline."""
+        loop = node.loop
+        assert loop is not None
+        if loop.stop is not None and node.stop is None:
+            node.stop = loop.stop
+            self._down(node)
+            if node is self._root:
+                self._halt = node.stop
+        elif node.running and node.epoch == epoch:
+            self._arm(node)
 
     def _arm(self, node: DesNode) -> None:
-        deadline = node.role.next_deadline()
+        assert node.loop is not None
+        deadline = node.loop.next_deadline()
         if deadline is None:
             node.timer = None
             return
@@ -510,39 +516,7 @@ class DesSimulation:
             node.timer = at
             self._schedule(at, (TIMER, node.index, node.epoch, None, None))
 
-    def _rejected(self, node: DesNode, exc: FednodeError, sender: str) -> list[Action]:
-        node.stats.rejected[type(exc).__name__] += 1
-        data = {"peer": exc.peer or sender, "error": type(exc).__name__, "detail": str(exc)}
-        self._emit(node, "rejected", data)
-        return []
-
-    # --- actions --------------------------------------------------------------------------
-    def _execute(self, node: DesNode, actions: list[Action]) -> None:
-        """Emit in order; then sends and jobs (run_role starts them as tasks, which run after
-        the batch); a Stop ends the node and drops the rest of the batch, sends included."""
-        later: list[Action] = []
-        epoch = node.epoch
-        for action in actions:
-            kind = type(action)
-            if kind is Send or kind is Compute:
-                later.append(action)
-            elif kind is Emit:
-                self._emit(node, action.event, action.data)  # type: ignore[union-attr]
-            elif kind is Stop:
-                node.stop = action  # type: ignore[assignment]
-                self._down(node)
-                if node is self._root:
-                    self._halt = node.stop
-                return
-        if node.epoch != epoch or not node.running:
-            return  # a fault hook crashed it while it emitted
-        self.wire.new_batch()
-        for action in later:
-            if type(action) is Send:
-                self._send(node, action)
-            else:
-                self._compute(node, action.job)  # type: ignore[union-attr]
-
+    # --- what the loop asks for -----------------------------------------------------------
     def _emit(self, node: DesNode, event: str, data: dict[str, Any]) -> None:
         for listener in self.listeners:
             listener(node.index, event, data, self._now)
@@ -617,27 +591,18 @@ class DesSimulation:
                 p[0].executor.wall_compute_s += share
                 p[0].executor.cpu_compute_s += cpu_share
 
-    # --- messages -------------------------------------------------------------------------
-    def _send(self, node: DesNode, action: Send) -> None:
-        to = action.to
+    def _send(self, node: DesNode, to: str, frame: Any, kind: str) -> None:
+        """Carry ``frame`` over the link model; a send to a node that is gone, partitioned
+        away or unknown fails at once (as the memory transport's ``send_nowait``)."""
         j = self._by_peer.get(to)
         dst = self.nodes[j] if j is not None else None
+        loop = node.loop
+        assert loop is not None
         if dst is None or not dst.alive or dst.group != node.group:
-            node.stats.send_failures += 1
-            data = {"peer": to, "kind": action.msg.KIND.name, "error": "PeerGone"}
-            self._emit(node, "send_failed", data)
-            self._push(self._now, SEND_FAILED, node.index, node.epoch, to, None)
+            loop.send_failed(to, kind, PeerGone(f"{to} is unreachable"), self._now)
             return
-        if self.sealed:
-            assert node.sealer is not None
-            item: Any = node.sealer.seal(action.msg, to)
-            nbytes = item.nbytes
-        else:
-            item, nbytes = self.wire.stamp(
-                action.msg, node.peer, to, SIM_EPOCH + self._now, node.codecs, node.model_size
-            )
-        node.stats.sent_frames += 1
-        node.stats.sent_bytes += nbytes
+        nbytes = frame.nbytes
+        loop.sent(nbytes)
         net = self.net
         net.sent_frames += 1
         net.sent_bytes += nbytes
@@ -656,26 +621,41 @@ class DesSimulation:
         at = self._now + max(delay, self.min_latency)
         if self.owner is not None and self.owner[dst.index] != self.shard:
             box = self.outbox.setdefault(self.owner[dst.index], [])
-            box.append((at, node.index, len(box), dst.index, dst.epoch, self.wire.pack(item)))
+            box.append((at, node.index, len(box), dst.index, dst.epoch, _pack(frame)))
             return
-        self._schedule(at, (DELIVER, dst.index, dst.epoch, item, node.index))
+        self._schedule(at, (DELIVER, dst.index, dst.epoch, frame, node.index))
 
     def inject(self, items: list[tuple[Any, ...]]) -> None:
         """Deliveries from other shards (from their :attr:`outbox`), in a canonical order."""
         for at, src, _n, dst, epoch, data in sorted(items, key=lambda x: (x[0], x[1], x[2])):
-            item = self.wire.unpack(data, self.nodes[dst].model_size)
-            self._schedule(at, (DELIVER, dst, epoch, item, src))
+            frame = _unpack(data, self.nodes[dst].model_size)
+            self._schedule(at, (DELIVER, dst, epoch, frame, src))
 
-    def _receive(self, node: DesNode, item: Any, src: int) -> m.Message | None:
-        sender = self.nodes[src]
-        if not sender.alive or sender.group != node.group:
-            return None  # in flight when its sender crashed or the network split
-        node.stats.received_frames += 1
-        if not self.sealed:
-            return item
-        assert node.receiver is not None
-        try:
-            return node.receiver.open(Inbound(sender.peer, item, self._now))
-        except FednodeError as exc:
-            self._rejected(node, exc, sender.peer)
-            return None
+
+class _Port:
+    """What a node's loop asks of the discrete-event driver."""
+
+    __slots__ = ("node", "sim")
+
+    def __init__(self, sim: DesSimulation, node: DesNode) -> None:
+        self.sim = sim
+        self.node = node
+
+    def transmit(self, to: str, frame: Any, addrs: tuple[str, ...], kind: str) -> None:
+        self.sim._send(self.node, to, frame, kind)
+
+    def run_job(self, job: TrainJob | EvalJob) -> None:
+        self.sim._compute(self.node, job)
+
+
+def _pack(frame: Any) -> tuple[Any, ...]:
+    """A frame as plain data for another shard (marshal-able; nothing is pickled)."""
+    if isinstance(frame, Frame):
+        return (0, bytes(frame.head), bytes(frame.payload))
+    return (1, frame.pack())
+
+
+def _unpack(data: tuple[Any, ...], size: int) -> Any:
+    if data[0] == 0:
+        return Frame(head=data[1], payload=data[2])
+    return unsigned.unpack(data[1], size)

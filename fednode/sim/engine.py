@@ -21,6 +21,7 @@ import trio.testing
 from ..actions import Stop
 from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
+from ..crypto.unsigned import UnsignedReceiver, UnsignedSealer
 from ..errors import FednodeError
 from ..p2p.memory import LinkFaults, MemoryNetwork
 from ..runner import Executor, NodeLoop, Role, RunStats, run_role
@@ -87,8 +88,17 @@ FaultHook = Callable[["Simulation", str, str, dict[str, Any]], None]
 class Simulation:
     """Build nodes with :meth:`add`, then :meth:`run` until the ``root`` node stops."""
 
-    def __init__(self, *, seed: int = 0, link: LinkFaults | None = None, open_membership=True):
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        link: LinkFaults | None = None,
+        open_membership: bool = True,
+        unsigned: bool = False,
+    ) -> None:
         self.seed = seed
+        #: skip signatures (:mod:`fednode.crypto.unsigned`); default: sign and verify
+        self.unsigned = unsigned
         self.network = MemoryNetwork(seed=seed, default=link)
         self.nodes: list[SimNode] = []
         self.events: list[dict[str, Any]] = []
@@ -181,12 +191,18 @@ class Simulation:
         """Run one incarnation of ``node`` until it stops or crashes."""
         transport = self.network.attach(node.peer)
         membership = Membership(self.allow, open=self.open_membership)
-        sealer = Sealer(
-            node.identity,
-            clock=self.clock,
-            nonce=_seeded_nonces(self.seed, node.index, incarnation),
-        )
-        receiver = Receiver(node.peer, membership, model_size=node.model_size, clock=self.clock)
+        sealer: Any
+        receiver: Any
+        if self.unsigned:
+            sealer = UnsignedSealer(node.peer, self.clock, node.model_size)
+            receiver = UnsignedReceiver(node.peer, membership, model_size=node.model_size)
+        else:
+            sealer = Sealer(
+                node.identity,
+                clock=self.clock,
+                nonce=_seeded_nonces(self.seed, node.index, incarnation),
+            )
+            receiver = Receiver(node.peer, membership, model_size=node.model_size, clock=self.clock)
         node.loop = NodeLoop(
             node.role, sealer, receiver, peer=node.peer, emit=self._on_event, stats=node.stats
         )

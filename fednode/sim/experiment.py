@@ -54,8 +54,9 @@ class SimOptions:
 
     #: "des" (discrete events, fast) or "trio" (the real runner over the memory transport)
     driver: str = "des"
-    #: des: route every message through the real Sealer / Receiver (signed, CBOR)
-    sealed: bool = False
+    #: skip signatures for very large runs (fednode.crypto.unsigned); default: every frame
+    #: is signed and verified, as on a real node
+    unsigned: bool = False
     #: des: worker processes (> 1 shards the nodes; see fednode.sim.parallel)
     workers: int = 1
     #: virtual seconds of compute per 100 examples per local epoch
@@ -77,8 +78,8 @@ class SimOptions:
             raise ConfigError("driver", self.driver, "'des' or 'trio'")
         if self.workers < 1:
             raise ConfigError("workers", self.workers, "an integer >= 1")
-        if self.driver == "trio" and (self.sealed or self.workers > 1):
-            raise ConfigError("driver", "trio", "the des driver for --sealed / --workers")
+        if self.driver == "trio" and self.workers > 1:
+            raise ConfigError("driver", "trio", "the des driver for --workers")
         if self.train_cost_s < 0:
             raise ConfigError("train_cost_s", self.train_cost_s, "a float >= 0")
         if self.gossip_mode not in ("sync", "async"):
@@ -529,7 +530,7 @@ def _run(
         des = DesSimulation.from_simulation(
             built.sim,
             hooks=topo.kind != "gossip",
-            sealed=options.sealed,
+            unsigned=options.unsigned,
             visible=vis.__getitem__,
             keep_events=frozenset({"round", "round_failed", "crashed", "restarted"}),
         )

@@ -13,7 +13,8 @@ that crossed shards, advances the fault schedule and grants the next window.
   the parent applies each fault in every shard at the same window start, so all shards
   agree who is reachable.
 * Frames between shards travel as plain tuples encoded with :mod:`marshal`
-  (:meth:`~fednode.sim.fastwire.FastWire.pack`) through pipes; nothing is pickled.
+  (:meth:`~fednode.crypto.unsigned.StampedFrame.pack`, or a signed frame's bytes) through
+  pipes; nothing is pickled.
 * Shards: a gossip graph's Louvain communities packed into equal shards (few edges
   cross); in a tree every region stays together, the coordinator on shard 0.
 * Metrics: each worker's :class:`~fednode.sim.metrics.Collector` exports its state at the
@@ -143,7 +144,7 @@ def run_sharded(
     des = DesSimulation.from_simulation(
         built.sim,
         hooks=topo.kind != "gossip",
-        sealed=options.sealed,
+        unsigned=options.unsigned,
         visible=visible.__getitem__,
         keep_events=frozenset({"round", "round_failed"}),
     )

@@ -538,7 +538,7 @@ _FACTORY = _Factory()
 def slot_descriptor(cls: type, name: str) -> Any:
     """The member descriptor that stores field ``name`` of slots class ``cls``: its
     ``__set__`` / ``__get__`` store and read the field directly (frozen or not). Also
-    used by the simulator's fast wire (:mod:`fednode.sim.fastwire`)."""
+    used by the unsigned sealer (:mod:`fednode.crypto.unsigned`)."""
     descriptor = next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)
     if type(descriptor).__name__ != "member_descriptor":
         raise TypeError(f"{cls.__name__}.{name} is not a slot")
