@@ -43,6 +43,7 @@ from ..p2p.memory import LinkFaults
 from .des import DesSimulation
 from .engine import Simulation
 from .faults import FaultSchedule
+from .gossip import GossipSimulation
 from .metrics import Collector, RoundTable
 from .spectral import spectral_summary
 from .topology import TOPOLOGY_DIR, Topology, load_topology
@@ -508,16 +509,20 @@ def _run(
 ) -> tuple[float, int, str | None]:
     """Run the built federation with the chosen driver: (virtual s, messages, error)."""
     if options.driver == "trio":
-        if topo.kind == "gossip":
-            raise ConfigError("driver", "trio", "the des driver for gossip experiments")
-        _apply_links(topo, built, built.sim)
-        built.sim.fault_hooks.append(collector.trio_hook)  # first: rows see the round's state
-        _add_operator(schedule, topo, built, built.sim.nodes)
-        schedule.install(built.sim)
-        trio_res = built.sim.run(built.root, max_virtual_s=options.max_virtual_s)
-        virtual, messages = trio_res.virtual_s, built.sim.network.sent_frames
-        error = trio_res.stop.reason if trio_res.stop and trio_res.stop.error else None
-        collector.finish(built.sim.nodes)
+        sim = built.sim
+        _apply_links(topo, built, sim)
+        sim.fault_hooks.insert(0, collector.trio_hook)  # first: rows see the round's state
+        _add_operator(schedule, topo, built, sim.nodes)
+        schedule.install(sim)
+        if isinstance(sim, GossipSimulation):
+            virtual = sim.run_all(max_virtual_s=options.max_virtual_s).virtual_s
+            error = None
+        else:
+            trio_res = sim.run(built.root, max_virtual_s=options.max_virtual_s)
+            virtual = trio_res.virtual_s
+            error = trio_res.stop.reason if trio_res.stop and trio_res.stop.error else None
+        messages = sim.network.sent_frames
+        collector.finish(sim.nodes)
     elif options.workers > 1:
         from .parallel import run_sharded
 

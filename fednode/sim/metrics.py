@@ -114,7 +114,7 @@ class Collector:
         import trio
 
         index = sim.node(peer).index
-        if event == "round" and index == self.root_index:
+        if event == "gossip_round" or (event == "round" and index == self.root_index):
             self.on_event(
                 sim.nodes, index, event, data, trio.current_time(), sim.network.sent_bytes
             )
