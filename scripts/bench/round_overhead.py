@@ -8,10 +8,11 @@ load changes hit them alike):
 
 * ``trio``: the trio engine (``fednode.sim.engine.Simulation``): the real node runner,
   every message sealed into a signed frame and verified, over the memory transport;
-* ``des-sealed``: the discrete-event driver (``fednode.sim.des``) with real envelopes:
-  every message through ``Sealer.seal`` / ``Receiver.open`` (``fednode sim --sealed``);
-* ``des``: the discrete-event driver's fast mode, ``fednode sim``'s default: messages
-  handed over as objects (no signature, no CBOR; payloads still encoded and decoded).
+* ``des``: the discrete-event driver (``fednode.sim.des``), ``fednode sim``'s default:
+  the same node loop, every message through ``Sealer.seal`` / ``Receiver.open``;
+* ``des-unsigned``: the discrete-event driver with the unsigned pair
+  (``fednode sim --unsigned``): no signature, no CBOR; payloads still encoded, decoded
+  and checked.
 
 Both DES variants run every compute job when it is issued (``lazy_compute=False``), as
 the trio engine does, so all three do the same training; ``fednode sim`` itself may batch
@@ -34,7 +35,7 @@ printed beside them. Issue #3's target: overhead < 5 ms per round at 10 clients;
 verdict line per driver says whether it is met.
 
     .venv/bin/python scripts/bench/round_overhead.py [--rounds 20] [--repeat 5]
-        [--clients 10 100] [--task digits:linear] [--driver trio des-sealed des]
+        [--clients 10 100] [--task digits:linear] [--driver trio des des-unsigned]
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ TARGET_MS = 5.0  # issue #3: framework overhead per round at 10 clients
 DEFAULT_DRIVER = "des"  # fednode sim's default (fednode/sim/experiment.py SimOptions.driver)
 DRIVERS = {
     "trio": "trio engine: real runner, signed frames, memory transport",
-    "des-sealed": "discrete-event driver with real envelopes (fednode sim --sealed)",
-    "des": "discrete-event driver, fast mode (fednode sim's default)",
+    "des": "discrete-event driver, signed frames (fednode sim's default)",
+    "des-unsigned": "discrete-event driver, unsigned frames (fednode sim --unsigned)",
 }
 
 
@@ -97,7 +98,7 @@ def simulated(driver: str, task: str, num_clients: int, rounds: int) -> Run:
         result = sim.run(root)
         nodes = sim.nodes
     else:
-        des = DesSimulation.from_simulation(sim, unsigned=driver == "des", lazy_compute=False)
+        des = DesSimulation.from_simulation(sim, unsigned=driver == "des-unsigned", lazy_compute=False)
         result = des.run(des.nodes[root.index])
         nodes = des.nodes
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -199,7 +200,7 @@ def main() -> None:
         print(verdict)
     print(
         "overhead = simulated run minus time inside task.train/evaluate: roles, aggregation, "
-        "codecs, signing/verification and CBOR (trio, des-sealed), the transport or event "
+        "codecs, signing/verification and CBOR (trio, des), the transport or event "
         "queue, trio (trio engine only)."
     )
 
