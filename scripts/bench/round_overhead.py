@@ -98,7 +98,9 @@ def simulated(driver: str, task: str, num_clients: int, rounds: int) -> Run:
         result = sim.run(root)
         nodes = sim.nodes
     else:
-        des = DesSimulation.from_simulation(sim, unsigned=driver == "des-unsigned", lazy_compute=False)
+        des = DesSimulation.from_simulation(
+            sim, unsigned=driver == "des-unsigned", lazy_compute=False
+        )
         result = des.run(des.nodes[root.index])
         nodes = des.nodes
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
