@@ -46,7 +46,8 @@ from .actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, Tra
 from .crypto.envelope import Receiver, Sealer
 from .errors import FednodeError, LocalProtocolError, PeerGone, TransportError
 from .p2p.transport import Transport
-from .training.task import Task, stoppable
+from .training.cancel import stoppable
+from .training.task import Task
 from .wire import messages as m
 from .wire.frames import Frame
 
