@@ -75,6 +75,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.utils import encode_delim
 
+from ..addresses import p2p_suffix_stripped
 from ..errors import (
     FednodeError,
     FrameTooLarge,
@@ -87,7 +88,7 @@ from ..errors import (
 from ..wire.frames import Frame, Inbound
 from ..wire.messages import PREFIX, head_length
 from . import _libp2p_patches
-from .multiaddrs import expand_unspecified, p2p_suffix_stripped
+from .multiaddrs import expand_unspecified
 from .transport import PeerEvent, Transport
 
 log = logging.getLogger(__name__)
