@@ -43,10 +43,8 @@ from fednode.p2p.discovery import (
     service_type,
     txt_record,
 )
+from fednode.p2p.libp2p_framing import PREAMBLE, PROTOCOL_ID, STATUS_TOO_LARGE
 from fednode.p2p.libp2p_host import (
-    PREAMBLE,
-    PROTOCOL_ID,
-    STATUS_TOO_LARGE,
     Libp2pTransport,
 )
 from fednode.p2p.network_key import read_network_key
