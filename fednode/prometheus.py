@@ -13,7 +13,6 @@ HTTP parsing is h11's.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .addresses import parse_metrics_listen
 from .errors import ConfigError
 from .runner import RunStats
 
@@ -35,22 +35,6 @@ REQUEST_TIMEOUT_S = 5.0
 MAX_REQUEST_BYTES = 16 * 1024
 LINGER_S = 1.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:9464"`` / ``"[::1]:9464"`` -> (host, port). ConfigError names the field."""
-    host, sep, port = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ipaddress.ip_address(host)
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not sep or not 0 <= number <= 65535:
-        raise ConfigError(
-            "net.metrics_listen", value, "'' (off) or an IP address and port, e.g. 127.0.0.1:9464"
-        )
-    return host, number
 
 
 class NodeMetrics(Collector):
@@ -154,7 +138,7 @@ async def serve_metrics(
 ) -> None:
     """Serve ``GET /metrics`` on ``listen`` until cancelled; ``task_status.started`` gets
     the bound ``host:port`` (port 0 picks one)."""
-    host, port = parse_listen(listen)
+    host, port = parse_metrics_listen(listen)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:

@@ -32,7 +32,8 @@ from .actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
 from .errors import PeerGone, TransportError
 from .loop import EventSink, NodeLoop, Role, RunStats
 from .p2p.transport import Transport
-from .training.task import Task, stoppable
+from .training.cancel import stoppable
+from .training.task import Task
 from .wire.frames import Frame
 
 __all__ = [

@@ -18,7 +18,8 @@ from fednode.errors import JobCancelled
 from fednode.runner import ThreadExecutor, compute
 from fednode.testing.slow_task import SlowTask
 from fednode.training import cancel_point
-from fednode.training.task import load_task, stoppable
+from fednode.training.cancel import stoppable
+from fednode.training.task import load_task
 
 
 def _slow(monkeypatch: pytest.MonkeyPatch, *, batches: int, batch_s: float, coop: bool) -> SlowTask:

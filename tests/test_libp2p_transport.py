@@ -31,6 +31,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from fednode.addresses import split_peer_addr
 from fednode.errors import ConfigError, LocalProtocolError, PeerGone, TransportError
 from fednode.p2p import _libp2p_patches as patches
 from fednode.p2p.discovery import (
@@ -40,13 +41,10 @@ from fednode.p2p.discovery import (
     parse_txt,
     run_discovery,
     service_type,
-    split_peer_addr,
     txt_record,
 )
+from fednode.p2p.libp2p_framing import PREAMBLE, PROTOCOL_ID, STATUS_TOO_LARGE
 from fednode.p2p.libp2p_host import (
-    PREAMBLE,
-    PROTOCOL_ID,
-    STATUS_TOO_LARGE,
     Libp2pTransport,
 )
 from fednode.p2p.network_key import read_network_key

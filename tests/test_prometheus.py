@@ -10,9 +10,10 @@ import math
 import pytest
 import trio
 
+from fednode.addresses import parse_metrics_listen
 from fednode.config import load_config
 from fednode.errors import ConfigError
-from fednode.prometheus import NodeMetrics, parse_listen, serve_metrics
+from fednode.prometheus import NodeMetrics, serve_metrics
 from fednode.runner import RunStats
 
 
@@ -56,7 +57,7 @@ def test_exposition_reads_the_run_stats_and_the_events() -> None:
 def test_a_bad_metrics_address_fails_at_start_naming_the_field(value: str) -> None:
     with pytest.raises(ConfigError, match=r"net\.metrics_listen"):
         load_config(overrides={"net.metrics_listen": value})
-    assert parse_listen("[::1]:0") == ("::1", 0)
+    assert parse_metrics_listen("[::1]:0") == ("::1", 0)
 
 
 async def _get(addr: str, request: bytes) -> bytes:

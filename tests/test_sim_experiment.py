@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from fednode.cli.sim import add_sim_arguments, run_sim
 from fednode.sim import (
     FaultSchedule,
     SimOptions,
@@ -15,7 +16,6 @@ from fednode.sim import (
     mixing_time,
     run_experiment,
 )
-from fednode.sim.cli_sim import add_sim_arguments, run_sim
 from fednode.sim.topology import TOPOLOGY_DIR, CrashFault, LossFault, PartitionFault, StragglerFault
 
 FAST = {"train.local_epochs": 1, "rounds.rounds": 3}
@@ -164,7 +164,7 @@ def test_cli_progress_line_on_a_terminal_only():
 
     from rich.console import Console
 
-    from fednode.sim.cli_sim import _progress
+    from fednode.cli.sim import _progress
 
     tty = Console(file=io.StringIO(), force_terminal=True, width=100)
     with _progress(tty, "ring16") as update:
@@ -179,7 +179,7 @@ def test_cli_progress_line_on_a_terminal_only():
 
 
 def test_cli_suggests_workers_only_for_big_single_process_runs():
-    from fednode.sim.cli_sim import HINT_WORKERS_FROM, _workers_hint
+    from fednode.cli.sim import HINT_WORKERS_FROM, _workers_hint
 
     big = HINT_WORKERS_FROM
     assert "--workers 2" in (_workers_hint(big, 1, 2) or "")

@@ -49,6 +49,7 @@ from typing import Any
 
 import trio
 
+from ..addresses import bootstrap_peers, split_peer_addr
 from ..errors import ConfigError, FednodeError
 from .transport import Transport
 
@@ -82,39 +83,12 @@ class Withdrawn:
 
 
 # --------------------------------------------------------------------------- parsing
-def split_peer_addr(addr: str) -> tuple[str, str]:
-    """``/ip4/../tcp/../p2p/<id>`` -> (peer id, address without ``/p2p``).
-
-    Errors: :class:`ValueError` when ``addr`` is not a multiaddr with a peer id.
-    """
-    import multiaddr
-
-    maddr = multiaddr.Multiaddr(addr)  # multiaddr's parse errors are ValueErrors
-    try:
-        peer = maddr.value_for_protocol("p2p")
-    except LookupError as exc:  # multiaddr's ProtocolLookupError: no /p2p component
-        raise ValueError(f"{addr!r} has no /p2p/<peer id>") from exc
-    if not peer:
-        raise ValueError(f"{addr!r} has no /p2p/<peer id>")
-    base = maddr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}"))
-    return str(peer), str(base)
-
-
 def parse_bootstrap(addrs: tuple[str, ...]) -> tuple[Found, ...]:
     """Bootstrap multiaddrs -> one :class:`Found` per peer (addresses merged).
 
     Errors: :class:`ConfigError` (field ``net.bootstrap``) naming the bad address.
     """
-    by_peer: dict[str, list[str]] = {}
-    for addr in addrs:
-        try:
-            peer, base = split_peer_addr(addr)
-        except ValueError as exc:
-            raise ConfigError(
-                "net.bootstrap", addr, "a multiaddr like /ip4/10.0.0.2/tcp/4001/p2p/<peer id>"
-            ) from exc
-        by_peer.setdefault(peer, []).append(base)
-    return tuple(Found(peer, tuple(bases), "bootstrap") for peer, bases in by_peer.items())
+    return tuple(Found(p, a, "bootstrap") for p, a in bootstrap_peers(addrs).items())
 
 
 def txt_record(addresses: tuple[str, ...]) -> bytes:

@@ -1,28 +1,8 @@
 """The real transport: a py-libp2p host (TCP + Noise + Yamux) moving fednode frames.
 
-One stream per frame, protocol ``/fednode/1.0.0/msg``. The stream framing is internal
-to this transport::
-
-    sender -> receiver   select       multistream-select header + protocol id
-                                      (pipelined; the receiver's libp2p echoes both)
-                         payload_len  u64 BE        (8 B)
-                         head         prefix "!2sBBI" (8 B) + CBOR header + signature;
-                                      its length comes from wire.messages.head_length()
-                         payload      payload_len raw bytes
-    receiver -> sender   select echo  (libp2p's multistream-select answer)
-                         status       1 B: 0 = delivered (queued on ``incoming``),
-                                      1 = too large, 2 = bad prefix, 3 = not taken in
-                                      time, 4 = sender not accepted (``accept_from``)
-
-The receiver checks ``head_len + payload_len <= max_frame_bytes`` *before* allocating.
-It then reads the payload with ``read(n)`` into one preallocated ``bytearray`` and hands
-it on as a read-only ``memoryview`` (no further copy). The transport treats frames as
-opaque. It does not check that the header's announced payload length matches
-``payload_len``; the envelope does that, in its fixed order.
-
 Why one stream per frame and not one persistent stream per peer: a new Yamux stream
 costs no extra round trip, because multistream-select is pipelined ahead of the frame
-(see :meth:`Libp2pTransport._send_on`). A 200-byte frame is one round trip. In exchange,
+(see :func:`.libp2p_framing.send_on`). A 200-byte frame is one round trip. In exchange,
 a 500 MB update does not block a 200-byte advert (Yamux interleaves the streams), a
 cancelled or failed send only resets its own stream and never leaves a shared stream
 half-written, and a receiver can refuse one frame without tearing down anything else.
@@ -60,21 +40,11 @@ from typing import Any, Literal
 
 import multiaddr
 import trio
-from libp2p import new_host
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
-from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
-from libp2p.custom_types import TProtocol
-from libp2p.exceptions import BaseLibp2pError
-from libp2p.network.config import RetryConfig
 from libp2p.peer.id import ID
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
-from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux
-from libp2p.utils import encode_delim
 
+from ..addresses import p2p_suffix_stripped
 from ..errors import (
     FednodeError,
     FrameTooLarge,
@@ -87,86 +57,29 @@ from ..errors import (
 from ..wire.frames import Frame, Inbound
 from ..wire.messages import PREFIX, head_length
 from . import _libp2p_patches
-from .multiaddrs import expand_unspecified, p2p_suffix_stripped
+from .libp2p_framing import (
+    FOREIGN,
+    PROTOCOL_ID,
+    STATUS_BAD_PREFIX,
+    STATUS_BUSY,
+    STATUS_NOT_ACCEPTED,
+    STATUS_OK,
+    STATUS_TEXT,
+    STATUS_TOO_LARGE,
+    MiB,
+    first_error,
+    read_frame,
+    send_on,
+)
+from .libp2p_setup import expand_unspecified, make_host
 from .transport import PeerEvent, Transport
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_ID = TProtocol("/fednode/1.0.0/msg")
-#: multistream-select 1.0 header + our protocol, pipelined ahead of the frame; a
-#: listener that speaks the protocol echoes exactly these bytes
-SELECT = encode_delim(b"/multistream/1.0.0") + encode_delim(PROTOCOL_ID.encode())
-MiB = 1 << 20
-#: transport preamble: u64 payload length, then the 8-byte frame prefix
-PREAMBLE = struct.Struct("!Q")
-STATUS_OK, STATUS_TOO_LARGE, STATUS_BAD_PREFIX, STATUS_BUSY, STATUS_NOT_ACCEPTED = range(5)
-_STATUS_TEXT = {
-    STATUS_TOO_LARGE: "frame larger than the receiver's limit",
-    STATUS_BAD_PREFIX: "bad frame prefix",
-    STATUS_BUSY: "receiver did not take the frame in time",
-    STATUS_NOT_ACCEPTED: "receiver does not accept frames from this peer",
-}
-#: payload bytes per stream.write (Yamux cuts it into 1 MiB frames)
-WRITE_CHUNK = 4 * MiB
-#: max bytes per stream.read(n) into the frame buffer
-READ_CHUNK = 4 * MiB
-#: frames up to this size go out in a single write (preamble + head + payload)
-SMALL_FRAME = 64 * 1024
 #: bound on best-effort cleanup (stream reset/close) in shielded scopes
 CLEANUP_S = 2.0
 #: how long the peer's addresses stay in the peerstore (0 = until replaced)
 ADDR_TTL = 0
-
-# Everything libp2p, trio or the OS may raise from stream and dial operations.
-_FOREIGN: tuple[type[BaseException], ...] = (
-    BaseLibp2pError,
-    OSError,
-    EOFError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-)
-
-
-async def _read_exactly(stream: INetStream, n: int) -> bytes:
-    """Read exactly ``n`` (small) bytes; EOF before that is a remote protocol error."""
-    parts: list[bytes] = []
-    got = 0
-    while got < n:
-        chunk = await stream.read(n - got)
-        if not chunk:
-            raise RemoteProtocolError(f"stream ended after {got} of {n} bytes")
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
-class _Notifee(INotifee):
-    """libp2p network notifee: marks peers whose connection state may have changed.
-
-    Runs inside libp2p's connection tasks, so it never blocks: it only records the
-    peer and wakes the transport's event pump.
-    """
-
-    def __init__(self, transport: Libp2pTransport) -> None:
-        self._transport = transport
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        self._transport._mark_peer(conn.muxed_conn.peer_id)
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        self._transport._mark_peer(conn.muxed_conn.peer_id)
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
 
 
 class Libp2pTransport(Transport):
@@ -247,52 +160,6 @@ class Libp2pTransport(Transport):
         self._reported: dict[ID, bool] = {}
 
     # ------------------------------------------------------------------ lifecycle
-    def _make_host(self) -> IHost:
-        sec = {NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, new_x25519_key_pair().private_key)}
-        muxers: Any = (
-            {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
-            if self._muxer == "yamux"
-            else {TProtocol(MPLEX_PROTOCOL_ID): Mplex}
-        )
-        host = new_host(
-            key_pair=self._key_pair,
-            sec_opt=sec,
-            muxer_opt=muxers,
-            listen_addrs=self._listen,
-            connection_config=_libp2p_patches.connection_config(),
-            psk=self._psk,
-            disable_identify_address_discovery=True,
-        )
-        network: Any = host.get_network()
-        # one retry instead of three: a refused dial is answered within ~0.1 s
-        network.retry_config = RetryConfig(max_retries=1, initial_delay=0.1)
-        host.set_stream_handler(PROTOCOL_ID, self._handle_stream)
-        network.register_notifee(_Notifee(self))
-        self._count_failed_handshakes(network)
-        return host
-
-    def _count_failed_handshakes(self, network: Any) -> None:
-        """Wrap this host's upgrader so a failed inbound handshake is counted and reported.
-
-        A dialer with a wrong or missing network key sends bytes that the private-network
-        layer decrypts to garbage, so multistream/Noise fail; libp2p only logs that at
-        debug level. Only this host's upgrader instance is wrapped (no global patch).
-        """
-        upgrader: Any = getattr(network, "upgrader", None)
-        inner = getattr(upgrader, "upgrade_security", None)
-        if inner is None:  # pragma: no cover - libp2p layout changed; counting is optional
-            return
-
-        async def upgrade_security(raw_conn: Any, is_initiator: bool, peer_id: Any = None) -> Any:
-            try:
-                return await inner(raw_conn, is_initiator, peer_id)
-            except Exception:
-                if not is_initiator:
-                    self._reject(_remote_address(raw_conn), "handshake")
-                raise
-
-        upgrader.upgrade_security = upgrade_security
-
     def _reject(self, who: str, reason: str) -> None:
         if reason == "handshake":
             self.failed_handshakes += 1
@@ -308,7 +175,15 @@ class Libp2pTransport(Transport):
         Cancellation: closes every connection; ``incoming``/``events`` then end.
         """
         _libp2p_patches.apply()
-        host = self._make_host()
+        host = make_host(
+            self._key_pair,
+            listen=self._listen,
+            psk=self._psk,
+            muxer=self._muxer,
+            handler=self._handle_stream,
+            mark_peer=self._mark_peer,
+            on_handshake_failed=lambda who: self._reject(who, "handshake"),
+        )
         try:
             with trio.CancelScope() as scope:
                 self._run_scope = scope
@@ -329,7 +204,7 @@ class Libp2pTransport(Transport):
         except BaseExceptionGroup as group:
             # libp2p's nested nurseries wrap whatever ends the host; unwrap our own
             # error (and OS errors) so callers see one TransportError, not a tree
-            first = _first_error(group)
+            first = first_error(group)
             if isinstance(first, TransportError):
                 raise first from None
             if isinstance(first, OSError):
@@ -431,7 +306,7 @@ class Libp2pTransport(Transport):
                         await started.wait()
         except trio.TooSlowError as exc:
             raise PeerGone(f"dial timed out after {self._dial_timeout}s", peer=peer) from exc
-        except _FOREIGN as exc:
+        except FOREIGN as exc:
             raise PeerGone(f"dial failed: {exc}", peer=peer) from exc
 
     # ------------------------------------------------------------------ sending
@@ -463,66 +338,25 @@ class Libp2pTransport(Transport):
                 stream.set_protocol(PROTOCOL_ID)
                 status = STATUS_BUSY
                 try:
-                    status = await self._send_on(stream, head, parts)
+                    status = await send_on(stream, head, parts)
                 finally:
                     # delivered: close; refused, failed or cancelled: reset, so the
                     # receiver drops whatever part of the frame it has
                     with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_S):
                         try:
                             await (stream.close() if status == STATUS_OK else stream.reset())
-                        except _FOREIGN as exc:
+                        except FOREIGN as exc:
                             log.debug("closing stream to %s: %r", peer, exc)
         except trio.TooSlowError as exc:
             text = f"frame not acknowledged within {self._send_timeout}s"
             raise PeerGone(text, peer=peer) from exc
         except RemoteProtocolError as exc:
             raise PeerGone(f"peer broke the stream protocol: {exc}", peer=peer) from exc
-        except _FOREIGN as exc:
+        except FOREIGN as exc:
             raise PeerGone(f"send failed: {exc}", peer=peer) from exc
         if status != STATUS_OK:
-            text = _STATUS_TEXT.get(status, f"unknown status {status}")
+            text = STATUS_TEXT.get(status, f"unknown status {status}")
             raise TransportError(f"peer refused the frame: {text}", peer=peer)
-
-    async def _send_on(self, stream: INetStream, head: bytes, parts: tuple[memoryview, ...]) -> int:
-        """Select the protocol, write the frame, and wait for the status byte.
-
-        Protocol selection is pipelined ("lazy" multistream-select, as go-libp2p does
-        for a single protocol): the header, the protocol id and the frame go out in
-        one write instead of two round trips first. The listener's echo is checked
-        before the status. A listener that does not speak the protocol answers "na" and
-        resets the stream, and that is reported as :class:`PeerGone`.
-
-        The receiver answers early when it refuses a frame (too large, bad prefix);
-        the writer is then cancelled at once instead of pushing the rest of the payload.
-        """
-        written = False
-
-        async def write_frame() -> None:
-            nonlocal written
-            size = sum(len(part) for part in parts)
-            start = SELECT + PREAMBLE.pack(size)
-            if size <= SMALL_FRAME:
-                await stream.write(b"".join((start, head, *parts)))
-            else:
-                await stream.write(start + head)
-                for payload in parts:  # the parts in order: the payload bytes, never joined
-                    for off in range(0, len(payload), WRITE_CHUNK):
-                        await stream.write(payload[off : off + WRITE_CHUNK])  # type: ignore[arg-type]
-            written = True
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(write_frame)
-                answer = await _read_exactly(stream, len(SELECT) + 1)
-                nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
-        if answer[: len(SELECT)] != SELECT:
-            raise RemoteProtocolError(f"peer does not speak {PROTOCOL_ID}: {answer!r}")
-        status = answer[-1]
-        if status == STATUS_OK and not written:
-            raise RemoteProtocolError("acknowledged before the whole frame was sent")
-        return status
 
     # ------------------------------------------------------------------ receiving
     async def _handle_stream(self, stream: INetStream) -> None:
@@ -573,7 +407,7 @@ class Libp2pTransport(Transport):
     async def _receive(self, stream: INetStream, peer: str) -> int:
         """Read one frame and queue it on ``incoming``; the status byte to answer."""
         try:
-            frame = await self._read_frame(stream)
+            frame = await read_frame(stream, max_header=self._max_header, max_frame=self._max_frame)
         except FrameTooLarge as exc:
             log.warning("refused frame from %s: %s", peer, exc)
             return STATUS_TOO_LARGE
@@ -582,26 +416,6 @@ class Libp2pTransport(Transport):
             return STATUS_BAD_PREFIX
         await self._in_send.send(Inbound(peer, frame, trio.current_time()))
         return STATUS_OK
-
-    async def _read_frame(self, stream: INetStream) -> Frame:
-        first = await _read_exactly(stream, PREAMBLE.size + PREFIX.size)
-        (payload_len,) = PREAMBLE.unpack_from(first)
-        head_len = head_length(first[PREAMBLE.size :], max_header=self._max_header)
-        if head_len + payload_len > self._max_frame:
-            raise FrameTooLarge(
-                f"frame of {head_len} + {payload_len} bytes exceeds the limit of {self._max_frame}"
-            )
-        head = first[PREAMBLE.size :] + await _read_exactly(stream, head_len - PREFIX.size)
-        buf = bytearray(payload_len)
-        view = memoryview(buf)
-        got = 0
-        while got < payload_len:
-            chunk = await stream.read(min(payload_len - got, READ_CHUNK))
-            if not chunk:
-                raise RemoteProtocolError(f"stream ended after {got} of {payload_len} payload B")
-            view[got : got + len(chunk)] = chunk
-            got += len(chunk)
-        return Frame(head, view.toreadonly())
 
     # ------------------------------------------------------------------ peer events
     def _mark_peer(self, pid: ID) -> None:
@@ -640,27 +454,6 @@ class Libp2pTransport(Transport):
         except Exception:  # libp2p PeerStoreError: unknown or expired; nothing to report
             return ()
         return tuple(f"{a}/p2p/{pid.to_base58()}" for a in addrs)
-
-
-def _remote_address(raw_conn: Any) -> str:
-    """``ip:port`` of an inbound raw connection, or "?" (the peer is not authenticated yet)."""
-    try:
-        addr = raw_conn.get_remote_address()
-    except Exception:  # libp2p boundary: the socket may already be gone
-        return "?"
-    return f"{addr[0]}:{addr[1]}" if addr else "?"
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first error in ``group`` that is not a :class:`trio.Cancelled` (else the group)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            inner = _first_error(exc)
-            if inner is not exc:
-                return inner
-        elif not isinstance(exc, trio.Cancelled):
-            return exc
-    return group
 
 
 __all__ = [

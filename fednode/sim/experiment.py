@@ -27,26 +27,24 @@ import contextlib
 import dataclasses
 import gc
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..config import NodeConfig, load_config
 from ..errors import ConfigError
-from ..p2p.memory import LinkFaults
 from .des import DesSimulation
-from .engine import Simulation
 from .faults import FaultSchedule
 from .gossip import GossipSimulation
 from .metrics import Collector, RoundTable
+from .result import ExperimentResult
 from .spectral import spectral_summary
 from .topology import TOPOLOGY_DIR, Topology, load_topology
+from .wiring import Built, _add_operator, _apply_links, _clients_reachable, _rejoin
 
 
 @dataclass(frozen=True)
@@ -97,122 +95,6 @@ class SimOptions:
             raise ConfigError("max_virtual_s", self.max_virtual_s, "a positive number of seconds")
 
 
-@dataclass
-class ExperimentResult(RoundTable):
-    """Plain result of one run: the collector's :class:`~.metrics.RoundTable` (numpy arrays
-    over rounds: ``rounds``, ``accuracy``, ``loss``, ``bytes``, ``time_s``, ``consensus`` —
-    gossip only, round 0 = start —, ``accuracy_min`` / ``max`` / ``of_mean``), per-node
-    rows, summary numbers."""
-
-    name: str
-    kind: str
-    n: int
-    config: dict[str, Any]
-    spectral: dict[str, Any]
-    node_rows: list[dict[str, Any]]
-    #: star / two-tier: the coordinator's full round records (selected, completed, ...)
-    records: list[dict[str, Any]]
-    faults: list[dict[str, Any]]
-    wall_s: float
-    virtual_s: float
-    messages: int
-    error: str | None
-    notes: list[str] = field(default_factory=list)
-    out_dir: Path | None = None
-    #: merged into :meth:`summary` (e.g. the CLI's client count for ``--topology star``)
-    extra_summary: dict[str, Any] = field(default_factory=dict)
-    topology: Topology | None = field(default=None, repr=False)
-
-    @property
-    def final_accuracy(self) -> float:
-        return float(self.accuracy[-1]) if len(self.accuracy) else math.nan
-
-    @property
-    def bound(self) -> np.ndarray | None:
-        """Spectral prediction of the consensus error: ``e_0 * rho^(steps * r)`` (gossip)."""
-        if self.consensus is None or not len(self.consensus):
-            return None
-        rho = float(self.spectral.get("rho", math.nan))
-        steps = int(self.config.get("gossip_steps", 1))
-        start = (
-            self.consensus[0]
-            if self.consensus[0] > 0
-            else self.consensus[min(1, len(self.consensus) - 1)]
-        )
-        first = 0 if self.consensus[0] > 0 else 1
-        return np.array([start * rho ** (steps * max(r - first, 0)) for r in self.consensus_rounds])
-
-    @property
-    def consensus_rounds(self) -> np.ndarray:
-        return np.arange(len(self.consensus)) if self.consensus is not None else np.arange(0)
-
-    def table(self) -> list[dict[str, Any]]:
-        """One dict per round (what ``rounds.jsonl`` holds)."""
-        out = []
-        for i, r in enumerate(self.rounds):
-            row: dict[str, Any] = {
-                "round": int(r),
-                "accuracy": _num(self.accuracy[i]),
-                "loss": _num(self.loss[i]),
-                "bytes": int(self.bytes[i]),
-                "time_s": _num(self.time_s[i]),
-            }
-            if i < len(self.records):
-                rec = self.records[i]
-                for key in ("selected", "completed", "failed", "clients_completed"):
-                    row[key] = rec.get(key)
-            if self.consensus is not None:
-                row["consensus_error"] = (
-                    _num(self.consensus[int(r)]) if int(r) < len(self.consensus) else None
-                )
-                row["accuracy_min"] = _num(self.accuracy_min[i])
-                row["accuracy_max"] = _num(self.accuracy_max[i])
-                row["accuracy_of_mean"] = _num(self.accuracy_of_mean[i])
-            out.append(row)
-        return out
-
-    def to_pandas(self) -> Any:
-        """The per-round table as a ``pandas.DataFrame`` (pandas is not a dependency)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
-        return pd.DataFrame(self.table()).set_index("round")
-
-    def nodes_to_pandas(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.node_rows)
-
-    def summary(self) -> dict[str, Any]:
-        hit = next((int(r) for r, a in zip(self.rounds, self.accuracy) if a >= 0.9), None)
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "nodes": self.n,
-            "rounds": len(self.rounds),
-            "final_accuracy": _num(self.final_accuracy),
-            "rounds_to_90": hit,
-            "final_consensus_error": _num(self.consensus[-1])
-            if self.consensus is not None and len(self.consensus)
-            else None,
-            "total_bytes": int(self.bytes.sum()) if len(self.bytes) else 0,
-            "messages": self.messages,
-            "virtual_s": round(self.virtual_s, 6),
-            "wall_s": round(self.wall_s, 3),
-            "spectral": self.spectral,
-            "faults": self.faults,
-            "error": self.error,
-            "notes": self.notes,
-            **self.extra_summary,
-        }
-
-
-def _num(x: Any) -> float | None:
-    v = float(x)
-    return None if math.isnan(v) else v
-
-
 # --------------------------------------------------------------------------- building
 
 
@@ -240,55 +122,6 @@ def _config(
     return load_config(None, flat)
 
 
-def _operator(topo: Topology, built: Built, nodes: Any) -> Any:
-    """For a tree with faults: before each round, tell the coordinator how many clients to
-    wait for — those the spec leaves reachable — as an operator would. The coordinator picks
-    round ``r + 1``'s clients in the step that closes round ``r``, which is when the faults
-    of boundary ``r + 1`` apply; so it waits for ``min(reachable(b), reachable(b + 1))``
-    (a node restarted at ``b`` advertises itself during round ``b``)."""
-    if topo.kind == "gossip" or not topo.faults or built.root is None:
-        return None
-    reach: dict[int, int] = {}
-
-    def reachable(r: int) -> int:
-        if r not in reach:
-            reach[r] = _clients_reachable(topo, r)
-        return reach[r]
-
-    def on_round(b: int) -> None:
-        role = nodes[built.root.index].role
-        want = max(1, min(reachable(b), reachable(b + 1)))
-        fit = min(role.rounds.min_fit_clients, want)
-        role.rounds = dataclasses.replace(
-            role.rounds, min_available_clients=want, min_fit_clients=fit
-        )
-
-    return on_round
-
-
-def _add_operator(schedule: FaultSchedule, topo: Topology, built: Built, nodes: Any) -> None:
-    op = _operator(topo, built, nodes)
-    if op is not None:
-        schedule.on_round.append(op)
-
-
-def _clients_reachable(topo: Topology, rnd: int) -> int:
-    """Clients the coordinator can reach in round ``rnd`` under the spec's faults."""
-    sched = FaultSchedule(topo.faults, {v: v for v in range(topo.n)})
-    down = sched.down_at(rnd)
-    part = sched.partition_at(rnd)
-    coord = next(v for v, r in topo.roles.items() if r == "coordinator")
-
-    def reachable(v: int) -> bool:
-        return v not in down and not (part is not None and part.separates(v, coord))
-
-    return sum(
-        1
-        for v, r in topo.roles.items()
-        if r == "client" and reachable(v) and reachable(topo.parent.get(v, coord))
-    )
-
-
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
@@ -297,14 +130,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
-
-
-@dataclass
-class Built:
-    sim: Simulation
-    root: Any
-    node_of: dict[int, int]  # topology node -> simulator index
-    roles: dict[int, str]  # simulator index -> role
 
 
 def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
@@ -374,21 +199,6 @@ def visibility(topo: Topology, node_of: dict[int, int]) -> list[list[int]]:
     return [sorted(s) for s in vis]
 
 
-def _apply_links(topo: Topology, built: Built, sim: DesSimulation | Simulation) -> None:
-    if isinstance(sim, DesSimulation):
-        sim.default_link = topo.links
-        for (a, b), lp in topo.edge_links.items():
-            sim.set_link(built.node_of[a], built.node_of[b], lp)
-        return
-    d = topo.links
-    sim.network.default = LinkFaults(d.latency_s, d.bandwidth_Bps or math.inf, d.loss)
-    for (a, b), lp in topo.edge_links.items():
-        pa, pb = sim.nodes[built.node_of[a]].peer, sim.nodes[built.node_of[b]].peer
-        sim.network.set_link(
-            pa, pb, LinkFaults(lp.latency_s, lp.bandwidth_Bps or math.inf, lp.loss)
-        )
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -454,13 +264,6 @@ def run_experiment(
 
         write_folder(result, Path(out))
     return result
-
-
-def _rejoin(node: Any) -> None:
-    """A restarted gossip peer lost its state: it rejoins like a new peer, adopting the
-    model and round of its first welcome (``GossipPeer(bootstrap=True)``)."""
-    if getattr(node.role, "role", "") == "peer" and hasattr(node.role, "bootstrapping"):
-        node.role.bootstrapping = True
 
 
 def _source(topology: Topology | str | Path) -> str | None:

@@ -136,7 +136,7 @@ def run_sharded(
     visible: list[list[int]],
 ) -> ShardOutcome:
     """Run ``built`` on ``options.workers`` processes; merge the metrics into ``collector``."""
-    from .experiment import _add_operator, _apply_links, _rejoin
+    from .wiring import _add_operator, _apply_links, _rejoin
 
     k = options.workers
     if "fork" not in mp.get_all_start_methods():

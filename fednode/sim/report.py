@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .experiment import ExperimentResult
+    from .result import ExperimentResult
 
 ROLE_COLOURS = {
     "coordinator": "#d62728",

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..errors import TaskError
 from ..wire.tensors import DTYPE, Layout
+from .cancel import cancel_point
 from .partition import partition_indices
-from .task import cancel_point
 
 MODELS = ("mlp", "linear")
 

@@ -31,8 +31,8 @@ import numpy as np
 
 from ..errors import TaskError
 from ..wire.tensors import DTYPE, Layout
+from .cancel import cancel_point
 from .partition import parse_partition, partition_indices
-from .task import cancel_point
 
 FEATURES, CLASSES = 64, 10
 SIZE = CLASSES * FEATURES + CLASSES  # 650

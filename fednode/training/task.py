@@ -13,25 +13,23 @@ string client id, if it names that). The object must provide the methods of
 
 Stopping. A real node runs ``train`` / ``evaluate`` in a worker thread, which Python
 cannot interrupt. A task whose jobs take more than a moment should call
-:func:`cancel_point` between batches: when the node is stopping (Ctrl-C, SIGTERM, its
-role finished) it raises :class:`~fednode.errors.JobCancelled`, which unwinds the job
-and lets the node shut down at once. The built-in tasks do. A job that never calls it
-is waited for up to ``ThreadExecutor.stop_grace_s`` and then left to finish on its own.
+:func:`~fednode.training.cancel.cancel_point` between batches: when the node is stopping
+(Ctrl-C, SIGTERM, its role finished) it raises :class:`~fednode.errors.JobCancelled`,
+which unwinds the job and lets the node shut down at once. The built-in tasks do. A job
+that never calls it is waited for up to ``ThreadExecutor.stop_grace_s`` and then left to
+finish on its own.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import JobCancelled, TaskError
+from ..errors import TaskError
 from ..wire.tensors import Layout
 
 Metrics = dict[str, float]
@@ -60,30 +58,6 @@ class Task(Protocol):
     def evaluate(self, params: np.ndarray) -> tuple[float, int, Metrics]:
         """Evaluate on held-out data; return (loss, num_examples, metrics incl. accuracy)."""
         ...
-
-
-#: the stop flag of the job running in this thread (None: not inside an executor's job)
-_STOP: ContextVar[threading.Event | None] = ContextVar("fednode_job_stop", default=None)
-
-
-def cancel_point() -> None:
-    """Raise :class:`~fednode.errors.JobCancelled` if the node running this job is
-    stopping; otherwise return at once (~0.1 µs). A no-op outside an executor's job (a
-    task called directly, the simulator)."""
-    flag = _STOP.get()
-    if flag is not None and flag.is_set():
-        raise JobCancelled("compute job stopped: the node is shutting down")
-
-
-@contextmanager
-def stoppable(flag: threading.Event) -> Iterator[None]:
-    """Run the body (a job, in its worker thread) with ``flag`` as its stop flag: once
-    ``flag`` is set, the body's next :func:`cancel_point` raises."""
-    token = _STOP.set(flag)
-    try:
-        yield
-    finally:
-        _STOP.reset(token)
 
 
 def load_task(

@@ -11,12 +11,6 @@
 default) is a star of ``--nodes`` clients. ``--nodes`` overrides the spec's node count
 (for ``star``: the number of clients). Parsing and presentation only: the work is
 :func:`fednode.sim.experiment.run_experiment`.
-
-Wiring (``fednode/cli.py``)::
-
-    sim = sub.add_parser("sim", ...)
-    add_sim_arguments(sim)          # includes the common flags (--rounds, --task, ...)
-    COMMANDS["sim"] = run_sim
 """
 
 from __future__ import annotations
@@ -30,18 +24,29 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..config import load_config
 from ..errors import ConfigError
-from .experiment import ExperimentResult, SimOptions, run_experiment
-from .topology import Topology, build_topology, load_topology
+from ..sim.experiment import ExperimentResult, SimOptions, run_experiment
+from ..sim.report import compare, write_folder
+from ..sim.topology import Topology, build_topology, load_topology
+from .common import add_common, console, overrides
 
 #: ``fednode sim`` suggests ``--workers`` for runs of at least this many nodes on one worker
 HINT_WORKERS_FROM = 5000
 
 
+def add_parser(sub: Any) -> None:
+    sim = sub.add_parser(
+        "sim",
+        help="run a federation in the simulator (virtual time)",
+        description="Run N nodes in one process over the memory transport "
+        "with virtual time; the same role code as real nodes.",
+    )
+    add_sim_arguments(sim)
+
+
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     """Every ``fednode sim`` flag, the common config flags included."""
-    from ..cli import _add_common
-
     parser.add_argument(
         "--topology",
         default="star",
@@ -97,7 +102,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="gossip: average random models without training (the spectral bound applies)",
     )
-    _add_common(parser)
+    add_common(parser)
 
 
 def _options(args: argparse.Namespace) -> SimOptions:
@@ -113,14 +118,6 @@ def _options(args: argparse.Namespace) -> SimOptions:
     )
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from ..cli import COMMON_FLAGS
-
-    out = {dotted: getattr(args, flag, None) for flag, (dotted, _t, _h) in COMMON_FLAGS.items()}
-    out["wire.error_feedback"] = getattr(args, "error_feedback", None)
-    return {k: v for k, v in out.items() if v is not None}
-
-
 def _topology(spec: str, args: argparse.Namespace) -> Topology | str:
     if spec == "star" and not Path(spec).is_file():
         clients = args.nodes if args.nodes is not None else 10
@@ -133,16 +130,13 @@ def _topology(spec: str, args: argparse.Namespace) -> Topology | str:
 def _run_one(
     spec: str, args: argparse.Namespace, out: Path | None, console: Any = None
 ) -> ExperimentResult:
-    from ..config import load_config
-    from .report import write_folder
-
     topo = _topology(spec, args)
     base = load_config(args.config, None) if args.config else None
     with _progress(console, Path(spec).stem) as progress:
         res = run_experiment(
             topo,
             base,
-            overrides=_overrides(args),
+            overrides=overrides(args),
             options=_options(args),
             n=None if isinstance(topo, Topology) else args.nodes,
             graph_seed=args.graph_seed,
@@ -193,8 +187,6 @@ def _progress(console: Any, label: str) -> Iterator[Callable[[int, int], None] |
 
 def run_sim(args: argparse.Namespace) -> int:
     """``fednode sim``: 0 when every run finished, 1 when one failed (ConfigError -> caller)."""
-    from ..cli import console
-
     specs = args.compare or [args.topology]
     if args.compare:
         for spec in specs:  # fail fast on a bad spec, before any run
@@ -214,8 +206,6 @@ def run_sim(args: argparse.Namespace) -> int:
             if hint:
                 console.print(hint)
     if args.compare and args.out is not None:
-        from .report import compare
-
         compare(results, args.out)
         if not args.json:
             console.print(f"comparison plots in {args.out}")

@@ -1,37 +1,22 @@
-"""Configuration: TOML file + CLI overrides -> frozen, validated dataclasses.
+"""The config sections (``[train]``, ``[rounds]``, ...): frozen dataclasses that validate.
 
-A config file is optional; every field has a default that gives a working node. The file
-has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``,
-``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``) and top-level keys for the node itself::
-
-    role = "client"
-    seed = 0
-    [data]
-    task = "digits"
-    partition = "dirichlet:0.5"
-    client_index = 3
-    num_clients = 10
-
-CLI flags override single fields by dotted name (``rounds.rounds=20``). Validation runs
-once, in :func:`load_config`; every problem raises :class:`ConfigError` naming the field,
-the value received and what was expected, before the node starts.
+Each section checks its own fields in ``validate()`` and raises
+:class:`~fednode.errors.ConfigError` naming the field; :func:`~fednode.config.load_config`
+calls it once, through :class:`~fednode.config.NodeConfig`. ``[net]`` is in
+:mod:`fednode.config.net`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import tomllib
-import types
-import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-ROLES = ("client", "aggregator", "coordinator", "peer")
+
+def check(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(name, value, expected)
 
 
 @dataclass(frozen=True)
@@ -45,11 +30,11 @@ class TrainParams:
     prox_mu: float = 0.0
 
     def validate(self) -> None:
-        _check(self.local_epochs >= 1, "train.local_epochs", self.local_epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "a finite float > 0")
-        _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "a float in [0, 1)")
-        _check(self.prox_mu >= 0, "train.prox_mu", self.prox_mu, "a float >= 0")
+        check(self.local_epochs >= 1, "train.local_epochs", self.local_epochs, "an integer >= 1")
+        check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        check(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "a finite float > 0")
+        check(0 <= self.momentum < 1, "train.momentum", self.momentum, "a float in [0, 1)")
+        check(self.prox_mu >= 0, "train.prox_mu", self.prox_mu, "a float >= 0")
 
 
 @dataclass(frozen=True)
@@ -70,56 +55,56 @@ class RoundParams:
     max_retries: int = 2
 
     def validate(self) -> None:
-        _check(self.rounds >= 1, "rounds.rounds", self.rounds, "an integer >= 1")
-        _check(
+        check(self.rounds >= 1, "rounds.rounds", self.rounds, "an integer >= 1")
+        check(
             0 < self.fraction_fit <= 1,
             "rounds.fraction_fit",
             self.fraction_fit,
             "a float in (0, 1]",
         )
-        _check(
+        check(
             self.min_fit_clients >= 1,
             "rounds.min_fit_clients",
             self.min_fit_clients,
             "an integer >= 1",
         )
-        _check(
+        check(
             self.min_available_clients >= self.min_fit_clients,
             "rounds.min_available_clients",
             self.min_available_clients,
             f"an integer >= min_fit_clients ({self.min_fit_clients})",
         )
-        _check(
+        check(
             self.round_deadline_s > 0,
             "rounds.round_deadline_s",
             self.round_deadline_s,
             "a float > 0 (seconds)",
         )
-        _check(
+        check(
             0 <= self.max_failure_fraction < 1,
             "rounds.max_failure_fraction",
             self.max_failure_fraction,
             "a float in [0, 1)",
         )
-        _check(
+        check(
             self.wait_for_clients_s > 0,
             "rounds.wait_for_clients_s",
             self.wait_for_clients_s,
             "a float > 0 (seconds)",
         )
-        _check(
+        check(
             0 <= self.target_accuracy <= 1,
             "rounds.target_accuracy",
             self.target_accuracy,
             "a float in [0, 1] (0 = run all rounds)",
         )
-        _check(
+        check(
             0 < self.cutoff_fraction <= 1,
             "rounds.cutoff_fraction",
             self.cutoff_fraction,
             "a float in (0, 1] (1 = wait for every selected child or the deadline)",
         )
-        _check(self.max_retries >= 0, "rounds.max_retries", self.max_retries, "an integer >= 0")
+        check(self.max_retries >= 0, "rounds.max_retries", self.max_retries, "an integer >= 0")
 
 
 PLACEMENTS = ("least_loaded", "region", "none")
@@ -147,29 +132,29 @@ class TierParams:
     settle_s: float = 5.0
 
     def validate(self) -> None:
-        _check(
+        check(
             len(self.region) <= 64, "tier.region", self.region, "a label of at most 64 characters"
         )
-        _check(
+        check(
             self.placement in PLACEMENTS,
             "tier.placement",
             self.placement,
             f"one of {', '.join(PLACEMENTS)}",
         )
-        _check(self.edge_rounds >= 1, "tier.edge_rounds", self.edge_rounds, "an integer >= 1")
-        _check(
+        check(self.edge_rounds >= 1, "tier.edge_rounds", self.edge_rounds, "an integer >= 1")
+        check(
             0 < self.aggregator_deadline_fraction < 1,
             "tier.aggregator_deadline_fraction",
             self.aggregator_deadline_fraction,
             "a float in (0, 1) (the aggregator must answer before the coordinator's deadline)",
         )
-        _check(
+        check(
             self.promote_at == 0 or self.promote_at >= 2,
             "tier.promote_at",
             self.promote_at,
             "0 (off) or an integer >= 2",
         )
-        _check(self.settle_s > 0, "tier.settle_s", self.settle_s, "a float > 0 (seconds)")
+        check(self.settle_s > 0, "tier.settle_s", self.settle_s, "a float > 0 (seconds)")
 
 
 @dataclass(frozen=True)
@@ -185,15 +170,15 @@ class SelectionParams:
     straggler_penalty: float = 2.0
 
     def validate(self) -> None:
-        _check(
+        check(
             self.strategy in SELECTIONS,
             "selection.strategy",
             self.strategy,
             f"one of {', '.join(SELECTIONS)}",
         )
-        _check(self.candidates >= 0, "selection.candidates", self.candidates, "an integer >= 0")
-        _check(0 <= self.explore <= 1, "selection.explore", self.explore, "a float in [0, 1]")
-        _check(
+        check(self.candidates >= 0, "selection.candidates", self.candidates, "an integer >= 0")
+        check(0 <= self.explore <= 1, "selection.explore", self.explore, "a float in [0, 1]")
+        check(
             self.straggler_penalty >= 0,
             "selection.straggler_penalty",
             self.straggler_penalty,
@@ -228,34 +213,34 @@ class ServerParams:
     resume_from: str = ""
 
     def validate(self) -> None:
-        _check(
+        check(
             self.optimizer in OPTIMIZERS,
             "server.optimizer",
             self.optimizer,
             f"one of {', '.join(OPTIMIZERS)}",
         )
-        _check(
+        check(
             self.lr >= 0 and math.isfinite(self.lr),
             "server.lr",
             self.lr,
             "a finite float >= 0 (0 = optimiser default)",
         )
-        _check(0 <= self.momentum < 1, "server.momentum", self.momentum, "a float in [0, 1)")
-        _check(0 <= self.beta2 < 1, "server.beta2", self.beta2, "a float in [0, 1)")
-        _check(self.tau > 0, "server.tau", self.tau, "a float > 0")
-        _check(self.mode in MODES, "server.mode", self.mode, f"one of {', '.join(MODES)}")
-        _check(self.buffer_size >= 1, "server.buffer_size", self.buffer_size, "an integer >= 1")
-        _check(self.concurrency >= 0, "server.concurrency", self.concurrency, "an integer >= 0")
-        _check(
+        check(0 <= self.momentum < 1, "server.momentum", self.momentum, "a float in [0, 1)")
+        check(0 <= self.beta2 < 1, "server.beta2", self.beta2, "a float in [0, 1)")
+        check(self.tau > 0, "server.tau", self.tau, "a float > 0")
+        check(self.mode in MODES, "server.mode", self.mode, f"one of {', '.join(MODES)}")
+        check(self.buffer_size >= 1, "server.buffer_size", self.buffer_size, "an integer >= 1")
+        check(self.concurrency >= 0, "server.concurrency", self.concurrency, "an integer >= 0")
+        check(
             self.max_staleness >= 0, "server.max_staleness", self.max_staleness, "an integer >= 0"
         )
-        _check(
+        check(
             self.checkpoint_keep >= 1,
             "server.checkpoint_keep",
             self.checkpoint_keep,
             "an integer >= 1",
         )
-        _check(
+        check(
             self.resume_from != "latest" or bool(self.checkpoint_dir),
             "server.resume_from",
             self.resume_from,
@@ -273,67 +258,17 @@ class DataParams:
     num_clients: int = 1
 
     def validate(self) -> None:
-        _check(bool(self.task), "data.task", self.task, "'digits' or 'package.module:Class'")
-        _check(self.num_clients >= 1, "data.num_clients", self.num_clients, "an integer >= 1")
-        _check(
+        check(bool(self.task), "data.task", self.task, "'digits' or 'package.module:Class'")
+        check(self.num_clients >= 1, "data.num_clients", self.num_clients, "an integer >= 1")
+        check(
             0 <= self.client_index < self.num_clients,
             "data.client_index",
             self.client_index,
             f"an integer in [0, num_clients={self.num_clients})",
         )
-        from .training.partition import parse_partition
+        from ..training.partition import parse_partition
 
         parse_partition(self.partition)  # raises ConfigError('data.partition', ...)
-
-
-@dataclass(frozen=True)
-class NetParams:
-    """Where the node listens, how it finds others, and who may talk to it."""
-
-    listen: str = "/ip4/0.0.0.0/tcp/0"
-    bootstrap: tuple[str, ...] = ()
-    mdns: bool = True
-    federation: str = "fednode"
-    key_file: str = "fednode.key"
-    allow: tuple[str, ...] = ()
-    open_membership: bool = True
-    network_key_file: str = ""
-    dial_timeout_s: float = 10.0
-    send_timeout_s: float = 60.0
-    peer_timeout_s: float = 30.0
-    #: Unix socket for `fednode status` / `fednode promote` ("" = none; mode 0600)
-    control_socket: str = ""
-    #: Prometheus metrics at http://HOST:PORT/metrics ("" = off; e.g. 127.0.0.1:9464)
-    metrics_listen: str = ""
-
-    def validate(self) -> None:
-        from .p2p.multiaddrs import check_listen
-
-        try:
-            check_listen(self.listen)
-        except ValueError as exc:
-            raise ConfigError(
-                "net.listen", self.listen, f"a multiaddr such as /ip4/0.0.0.0/tcp/0 ({exc})"
-            ) from exc
-        if self.bootstrap:
-            from .p2p.discovery import parse_bootstrap
-
-            parse_bootstrap(self.bootstrap)  # ConfigError naming net.bootstrap and the address
-        _check(bool(self.federation), "net.federation", self.federation, "a non-empty name")
-        _check(
-            not (self.allow and self.open_membership),
-            "net.open_membership",
-            self.open_membership,
-            "false when net.allow lists peers (an allow-list only means something for "
-            "closed membership; set open_membership = false, or empty the list)",
-        )
-        for name in ("dial_timeout_s", "send_timeout_s", "peer_timeout_s"):
-            value = getattr(self, name)
-            _check(value > 0, f"net.{name}", value, "a float > 0 (seconds)")
-        if self.metrics_listen:
-            from .prometheus import parse_listen
-
-            parse_listen(self.metrics_listen)  # ConfigError naming the field
 
 
 @dataclass(frozen=True)
@@ -350,34 +285,34 @@ class WireParams:
     max_clock_skew_s: float = 300.0
 
     def validate(self) -> None:
-        from .wire.codecs import parse_codec
+        from ..wire.codecs import parse_codec
 
         parse_codec(self.codec)
-        _check(
+        check(
             self.max_frame_bytes >= 1024,
             "wire.max_frame_bytes",
             self.max_frame_bytes,
             "an integer >= 1024",
         )
-        _check(
+        check(
             256 <= self.max_header_bytes <= self.max_frame_bytes,
             "wire.max_header_bytes",
             self.max_header_bytes,
             "an integer in [256, max_frame_bytes]",
         )
-        _check(
+        check(
             self.max_inbound_frames >= 1,
             "wire.max_inbound_frames",
             self.max_inbound_frames,
             "an integer >= 1",
         )
-        _check(
+        check(
             1 <= self.max_inbound_frames_per_peer <= self.max_inbound_frames,
             "wire.max_inbound_frames_per_peer",
             self.max_inbound_frames_per_peer,
             "an integer in [1, max_inbound_frames]",
         )
-        _check(
+        check(
             self.max_clock_skew_s > 0,
             "wire.max_clock_skew_s",
             self.max_clock_skew_s,
@@ -427,21 +362,21 @@ class GossipParams:
     step_size: float = 0.0
 
     def validate(self) -> None:
-        _check(
+        check(
             self.mode in GOSSIP_MODES,
             "gossip.mode",
             self.mode,
             f"one of {', '.join(GOSSIP_MODES)}",
         )
-        _check(self.steps >= 1, "gossip.steps", self.steps, "an integer >= 1")
-        _check(self.degree >= 1, "gossip.degree", self.degree, "an integer >= 1")
-        _check(
+        check(self.steps >= 1, "gossip.steps", self.steps, "an integer >= 1")
+        check(self.degree >= 1, "gossip.degree", self.degree, "an integer >= 1")
+        check(
             self.max_degree >= self.degree,
             "gossip.max_degree",
             self.max_degree,
             f"an integer >= degree ({self.degree})",
         )
-        _check(
+        check(
             self.exchanges_per_round >= 0 and math.isfinite(self.exchanges_per_round),
             "gossip.exchanges_per_round",
             self.exchanges_per_round,
@@ -455,9 +390,9 @@ class GossipParams:
             "join_wait_s",
         ):
             value = getattr(self, name)
-            _check(value > 0 and math.isfinite(value), f"gossip.{name}", value, "a float > 0")
-        _check(self.miss_limit >= 1, "gossip.miss_limit", self.miss_limit, "an integer >= 1")
-        _check(
+            check(value > 0 and math.isfinite(value), f"gossip.{name}", value, "a float > 0")
+        check(self.miss_limit >= 1, "gossip.miss_limit", self.miss_limit, "an integer >= 1")
+        check(
             0 <= self.step_size <= 1,
             "gossip.step_size",
             self.step_size,
@@ -475,150 +410,3 @@ class GossipParams:
         """
         per_round = self.exchanges_per_round or max(1.0, degree / 2)
         return per_round / self.round_s
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """Everything a node needs. Build with :func:`load_config`; frozen once built."""
-
-    role: str = "client"
-    seed: int = 0
-    topology: str = "star"
-    train: TrainParams = field(default_factory=TrainParams)
-    rounds: RoundParams = field(default_factory=RoundParams)
-    data: DataParams = field(default_factory=DataParams)
-    net: NetParams = field(default_factory=NetParams)
-    wire: WireParams = field(default_factory=WireParams)
-    tier: TierParams = field(default_factory=TierParams)
-    selection: SelectionParams = field(default_factory=SelectionParams)
-    server: ServerParams = field(default_factory=ServerParams)
-    gossip: GossipParams = field(default_factory=GossipParams)
-
-    def validate(self) -> None:
-        _check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")
-        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        for group in (
-            self.train,
-            self.rounds,
-            self.data,
-            self.net,
-            self.wire,
-            self.tier,
-            self.selection,
-            self.server,
-            self.gossip,
-        ):
-            group.validate()
-
-
-def _check(ok: bool, name: str, value: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(name, value, expected)
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a dataclass field annotation; coerce only lossless cases."""
-    origin = typing.get_origin(annotation)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(name, value, "a boolean (true/false)")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(name, value, "an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(name, value, "an integer")
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(name, value, "a number")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(name, value, "a number")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(name, value, "a string")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(name, value, "a list of strings")
-    if origin in (typing.Union, types.UnionType):  # pragma: no cover - no such fields yet
-        return value
-    raise ConfigError(name, value, f"a value of type {annotation}")
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(name, value, f"a known key (one of: {known})")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, Mapping):
-                raise ConfigError(name, value, f"a table [{key}]")
-            kwargs[key] = _build(hint, value, f"{name}.")  # type: ignore[arg-type]
-        else:
-            kwargs[key] = _coerce(name, value, hint)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(dotted, value, f"{part!r} to be a table")
-        node = child
-    node[parts[-1]] = value
-
-
-def load_config(
-    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> NodeConfig:
-    """Read ``path`` (TOML, optional), apply dotted ``overrides``, validate, return frozen config.
-
-    Errors: :class:`ConfigError` naming the field for unknown keys, wrong types,
-    out-of-range values, an unreadable file or invalid TOML.
-    """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                tree = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError("config", str(path), f"a readable TOML file ({exc})") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("config", str(path), f"valid TOML ({exc})") from exc
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(tree, dotted, value)
-    config: NodeConfig = _build(NodeConfig, tree, "")
-    config.validate()
-    return config
-
-
-def replace(config: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` that re-validates the result."""
-    new = dataclasses.replace(config, **changes)
-    new.validate()
-    return new

@@ -1,0 +1,73 @@
+"""What every command shares: the console, the common config flags, byte counts for people."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..config import NodeConfig, load_config
+
+console = Console(highlight=False)
+
+# CLI flag -> dotted config field
+COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
+    "seed": ("seed", int, "random seed for model init, partitions and selection"),
+    "rounds": ("rounds.rounds", int, "number of federated rounds"),
+    "fraction_fit": ("rounds.fraction_fit", float, "fraction of available clients per round"),
+    "min_fit_clients": ("rounds.min_fit_clients", int, "fewest results a round accepts"),
+    "min_available_clients": (
+        "rounds.min_available_clients",
+        int,
+        "clients needed before a round starts",
+    ),
+    "round_deadline": ("rounds.round_deadline_s", float, "seconds a round waits for results"),
+    "target_accuracy": ("rounds.target_accuracy", float, "stop early at this test accuracy"),
+    "local_epochs": ("train.local_epochs", int, "local epochs per round (E)"),
+    "batch_size": ("train.batch_size", int, "local minibatch size"),
+    "lr": ("train.lr", float, "local SGD learning rate"),
+    "prox_mu": ("train.prox_mu", float, "FedProx proximal term (0 = off)"),
+    "task": (
+        "data.task",
+        str,
+        "digits, digits:linear, digits:numpy, synthetic[:<n>] or package.module:Class",
+    ),
+    "partition": ("data.partition", str, "'iid', 'dirichlet:<alpha>' or 'shards:<k>'"),
+    "codec": ("wire.codec", str, "update codec: none, fp16, int8, topk:<f>[+int8][+zstd]"),
+}
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (flags override it)")
+    for flag, (_dotted, typ, help_) in COMMON_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, help=help_)
+    p.add_argument(
+        "--no-error-feedback",
+        dest="error_feedback",
+        action="store_const",
+        const=False,
+        help="disable error feedback for lossy codecs",
+    )
+
+
+def overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The common flags given (and ``extra``) as dotted config fields; unset flags left out."""
+    out = {dotted: getattr(args, flag, None) for flag, (dotted, _t, _h) in COMMON_FLAGS.items()}
+    out["wire.error_feedback"] = getattr(args, "error_feedback", None)
+    out.update(extra or {})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def config_of(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> NodeConfig:
+    """``--config`` and the flags -> validated config (ConfigError names the field)."""
+    return load_config(getattr(args, "config", None), overrides(args, extra))
+
+
+def human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)  # pragma: no cover

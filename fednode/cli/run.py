@@ -1,0 +1,150 @@
+"""``fednode run``: one real node on the network, until its role stops or a signal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .common import add_common, config_of, console, human
+
+
+def add_parser(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run a real node (libp2p; finds peers by mDNS)",
+        description="Run one fednode node on the network. With no config it listens on "
+        "all interfaces, finds peers by mDNS and takes the role given.",
+    )
+    run.add_argument(
+        "--role", choices=("client", "aggregator", "coordinator", "peer"), help="node role"
+    )
+    run.add_argument("--client-index", type=int, help="this client's partition index")
+    run.add_argument("--num-clients", type=int, help="number of partitions")
+    run.add_argument("--listen", help="listen multiaddr (/ip4/0.0.0.0/tcp/0)")
+    run.add_argument("--bootstrap", action="append", help="peer multiaddr to dial (repeat)")
+    run.add_argument(
+        "--no-mdns", dest="mdns", action="store_const", const=False, help="disable mDNS discovery"
+    )
+    run.add_argument("--federation", help="federation name (nodes only join their own)")
+    run.add_argument(
+        "--region", help="region label: clients go under an aggregator of their region"
+    )
+    run.add_argument(
+        "--gossip-mode",
+        choices=("sync", "async"),
+        help="peer: synchronous MH rounds or asynchronous pairwise gossip (sync)",
+    )
+    run.add_argument("--degree", type=int, help="peer: neighbours to keep (4)")
+    run.add_argument("--key-file", help="node key file (created if missing)")
+    run.add_argument("--allow", action="append", help="allowed peer id (repeat); closes membership")
+    run.add_argument("--network-key-file", help="pre-shared network key (private network)")
+    run.add_argument(
+        "--checkpoint-dir", help="coordinator: write a versioned checkpoint here every round"
+    )
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        dest="resume_from",
+        action="store_const",
+        const="latest",
+        help="coordinator: continue from the newest checkpoint in --checkpoint-dir, if any",
+    )
+    resume.add_argument(
+        "--resume-from", metavar="PATH", help="coordinator: continue from this checkpoint"
+    )
+    run.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="serve `fednode status` / `fednode promote` on this Unix socket (mode 0600)",
+    )
+    run.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)",
+    )
+    run.add_argument(
+        "--log",
+        choices=("human", "json"),
+        default="human",
+        help="event output: a round table (human) or JSON lines (json)",
+    )
+    add_common(run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one node until its role stops or SIGINT/SIGTERM; prints ``stopped: <why>``.
+
+    Exit status: 0 when the role finished or a signal asked the node to stop (it said
+    goodbye to its peers first; the line reads ``stopped: SIGTERM``), 1 when the role
+    failed (e.g. a round could not complete), 2 for a configuration error, 130 when
+    interrupted before the node was up.
+    """
+    import logging
+
+    import trio
+
+    from ..node import Node, json_lines
+
+    extra: dict[str, Any] = {
+        "role": args.role,
+        "data.client_index": args.client_index,
+        "data.num_clients": args.num_clients,
+        "net.listen": args.listen,
+        "net.bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
+        "net.mdns": args.mdns,
+        "net.federation": args.federation,
+        "tier.region": args.region,
+        "gossip.mode": args.gossip_mode,
+        "gossip.degree": args.degree,
+        "net.key_file": args.key_file,
+        "net.network_key_file": args.network_key_file,
+        "net.control_socket": args.control_socket,
+        "net.metrics_listen": args.metrics_listen,
+        "server.checkpoint_dir": args.checkpoint_dir,
+        "server.resume_from": args.resume_from,
+    }
+    if args.allow:
+        extra["net.allow"] = tuple(args.allow)
+        extra["net.open_membership"] = False
+    config = config_of(args, extra)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    # main() made SIGTERM a KeyboardInterrupt while starting up ("interrupted", 130); once
+    # up, the node's own handler takes over (Node.run: goodbye, "stopped: SIGTERM", 0)
+    sink = json_lines() if args.log == "json" else _human_events()
+    node = Node(config, on_event=sink)
+    console.print(f"[bold]fednode[/] {config.role} {node.peer_id}", highlight=False)
+    stop = trio.run(node.run)
+    if stop is None:
+        console.print("stopped: cancelled")
+        return 130
+    console.print(f"stopped: {stop.reason}")
+    return 0 if stop.error is None else 1
+
+
+def _human_events() -> Callable[[str, str, dict[str, Any]], None]:
+    def sink(peer: str, event: str, data: dict[str, Any]) -> None:
+        if event == "round":
+            console.print(
+                f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss "
+                f"{data['loss']:.4f}  clients {data['completed']}/{data['selected']}  "
+                f"up {human(data['bytes_up'])}  down {human(data['bytes_down'])}  "
+                f"{data['duration_s']:.1f}s"
+            )
+        elif event == "gossip_round":
+            console.print(
+                f"round {data['round']:>3}  neighbours {data.get('neighbours', 0)}  "
+                f"distance {data.get('distance', float('nan')):.4f}  "
+                f"train loss {data.get('train_loss', float('nan')):.4f}"
+            )
+        elif event == "gossip_eval":
+            console.print(
+                f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss {data['loss']:.4f}"
+            )
+        elif event in ("round_failed", "rejected", "send_failed", "parent_lost"):
+            console.print(f"[yellow]{event}[/] {data}")
+
+    return sink

@@ -1,0 +1,129 @@
+"""What one experiment returns: per-round arrays, per-node rows and the summary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import RoundTable
+from .topology import Topology
+
+
+@dataclass
+class ExperimentResult(RoundTable):
+    """Plain result of one run: the collector's :class:`~.metrics.RoundTable` (numpy arrays
+    over rounds: ``rounds``, ``accuracy``, ``loss``, ``bytes``, ``time_s``, ``consensus`` —
+    gossip only, round 0 = start —, ``accuracy_min`` / ``max`` / ``of_mean``), per-node
+    rows, summary numbers."""
+
+    name: str
+    kind: str
+    n: int
+    config: dict[str, Any]
+    spectral: dict[str, Any]
+    node_rows: list[dict[str, Any]]
+    #: star / two-tier: the coordinator's full round records (selected, completed, ...)
+    records: list[dict[str, Any]]
+    faults: list[dict[str, Any]]
+    wall_s: float
+    virtual_s: float
+    messages: int
+    error: str | None
+    notes: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+    #: merged into :meth:`summary` (e.g. the CLI's client count for ``--topology star``)
+    extra_summary: dict[str, Any] = field(default_factory=dict)
+    topology: Topology | None = field(default=None, repr=False)
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.accuracy[-1]) if len(self.accuracy) else math.nan
+
+    @property
+    def bound(self) -> np.ndarray | None:
+        """Spectral prediction of the consensus error: ``e_0 * rho^(steps * r)`` (gossip)."""
+        if self.consensus is None or not len(self.consensus):
+            return None
+        rho = float(self.spectral.get("rho", math.nan))
+        steps = int(self.config.get("gossip_steps", 1))
+        start = (
+            self.consensus[0]
+            if self.consensus[0] > 0
+            else self.consensus[min(1, len(self.consensus) - 1)]
+        )
+        first = 0 if self.consensus[0] > 0 else 1
+        return np.array([start * rho ** (steps * max(r - first, 0)) for r in self.consensus_rounds])
+
+    @property
+    def consensus_rounds(self) -> np.ndarray:
+        return np.arange(len(self.consensus)) if self.consensus is not None else np.arange(0)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One dict per round (what ``rounds.jsonl`` holds)."""
+        out = []
+        for i, r in enumerate(self.rounds):
+            row: dict[str, Any] = {
+                "round": int(r),
+                "accuracy": _num(self.accuracy[i]),
+                "loss": _num(self.loss[i]),
+                "bytes": int(self.bytes[i]),
+                "time_s": _num(self.time_s[i]),
+            }
+            if i < len(self.records):
+                rec = self.records[i]
+                for key in ("selected", "completed", "failed", "clients_completed"):
+                    row[key] = rec.get(key)
+            if self.consensus is not None:
+                row["consensus_error"] = (
+                    _num(self.consensus[int(r)]) if int(r) < len(self.consensus) else None
+                )
+                row["accuracy_min"] = _num(self.accuracy_min[i])
+                row["accuracy_max"] = _num(self.accuracy_max[i])
+                row["accuracy_of_mean"] = _num(self.accuracy_of_mean[i])
+            out.append(row)
+        return out
+
+    def to_pandas(self) -> Any:
+        """The per-round table as a ``pandas.DataFrame`` (pandas is not a dependency)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
+        return pd.DataFrame(self.table()).set_index("round")
+
+    def nodes_to_pandas(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.node_rows)
+
+    def summary(self) -> dict[str, Any]:
+        hit = next((int(r) for r, a in zip(self.rounds, self.accuracy) if a >= 0.9), None)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "nodes": self.n,
+            "rounds": len(self.rounds),
+            "final_accuracy": _num(self.final_accuracy),
+            "rounds_to_90": hit,
+            "final_consensus_error": _num(self.consensus[-1])
+            if self.consensus is not None and len(self.consensus)
+            else None,
+            "total_bytes": int(self.bytes.sum()) if len(self.bytes) else 0,
+            "messages": self.messages,
+            "virtual_s": round(self.virtual_s, 6),
+            "wall_s": round(self.wall_s, 3),
+            "spectral": self.spectral,
+            "faults": self.faults,
+            "error": self.error,
+            "notes": self.notes,
+            **self.extra_summary,
+        }
+
+
+def _num(x: Any) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else v

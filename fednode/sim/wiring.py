@@ -1,0 +1,96 @@
+"""How a built experiment follows its spec: link faults, the operator, restarted peers.
+
+Shared by the single-process run (:mod:`.experiment`) and the sharded one (:mod:`.parallel`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..p2p.memory import LinkFaults
+from .des import DesSimulation
+from .engine import Simulation
+from .faults import FaultSchedule
+from .topology import Topology
+
+
+@dataclass
+class Built:
+    sim: Simulation
+    root: Any
+    node_of: dict[int, int]  # topology node -> simulator index
+    roles: dict[int, str]  # simulator index -> role
+
+
+def _operator(topo: Topology, built: Built, nodes: Any) -> Any:
+    """For a tree with faults: before each round, tell the coordinator how many clients to
+    wait for — those the spec leaves reachable — as an operator would. The coordinator picks
+    round ``r + 1``'s clients in the step that closes round ``r``, which is when the faults
+    of boundary ``r + 1`` apply; so it waits for ``min(reachable(b), reachable(b + 1))``
+    (a node restarted at ``b`` advertises itself during round ``b``)."""
+    if topo.kind == "gossip" or not topo.faults or built.root is None:
+        return None
+    reach: dict[int, int] = {}
+
+    def reachable(r: int) -> int:
+        if r not in reach:
+            reach[r] = _clients_reachable(topo, r)
+        return reach[r]
+
+    def on_round(b: int) -> None:
+        role = nodes[built.root.index].role
+        want = max(1, min(reachable(b), reachable(b + 1)))
+        fit = min(role.rounds.min_fit_clients, want)
+        role.rounds = dataclasses.replace(
+            role.rounds, min_available_clients=want, min_fit_clients=fit
+        )
+
+    return on_round
+
+
+def _add_operator(schedule: FaultSchedule, topo: Topology, built: Built, nodes: Any) -> None:
+    op = _operator(topo, built, nodes)
+    if op is not None:
+        schedule.on_round.append(op)
+
+
+def _clients_reachable(topo: Topology, rnd: int) -> int:
+    """Clients the coordinator can reach in round ``rnd`` under the spec's faults."""
+    sched = FaultSchedule(topo.faults, {v: v for v in range(topo.n)})
+    down = sched.down_at(rnd)
+    part = sched.partition_at(rnd)
+    coord = next(v for v, r in topo.roles.items() if r == "coordinator")
+
+    def reachable(v: int) -> bool:
+        return v not in down and not (part is not None and part.separates(v, coord))
+
+    return sum(
+        1
+        for v, r in topo.roles.items()
+        if r == "client" and reachable(v) and reachable(topo.parent.get(v, coord))
+    )
+
+
+def _apply_links(topo: Topology, built: Built, sim: DesSimulation | Simulation) -> None:
+    if isinstance(sim, DesSimulation):
+        sim.default_link = topo.links
+        for (a, b), lp in topo.edge_links.items():
+            sim.set_link(built.node_of[a], built.node_of[b], lp)
+        return
+    d = topo.links
+    sim.network.default = LinkFaults(d.latency_s, d.bandwidth_Bps or math.inf, d.loss)
+    for (a, b), lp in topo.edge_links.items():
+        pa, pb = sim.nodes[built.node_of[a]].peer, sim.nodes[built.node_of[b]].peer
+        sim.network.set_link(
+            pa, pb, LinkFaults(lp.latency_s, lp.bandwidth_Bps or math.inf, lp.loss)
+        )
+
+
+def _rejoin(node: Any) -> None:
+    """A restarted gossip peer lost its state: it rejoins like a new peer, adopting the
+    model and round of its first welcome (``GossipPeer(bootstrap=True)``)."""
+    if getattr(node.role, "role", "") == "peer" and hasattr(node.role, "bootstrapping"):
+        node.role.bootstrapping = True
