@@ -12,6 +12,7 @@ from fednode.sim import SimOptions, build_topology, run_experiment
 CRASH = [{"type": "crash", "node": 2, "round": 2}]
 PARTITION = [{"type": "partition", "groups": "halves", "from_round": 2, "to_round": 3}]
 STRAGGLER = [{"type": "straggler", "nodes": [3], "slowdown": 4.0}]
+LINKS = {"latency_s": 0.005}
 
 CASES = {
     "star+crash+straggler": (
@@ -25,12 +26,12 @@ CASES = {
         "sync",
     ),
     "gossip-sync+partition+crash": (
-        build_topology("gossip", "cycle_graph", 8, faults=PARTITION + CRASH, links={"latency_s": 0.005}),
+        build_topology("gossip", "cycle_graph", 8, faults=PARTITION + CRASH, links=LINKS),
         "synthetic",
         "sync",
     ),
     "gossip-async+straggler": (
-        build_topology("gossip", "cycle_graph", 8, faults=STRAGGLER, links={"latency_s": 0.005}),
+        build_topology("gossip", "cycle_graph", 8, faults=STRAGGLER, links=LINKS),
         "synthetic",
         "async",
     ),

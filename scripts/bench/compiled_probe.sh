@@ -17,7 +17,7 @@ case_="${1:-gossip:10000:12:2}"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 git archive HEAD | tar -x -C "$scratch"
-modules=(fednode/sim/des.py fednode/sim/fastwire.py fednode/gossip/peer.py
+modules=(fednode/sim/des.py fednode/loop.py fednode/crypto/unsigned.py fednode/gossip/peer.py
     fednode/gossip/sync.py fednode/gossip/links.py fednode/gossip/states.py
     fednode/actions.py fednode/wire/tensors.py fednode/wire/codecs.py)
 echo "compiling ${#modules[@]} modules with mypyc in $scratch (~4 min on 2 cores) ..." >&2
