@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fednode.errors import FrameTooLarge, LocalProtocolError, SchemaError
+from fednode.wire import _fast, schema
 from fednode.wire import messages as m
 
 DIGEST = bytes(range(32))
@@ -295,6 +296,24 @@ def test_header_is_cbor2_canonical_of_the_normalised_fields(
     assert m.encode_header(msg, payload_len, DIGEST) == reference_header(msg, payload_len)
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_the_fast_header_writer_covers_every_supported_annotation(data: st.DataObject):
+    hints: dict[str, Any] = {
+        "f": float,
+        "fo": float | None,
+        "ft": tuple[float, ...],
+        "d": dict[str, Any],
+        "st": tuple[str, ...],
+        "io": int | None,
+        "by": bytes,
+    }
+    body = {name: schema.checker(hint)(data.draw(valid(hint))) for name, hint in hints.items()}
+    fields = {"v": 1, "t": data.draw(wide_floats), "b": body}
+    write = _fast.header_writer(["v", "t", "b"], hints)
+    assert write(fields) == cbor2.dumps(fields, canonical=True)
+
+
 class Small(enum.IntEnum):
     ONE = 1
 
@@ -390,7 +409,7 @@ def test_long_headers_are_scanned_like_short_ones():
         m.scan_header(raw[:-1])
 
 
-# ------------------------------ message classes: the generated __init__ (_fastinit)
+# ----------------------------------- message classes: the generated __init__ (_fast)
 
 
 ALL_CLASSES = [m.Message, *m.MESSAGE_TYPES.values()]

@@ -382,4 +382,3 @@ class Receiver:
         msg = m.build_message(header, payload, vector)
         self.replay.remember(sender, header.nonce, header.timestamp, now)
         return msg
-

@@ -21,7 +21,7 @@ checkers know; an unsupported annotation fails at import time, not on the wire.
 ``vector`` is not on the wire: on the send side it is the dense update to encode with
 ``codec`` (unless ``payload`` is already encoded, e.g. with error feedback); on the
 receive side it is the decoded, validated payload. The classes' ``__init__`` is the
-generated one of :mod:`fednode.wire._fastinit` (same signature, ~2x faster).
+generated one of :mod:`fednode.wire._fast` (same signature, ~2x faster).
 
 The header is untrusted input parsed *before* the signature is checked, so it is first
 scanned by :func:`scan_header` (``schema.py``), a small iterative CBOR walker that
@@ -29,8 +29,8 @@ enforces the header profile (definite lengths, no tags, no simple values but
 false/true/null, bounded depth and item count, declared lengths within the buffer,
 nothing trailing) in time linear in the header size and O(depth) memory. Only a header
 that passes is handed to ``cbor2``, so none of cbor2's tag decoders (shared references,
-regexes, bignums, dates, ...) can run on wire input. Headers are written by
-``cbor2.dumps(fields, canonical=True)``.
+regexes, bignums, dates, ...) can run on wire input. Headers are written as
+``cbor2.dumps(fields, canonical=True)`` writes them (:mod:`fednode.wire._fast`).
 
 Errors: decoding raises :class:`SchemaError` / :class:`FrameTooLarge` (blame: the peer);
 encoding a message that breaks the schema raises :class:`LocalProtocolError` (blame: us).
@@ -49,8 +49,8 @@ import cbor2
 import numpy as np
 
 from ..errors import FednodeError, FrameTooLarge, LocalProtocolError, SchemaError
-from ._fastinit import install
-from ._fastinit import slot_descriptor as slot_descriptor  # re-exported (sim/fastwire.py)
+from ._fast import header_writer, install
+from ._fast import slot_descriptor as slot_descriptor  # re-exported (sim/fastwire.py)
 from .schema import INT_MAX as INT_MAX  # re-exported: the limits are part of this module's API
 from .schema import INT_MIN as INT_MIN
 from .schema import MAX_BODY_ITEMS as MAX_BODY_ITEMS
@@ -240,9 +240,11 @@ _BODY_TYPES: dict[type[Message], dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """The decoded, type-checked CBOR header (before signature and payload checks)."""
+class Header(typing.NamedTuple):
+    """The decoded, type-checked CBOR header (before signature and payload checks).
+
+    A named tuple: immutable, and built in one C call from the checked values.
+    """
 
     schema: int
     kind: Kind
@@ -269,8 +271,8 @@ def encode_header(
     nonce: bytes | None = None,
     codec: str | None = None,
 ) -> bytes:
-    """CBOR bytes of ``msg``'s header: ``cbor2.dumps(fields, canonical=True)``, so one
-    message has one encoding.
+    """CBOR bytes of ``msg``'s header: those of ``cbor2.dumps(fields, canonical=True)``
+    (written faster by :func:`_fast.header_writer`), so one message has one encoding.
 
     A keyword given overrides the message's field of that name, as if the header were
     encoded from ``dataclasses.replace(msg, ...)`` (the sealer stamps sender, recipient,
@@ -295,10 +297,10 @@ def encode_header(
         "pd": payload_digest,
         "b": msg.body(),
     }
-    header = _check_header(fields, LocalProtocolError)
-    fields["t"] = header.timestamp
-    fields["b"] = header.body
-    return cbor2.dumps(fields, canonical=True)
+    checked = _check_header(fields, LocalProtocolError)
+    fields["t"] = checked[6]  # the timestamp, as a float
+    fields["b"] = checked[11]  # the body, normalised
+    return _WRITERS[type(msg)](fields)
 
 
 def decode_header(raw: bytes | memoryview) -> Header:
@@ -321,11 +323,12 @@ def decode_header(raw: bytes | memoryview) -> Header:
         missing = sorted(HEADER_KEYS.keys() - obj.keys())
         extra = names(obj.keys() - HEADER_KEYS.keys())
         raise SchemaError(f"header keys wrong: missing {missing}, unexpected {extra}")
-    return _check_header(obj, SchemaError)
+    return Header._make(_check_header(obj, SchemaError))
 
 
-def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> Header:
-    """Type- and range-check header ``fields`` (keyed by CBOR key) into a :class:`Header`.
+def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> tuple[Any, ...]:
+    """Type- and range-check header ``fields`` (keyed by CBOR key): the values of a
+    :class:`Header`, in its field order, normalised.
 
     Shared by decode (``error`` = SchemaError) and encode (LocalProtocolError): types
     field by field in :data:`HEADER_KEYS` order, then the values, then the body, each
@@ -379,7 +382,7 @@ def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> Header:
             raise error(
                 f"{cls.__name__}.{name}: expected {describe(hint)}, got {short(body[name])}"
             ) from None
-    return Header(v, kind, s, r, rd, mv, t, n, c, pl, pd, checked)
+    return v, kind, s, r, rd, mv, t, n, c, pl, pd, checked
 
 
 # ------------------------------------------------------------------------- framing
@@ -462,7 +465,7 @@ def _body_checks(cls: type[Message]) -> dict[str, tuple[Any, Any]]:
     return checks
 
 
-_CLASSES: tuple[type, ...] = (Message, *MESSAGE_TYPES.values(), Header)
+_CLASSES: tuple[type, ...] = (Message, *MESSAGE_TYPES.values())
 for _cls in _CLASSES:
     install(_cls)
 del _cls
@@ -473,3 +476,4 @@ _HEADER_CHECKS = [
     if hint is not dict
 ]
 _BODY_CHECKS = {cls: _body_checks(cls) for cls in MESSAGE_TYPES.values()}
+_WRITERS = {cls: header_writer(list(HEADER_KEYS), body) for cls, body in _BODY_TYPES.items()}

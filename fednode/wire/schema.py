@@ -98,7 +98,7 @@ def checker(hint: Any) -> Check:
 
         def array(value: Any) -> Any:
             if isinstance(value, list | tuple) and len(value) <= MAX_TUPLE_ITEMS:
-                return tuple([item(v) for v in value])
+                return tuple(map(item, value))
             raise Mismatch
 
         return array
