@@ -36,8 +36,6 @@ TOO_LONG_FOR_NOW = {
     "sim/topology.py",
     "node.py",
     "gossip/peer.py",
-    "wire/messages.py",
-    "wire/codecs.py",
 }
 
 

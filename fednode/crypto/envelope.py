@@ -38,7 +38,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import blake3
-import numpy as np
 
 from ..errors import (
     AuthError,
@@ -51,7 +50,7 @@ from ..errors import (
 from ..wire import messages as m
 from ..wire.codecs import Codec, codec_for, parse_codec
 from ..wire.frames import Buffer, Frame, Inbound, byte_view
-from ..wire.tensors import check_finite, check_vector
+from ..wire.tensors import check_finite, check_vector, readonly
 from .identity import Identity, public_key_from_peer_id, verify
 
 DOMAIN = b"fednode/v1\0"
@@ -379,14 +378,7 @@ class Receiver:
             decoded = codec_for(header.codec).decode(payload, self.model_size)
             check_vector(decoded, self.model_size)
             check_finite(decoded)
-            vector = _readonly(decoded)
+            vector = readonly(decoded)
         msg = m.build_message(header, payload, vector)
         self.replay.remember(sender, header.nonce, header.timestamp, now)
         return msg
-
-
-def _readonly(vec: np.ndarray) -> np.ndarray:
-    if vec.flags.writeable:
-        vec = vec.view()
-        vec.flags.writeable = False
-    return vec

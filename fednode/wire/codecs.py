@@ -1,8 +1,9 @@
 """Update codecs: compress a flat float32 model delta for the wire.
 
 A model update is one contiguous 1-D float32 vector (``wire/tensors.py``). A codec
-turns it into payload bytes and back. The sender keeps an :class:`ErrorFeedback`
-residual so that what compression drops this round is sent in a later one.
+turns it into payload bytes and back (the numeric kernels are ``wire/quantize.py``'s).
+The sender keeps an :class:`ErrorFeedback` residual so that what compression drops this
+round is sent in a later one.
 
 Spec strings (``parse_codec``; ``Codec.spec`` is the canonical form)::
 
@@ -38,8 +39,8 @@ this spec implies for ``n``; the chunk must equal the codec's), and the body siz
 (exact; for zstd the declared content size must equal the expected body size before
 decompression, and trailing data is refused). Then int8 scales must be finite, >= 0
 and small enough that no product overflows, and top-k indices must be strictly
-increasing and below ``n``. Checking decoded fp16/float32 values for NaN/Inf is the
-caller's job (it checks every decoded update, whatever the codec).
+increasing and below ``n``. Decoded values are not checked for NaN/Inf here: the
+receiver checks every decoded update once, whatever the codec (``tensors.check_finite``).
 
 Errors:
     ``parse_codec`` and constructors raise ``ConfigError("codec", ...)``.
@@ -62,9 +63,18 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-import zstandard
 
 from fednode.errors import ConfigError, FednodeError, LocalProtocolError, PayloadError
+from fednode.wire.frames import byte_view
+from fednode.wire.quantize import (
+    F32,
+    dequantize_int8,
+    int8_body_size,
+    quantize_int8,
+    to_f16,
+    unzstd,
+    zstd_frame,
+)
 from fednode.wire.tensors import all_finite
 
 __all__ = [
@@ -78,13 +88,11 @@ __all__ = [
     "parse_codec",
 ]
 
-F32 = npt.NDArray[np.float32]
 Seed = int | np.random.Generator | None
 
 MAGIC = 0xFD
 VERSION = 1
 FLAG_ZSTD = 0x01
-ZSTD_LEVEL = 3
 DEFAULT_CHUNK = 4096
 MAX_CHUNK = 1 << 24
 MAX_N = 0xFFFF_FFFF
@@ -94,9 +102,6 @@ _HEADER = struct.Struct("<BBBBI")  # magic, version, codec id, flags, n
 _ID_NONE, _ID_FP16, _ID_INT8, _ID_TOPK_FP16, _ID_TOPK_INT8 = 1, 2, 3, 4, 5
 _ID_NAMES = {1: "none", 2: "fp16", 3: "int8", 4: "topk/fp16", 5: "topk/int8"}
 
-_F16_MAX = np.float32(65504.0)
-# |q| <= 128 for any int8 q, so q * scale stays finite when scale <= f32max / 128.
-_MAX_SCALE = np.float32(np.finfo(np.float32).max / 128)
 _FRACTION_RE = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _CHUNK_RE = re.compile(r"chunk=([1-9]\d{0,8})")
 
@@ -119,9 +124,6 @@ class Codec(Protocol):
     def decode(self, payload: bytes | memoryview, n: int) -> F32: ...
 
 
-# --------------------------------------------------------------------------- helpers
-
-
 def _check_input(vec: F32) -> F32:
     if not isinstance(vec, np.ndarray) or vec.dtype != np.float32 or vec.ndim != 1:
         got = f"{vec.dtype}{list(vec.shape)}" if isinstance(vec, np.ndarray) else type(vec)
@@ -131,93 +133,6 @@ def _check_input(vec: F32) -> F32:
     if not all_finite(vec):
         raise LocalProtocolError("update vector contains NaN or Inf; refusing to encode it")
     return np.ascontiguousarray(vec, dtype="<f4")
-
-
-def _to_f16(x: F32) -> npt.NDArray[np.float16]:
-    return np.clip(x, -_F16_MAX, _F16_MAX).astype("<f2")
-
-
-def _int8_body_size(m: int, chunk: int) -> int:
-    return 4 * (-(-m // chunk)) + m
-
-
-def _quantize_int8(
-    x: F32, chunk: int, rng: np.random.Generator | None
-) -> tuple[F32, npt.NDArray[np.int8]]:
-    """Per-chunk absmax scales and int8 codes; ``|x - q*scale| <= scale/2`` when rng is None."""
-    m = x.size
-    nfull, rem = divmod(m, chunk)
-    full = nfull * chunk
-    nchunks = nfull + (rem > 0)
-    y: F32 = np.abs(x)
-    amax = np.empty(nchunks, dtype=np.float32)
-    if nfull:
-        amax[:nfull] = y[:full].reshape(nfull, chunk).max(axis=1)
-    if rem:
-        amax[nfull] = y[full:].max()
-    scales = (amax / np.float32(127.0)).astype("<f4")
-    # A zero scale means the chunk is (numerically) zero: divide by 1 instead of 0.
-    safe = np.where(scales > 0, scales, np.float32(1.0))
-    if nfull:
-        np.divide(
-            x[:full].reshape(nfull, chunk), safe[:nfull, None], out=y[:full].reshape(nfull, chunk)
-        )
-    if rem:
-        np.divide(x[full:], safe[nfull], out=y[full:])
-    if rng is None:
-        np.rint(y, out=y)
-    else:  # floor(y + U[0,1)) is y rounded up with probability frac(y): unbiased
-        y += rng.random(m, dtype=np.float32)
-        np.floor(y, out=y)
-    np.clip(y, np.float32(-127), np.float32(127), out=y)
-    return scales, y.astype(np.int8)
-
-
-def _dequantize_int8(body: memoryview, m: int, chunk: int) -> F32:
-    nfull, rem = divmod(m, chunk)
-    full = nfull * chunk
-    nchunks = nfull + (rem > 0)
-    scales = np.frombuffer(body, dtype="<f4", count=nchunks)
-    ok = (scales >= 0) & (scales <= _MAX_SCALE)  # NaN compares False: rejected too
-    if not ok.all():
-        i = int(np.flatnonzero(~ok)[0])
-        raise PayloadError(
-            f"int8 scale {i} is {float(scales[i])!r}, expected a finite value in "
-            f"[0, {float(_MAX_SCALE):.3e}]"
-        )
-    out = np.frombuffer(body, dtype=np.int8, count=m, offset=4 * nchunks).astype(np.float32)
-    if nfull:
-        view = out[:full].reshape(nfull, chunk)
-        np.multiply(view, scales[:nfull, None], out=view)
-    if rem:
-        out[full:] *= scales[nfull]
-    return out
-
-
-def _unzstd(body: memoryview, expected: int) -> memoryview:
-    """Decompress one zstd frame whose content must be exactly ``expected`` bytes."""
-    try:
-        declared = zstandard.get_frame_parameters(body).content_size
-    except zstandard.ZstdError as exc:
-        raise PayloadError(f"zstd body has no valid frame header: {exc}") from exc
-    if declared != expected:  # also rejects CONTENTSIZE_UNKNOWN; checked before allocating
-        got = "unknown" if declared == zstandard.CONTENTSIZE_UNKNOWN else str(declared)
-        raise PayloadError(f"zstd frame declares {got} bytes, expected exactly {expected}")
-    try:
-        if expected == 0:  # one-shot decompress() returns b"" for these without reading on
-            dobj = zstandard.ZstdDecompressor().decompressobj()
-            out = dobj.decompress(body)
-            if not dobj.eof or dobj.unused_data:
-                raise zstandard.ZstdError("truncated frame or trailing data")
-        else:
-            out = zstandard.ZstdDecompressor().decompress(
-                body, max_output_size=expected, allow_extra_data=False
-            )
-    except zstandard.ZstdError as exc:
-        raise PayloadError(f"zstd body does not decompress: {exc}") from exc
-    if len(out) != expected:
-        raise PayloadError(f"zstd body decompressed to {len(out)} bytes, expected {expected}")
-    return memoryview(out)
 
 
 def _parse_int8_opts(arg: str) -> tuple[bool, int] | None:
@@ -290,12 +205,7 @@ class _BaseCodec:
         if self._ext is not None:
             head += self._ext.pack(*fields)
         parts: list[bytes | memoryview] = [a.data.cast("B") for a in arrays]
-        if not self._zstd:
-            return (head, *parts)
-        cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj(
-            size=sum(len(p) for p in parts)  # content size goes into the frame header
-        )
-        return (head, b"".join([cobj.compress(p) for p in parts] + [cobj.flush()]))
+        return (head, zstd_frame(parts)) if self._zstd else (head, *parts)
 
     def decode(self, payload: bytes | memoryview, n: int) -> F32:
         """Decode an untrusted payload into a float32 vector of length ``n``.
@@ -305,9 +215,7 @@ class _BaseCodec:
         n = operator.index(n)
         if not 0 <= n <= MAX_N:
             raise ValueError(f"n must be in 0..{MAX_N}, got {n}")
-        mv = memoryview(payload)
-        if mv.ndim != 1 or mv.itemsize != 1:
-            mv = mv.cast("B")
+        mv = byte_view(payload)
         ext_size = self._ext.size if self._ext is not None else 0
         head_size = _HEADER.size + ext_size
         if len(mv) < head_size:
@@ -331,7 +239,7 @@ class _BaseCodec:
         expected = self._body_size(fields, n)
         body = mv[head_size:]
         if self._zstd:
-            body = _unzstd(body, expected)
+            body = unzstd(body, expected)
         elif len(body) != expected:
             raise PayloadError(
                 f"{self.spec} body is {len(body)} bytes, expected exactly {expected} for n={n}"
@@ -368,7 +276,7 @@ class Fp16Codec(_BaseCodec):
         super().__init__("fp16", zstd=zstd)
 
     def _encode_body(self, x: F32) -> tuple[tuple[int, ...], list[np.ndarray]]:
-        return (), [_to_f16(x)]
+        return (), [to_f16(x)]
 
     def _body_size(self, fields: tuple[int, ...], n: int) -> int:
         return 2 * n
@@ -398,16 +306,16 @@ class Int8Codec(_BaseCodec):
         self._rng = np.random.default_rng(seed) if stochastic else None
 
     def _encode_body(self, x: F32) -> tuple[tuple[int, ...], list[np.ndarray]]:
-        scales, q = _quantize_int8(x, self.chunk, self._rng)
+        scales, q = quantize_int8(x, self.chunk, self._rng)
         return (self.chunk,), [scales, q]
 
     def _body_size(self, fields: tuple[int, ...], n: int) -> int:
         if fields[0] != self.chunk:
             raise PayloadError(f"int8 chunk is {fields[0]}, expected {self.chunk}")
-        return _int8_body_size(n, self.chunk)
+        return int8_body_size(n, self.chunk)
 
     def _decode_body(self, body: memoryview, fields: tuple[int, ...], n: int) -> F32:
-        return _dequantize_int8(body, n, self.chunk)
+        return dequantize_int8(body, n, self.chunk)
 
 
 class TopKCodec(_BaseCodec):
@@ -445,7 +353,7 @@ class TopKCodec(_BaseCodec):
         return 0 if n == 0 else min(n, max(1, round(self.fraction * n)))
 
     def _values_size(self, k: int) -> int:
-        return _int8_body_size(k, self.chunk) if self.int8 else 2 * k
+        return int8_body_size(k, self.chunk) if self.int8 else 2 * k
 
     def _encode_body(self, x: F32) -> tuple[tuple[int, ...], list[np.ndarray]]:
         n = x.size
@@ -462,9 +370,9 @@ class TopKCodec(_BaseCodec):
         parts: list[np.ndarray] = [gaps.astype(f"<u{width}")]
         vals = x[idx]
         if self.int8:
-            parts.extend(_quantize_int8(vals, self.chunk, self._rng))
+            parts.extend(quantize_int8(vals, self.chunk, self._rng))
             return (k, width, self.chunk), parts
-        parts.append(_to_f16(vals))
+        parts.append(to_f16(vals))
         return (k, width), parts
 
     def _body_size(self, fields: tuple[int, ...], n: int) -> int:
@@ -488,7 +396,7 @@ class TopKCodec(_BaseCodec):
             raise PayloadError(f"top-k index {int(idx[-1])} out of range, expected < {n}")
         vbody = body[k * width :]
         if self.int8:
-            vals = _dequantize_int8(vbody, k, self.chunk)
+            vals = dequantize_int8(vbody, k, self.chunk)
         else:
             vals = np.frombuffer(vbody, dtype="<f2", count=k).astype(np.float32)
         out = np.zeros(n, dtype=np.float32)

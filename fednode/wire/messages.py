@@ -15,20 +15,22 @@ specification; this module is its one implementation.
 
 Every message is a frozen dataclass: a common header plus per-kind body fields whose
 types are checked on decode (:func:`decode_header`) and on encode
-(:func:`encode_header`), with the same rules, so a node never sends what a peer would
-refuse. Body field annotations are limited to the types :func:`coerce` knows; an
-unsupported annotation fails at import time, not on the wire. ``vector`` is not on the
-wire: on the send side it is the dense update to encode with ``codec`` (unless
-``payload`` is already encoded, e.g. with error feedback); on the receive side it is the
-decoded, validated payload.
+(:func:`encode_header`) by the same :func:`schema.checker` functions, so a node never
+sends what a peer would refuse. Body field annotations are limited to the types the
+checkers know; an unsupported annotation fails at import time, not on the wire.
+``vector`` is not on the wire: on the send side it is the dense update to encode with
+``codec`` (unless ``payload`` is already encoded, e.g. with error feedback); on the
+receive side it is the decoded, validated payload. The classes' ``__init__`` is the
+generated one of :mod:`fednode.wire._fast` (same signature, ~2x faster).
 
 The header is untrusted input parsed *before* the signature is checked, so it is first
-scanned by :func:`scan_header`, a small iterative CBOR walker that enforces the header
-profile (definite lengths, no tags, no simple values but false/true/null, bounded depth
-and item count, declared lengths within the buffer, nothing trailing) in time linear in
-the header size and O(depth) memory. Only a header that passes is handed to ``cbor2``,
-so none of cbor2's tag decoders (shared references, regexes, bignums, dates, ...) can
-run on wire input.
+scanned by :func:`scan_header` (``schema.py``), a small iterative CBOR walker that
+enforces the header profile (definite lengths, no tags, no simple values but
+false/true/null, bounded depth and item count, declared lengths within the buffer,
+nothing trailing) in time linear in the header size and O(depth) memory. Only a header
+that passes is handed to ``cbor2``, so none of cbor2's tag decoders (shared references,
+regexes, bignums, dates, ...) can run on wire input. Headers are written as
+``cbor2.dumps(fields, canonical=True)`` writes them (:mod:`fednode.wire._fast`).
 
 Errors: decoding raises :class:`SchemaError` / :class:`FrameTooLarge` (blame: the peer);
 encoding a message that breaks the schema raises :class:`LocalProtocolError` (blame: us).
@@ -41,13 +43,14 @@ import enum
 import struct
 import typing
 from dataclasses import dataclass, field
-from math import isfinite
 from typing import Any, ClassVar
 
 import cbor2
 import numpy as np
 
 from ..errors import FednodeError, FrameTooLarge, LocalProtocolError, SchemaError
+from ._fast import header_writer, install
+from ._fast import slot_descriptor as slot_descriptor  # re-exported (crypto/unsigned.py)
 from .schema import INT_MAX as INT_MAX  # re-exported: the limits are part of this module's API
 from .schema import INT_MIN as INT_MIN
 from .schema import MAX_BODY_ITEMS as MAX_BODY_ITEMS
@@ -55,7 +58,7 @@ from .schema import MAX_HEADER_DEPTH as MAX_HEADER_DEPTH
 from .schema import MAX_HEADER_ITEMS as MAX_HEADER_ITEMS
 from .schema import MAX_STR_LEN as MAX_STR_LEN
 from .schema import MAX_TUPLE_ITEMS as MAX_TUPLE_ITEMS
-from .schema import Mismatch, canonical, cbor_head, checker, describe, exact_checker, names, short
+from .schema import Mismatch, checker, describe, names, short
 from .schema import scan_header as scan_header
 from .schema import supported as supported
 
@@ -237,9 +240,11 @@ _BODY_TYPES: dict[type[Message], dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """The decoded, type-checked CBOR header (before signature and payload checks)."""
+class Header(typing.NamedTuple):
+    """The decoded, type-checked CBOR header (before signature and payload checks).
+
+    A named tuple: immutable, and built in one C call from the checked values.
+    """
 
     schema: int
     kind: Kind
@@ -266,15 +271,14 @@ def encode_header(
     nonce: bytes | None = None,
     codec: str | None = None,
 ) -> bytes:
-    """CBOR bytes of ``msg``'s header. Deterministic (canonical CBOR).
+    """CBOR bytes of ``msg``'s header: those of ``cbor2.dumps(fields, canonical=True)``
+    (written faster by :func:`_fast.header_writer`), so one message has one encoding.
 
     A keyword given overrides the message's field of that name, as if the header were
     encoded from ``dataclasses.replace(msg, ...)`` (the sealer stamps sender, recipient,
-    time, nonce and codec this way without copying the message).
-
-    The bytes are ``cbor2.dumps(fields, canonical=True)``'s: the fixed top-level map is
-    written in its canonical key order by :func:`_encode_checked`, and a header holding a
-    value of a type it does not write itself goes to cbor2 whole.
+    time, nonce and codec this way without copying the message). Values are written as
+    the checks normalise them (an int timestamp or float field as a float, a tuple as an
+    array).
 
     Errors: :class:`LocalProtocolError` if the message breaks the schema (the same checks
     a receiver applies), naming the field.
@@ -293,37 +297,10 @@ def encode_header(
         "pd": payload_digest,
         "b": msg.body(),
     }
-    header = _check_header(fields, LocalProtocolError)
-    fields["t"] = header.timestamp
-    fields["b"] = header.body
-    try:
-        return _encode_checked(fields, _ENCODE_PLAN[type(msg)])
-    except (TypeError, UnicodeEncodeError):  # a value the hand encoder does not take
-        return cbor2.dumps(fields, canonical=True)
-
-
-_TOP_KEYS = sorted(HEADER_KEYS, key=lambda k: (len(k), k))  # canonical order (see schema)
-assert _TOP_KEYS == ["b", "c", "k", "n", "r", "s", "t", "v", "mv", "pd", "pl", "rd"]
-#: (encoded key, key) of the top-level pairs after the body, in canonical order
-_TOP_REST = tuple((canonical(key), key) for key in _TOP_KEYS[1:])
-
-
-def _encode_checked(f: dict[str, Any], plan: tuple[bytes, tuple[tuple[str, bytes], ...]]) -> bytes:
-    """The header map of checked fields ``f`` in canonical order (see :func:`encode_header`).
-
-    ``plan`` is the message class's: the bytes up to its body's first key (map of 12 pairs,
-    key "b", which sorts first, the body map's head) and (field, encoded key) per body
-    field in canonical order.
-    """
-    start, body_order = plan
-    body = f["b"]
-    return b"".join(
-        [
-            start,
-            *[key + canonical(body[name]) for name, key in body_order],
-            *[key + canonical(f[name]) for key, name in _TOP_REST],
-        ]
-    )
+    checked = _check_header(fields, LocalProtocolError)
+    fields["t"] = checked[6]  # the timestamp, as a float
+    fields["b"] = checked[11]  # the body, normalised
+    return _WRITERS[type(msg)](fields)
 
 
 def decode_header(raw: bytes | memoryview) -> Header:
@@ -346,66 +323,26 @@ def decode_header(raw: bytes | memoryview) -> Header:
         missing = sorted(HEADER_KEYS.keys() - obj.keys())
         extra = names(obj.keys() - HEADER_KEYS.keys())
         raise SchemaError(f"header keys wrong: missing {missing}, unexpected {extra}")
-    return _check_header(obj, SchemaError)
+    return Header._make(_check_header(obj, SchemaError))
 
 
-def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> Header:
-    """Type- and range-check header ``fields`` (keyed by CBOR key) into a :class:`Header`.
+def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> tuple[Any, ...]:
+    """Type- and range-check header ``fields`` (keyed by CBOR key): the values of a
+    :class:`Header`, in its field order, normalised.
 
-    Shared by decode (``error`` = SchemaError) and encode (LocalProtocolError). Values of
-    exactly their built-in type are checked in one expression; otherwise the general
-    rules of :func:`schema.checker` decide, field by field in :data:`HEADER_KEYS` order,
-    and name the first that does not fit. Either way the checks below run in one order.
+    Shared by decode (``error`` = SchemaError) and encode (LocalProtocolError): types
+    field by field in :data:`HEADER_KEYS` order, then the values, then the body, each
+    failure naming the first field that does not fit.
     """
-    v, k, rd, mv, pl = fields["v"], fields["k"], fields["rd"], fields["mv"], fields["pl"]
-    s, r, t, n, c, pd = (
-        fields["s"],
-        fields["r"],
-        fields["t"],
-        fields["n"],
-        fields["c"],
-        fields["pd"],
-    )
-    if not (
-        type(v) is int
-        and type(k) is int
-        and type(rd) is int
-        and type(mv) is int
-        and type(pl) is int
-        and INT_MIN <= v <= INT_MAX
-        and INT_MIN <= k <= INT_MAX
-        and INT_MIN <= rd <= INT_MAX
-        and INT_MIN <= mv <= INT_MAX
-        and INT_MIN <= pl <= INT_MAX
-        and type(s) is str
-        and type(r) is str
-        and type(c) is str
-        and type(n) is bytes
-        and type(pd) is bytes
-        and len(s) <= MAX_STR_LEN
-        and len(r) <= MAX_STR_LEN
-        and len(c) <= MAX_STR_LEN
-        and len(n) <= MAX_STR_LEN
-        and len(pd) <= MAX_STR_LEN
-        and type(t) is float
-        and isfinite(t)
-    ):  # some field is not exactly its type: the general rules decide
-        values = {}
-        for key, attr, hint, check in _HEADER_CHECKS:
-            try:
-                values[attr] = check(fields[key])
-            except Mismatch:
-                raise error(
-                    f"header field {attr!r}: expected {describe(hint)}, got {short(fields[key])}"
-                ) from None
-        v, k, s, r = values["schema"], values["kind"], values["sender"], values["recipient"]
-        rd, mv, t, n = (
-            values["round"],
-            values["model_version"],
-            values["timestamp"],
-            values["nonce"],
-        )
-        c, pl, pd = values["codec"], values["payload_len"], values["payload_digest"]
+    values = []
+    for key, attr, hint, check in _HEADER_CHECKS:
+        try:
+            values.append(check(fields[key]))
+        except Mismatch:
+            raise error(
+                f"header field {attr!r}: expected {describe(hint)}, got {short(fields[key])}"
+            ) from None
+    v, k, s, r, rd, mv, t, n, c, pl, pd = values
     if v != SCHEMA_VERSION:
         raise error(f"schema version {v} not supported (this node speaks {SCHEMA_VERSION})")
     kind = _KINDS.get(k)
@@ -434,41 +371,21 @@ def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> Header:
     body = fields["b"]
     if not isinstance(body, dict):
         raise error(f"header field 'body': expected a map, got {short(body)}")
-    expected = _BODY_TYPES[cls]
-    if body.keys() != expected.keys():
-        raise error(f"{cls.__name__} body keys: expected {sorted(expected)}, got {names(body)}")
-    checked = _EXACT_BODY[cls](body)
-    if checked is None:
-        checked = {}
-        for name, hint, check in _BODY_CHECKS[cls]:
-            try:
-                checked[name] = check(body[name])
-            except Mismatch:
-                raise error(
-                    f"{cls.__name__}.{name}: expected {describe(hint)}, got {short(body[name])}"
-                ) from None
-    return _new_header(v, kind, s, r, rd, mv, t, n, c, pl, pd, checked)
-
-
-def _check_body_annotations() -> None:
-    """Fail at import, naming the field, if a message class uses an unsupported type."""
-    for cls, fields_ in _BODY_TYPES.items():
-        for name, hint in fields_.items():
-            if not supported(hint):
-                raise TypeError(
-                    f"{cls.__name__}.{name}: body field type {hint} is not supported on the "
-                    "wire (see schema.coerce for the supported types)"
-                )
+    checks = _BODY_CHECKS[cls]
+    if body.keys() != checks.keys():
+        raise error(f"{cls.__name__} body keys: expected {sorted(checks)}, got {names(body)}")
+    checked = {}
+    for name, (hint, check) in checks.items():
+        try:
+            checked[name] = check(body[name])
+        except Mismatch:
+            raise error(
+                f"{cls.__name__}.{name}: expected {describe(hint)}, got {short(body[name])}"
+            ) from None
+    return v, kind, s, r, rd, mv, t, n, c, pl, pd, checked
 
 
 # ------------------------------------------------------------------------- framing
-
-
-def build_message(
-    header: Header, payload: bytes | memoryview, vector: np.ndarray | None = None
-) -> Message:
-    """The typed message for a verified header, its payload and its decoded vector."""
-    return _FROM_HEADER[header.kind](header, payload, vector)
 
 
 def split_head(head: bytes | memoryview, *, max_header: int) -> tuple[memoryview, memoryview]:
@@ -515,125 +432,48 @@ def frame_head(header: bytes, signature: bytes) -> bytes:
     return PREFIX.pack(MAGIC, SCHEMA_VERSION, FLAGS, len(header)) + header + signature
 
 
-# ------------------------------------------------------------------ fast construction
-#
-# Frozen dataclasses store each field with ``object.__setattr__`` (their own __setattr__
-# refuses). Setting the slot through its member descriptor does the same store about twice
-# as fast, so every message class gets an ``__init__`` generated that way (same keyword-only
-# signature, defaults and default factories; frozen-ness is __setattr__'s, unchanged), and
-# the receiver builds headers and messages with generated functions that skip the keyword
-# parsing. The generated source comes from our own dataclass fields only.
+def build_message(
+    header: Header, payload: bytes | memoryview, vector: np.ndarray | None = None
+) -> Message:
+    """The typed message for a verified header, its payload and its decoded vector."""
+    return MESSAGE_TYPES[header.kind](
+        sender=header.sender,
+        recipient=header.recipient,
+        round=header.round,
+        model_version=header.model_version,
+        timestamp=header.timestamp,
+        nonce=header.nonce,
+        codec=header.codec,
+        payload=payload,
+        vector=vector,
+        **header.body,
+    )
 
 
-class _Factory:
-    """Default of a parameter whose value comes from a ``default_factory``."""
-
-    def __repr__(self) -> str:
-        return "<factory>"
-
-
-_FACTORY = _Factory()
-
-
-def slot_descriptor(cls: type, name: str) -> Any:
-    """The member descriptor that stores field ``name`` of slots class ``cls``: its
-    ``__set__`` / ``__get__`` store and read the field directly (frozen or not). Also
-    used by the unsigned sealer (:mod:`fednode.crypto.unsigned`)."""
-    descriptor = next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)
-    if type(descriptor).__name__ != "member_descriptor":
-        raise TypeError(f"{cls.__name__}.{name} is not a slot")
-    return descriptor
+def _body_checks(cls: type[Message]) -> dict[str, tuple[Any, Any]]:
+    """name -> (annotation, checker) of ``cls``'s body; TypeError (at import) naming an
+    unsupported field."""
+    checks = {}
+    for name, hint in _BODY_TYPES[cls].items():
+        try:
+            checks[name] = (hint, checker(hint))
+        except TypeError as exc:
+            raise TypeError(
+                f"{cls.__name__}.{name}: body field type {hint} is not supported on the "
+                f"wire ({exc}; see schema.checker)"
+            ) from None
+    return checks
 
 
-def _generate(cls: type, source: list[str], namespace: dict[str, Any], name: str) -> Any:
-    exec("\n".join(source), namespace)
-    function = namespace[name]
-    function.__qualname__ = f"{cls.__qualname__}.{name}"
-    return function
-
-
-def _fast_init(cls: type[Message]) -> Any:
-    """An ``__init__`` for ``cls`` equivalent to its dataclass one (see above)."""
-    if hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__}: __post_init__ is not supported by _fast_init")
-    namespace: dict[str, Any] = {"FACTORY": _FACTORY}
-    params, lines = [], []
-    for i, f in enumerate(dataclasses.fields(cls)):
-        namespace[f"set{i}"] = slot_descriptor(cls, f.name).__set__
-        value = f.name
-        if f.default is not dataclasses.MISSING:
-            namespace[f"default{i}"] = f.default
-            params.append(f"{f.name}=default{i}")
-        elif f.default_factory is not dataclasses.MISSING:
-            namespace[f"factory{i}"] = f.default_factory
-            params.append(f"{f.name}=FACTORY")
-            value = f"factory{i}() if {f.name} is FACTORY else {f.name}"
-        else:
-            params.append(f.name)
-        lines.append(f"    set{i}(self, {value})")
-    source = [f"def __init__(self, *, {', '.join(params)}):", *lines]
-    init = _generate(cls, source, namespace, "__init__")
-    init.__annotations__ = dict(cls.__init__.__annotations__)
-    return init
-
-
-def _from_header(cls: type[Message]) -> Any:
-    """``build(header, payload, vector)``: the ``cls`` message of a checked header.
-
-    The body's keys are exactly ``cls``'s body fields (checked by :func:`_check_header`).
-    """
-    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
-    lines = ["def build(h, payload, vector):", "    m = new(cls)", "    b = h.body"]
-    for i, f in enumerate(dataclasses.fields(cls)):
-        namespace[f"set{i}"] = slot_descriptor(cls, f.name).__set__
-        if f.name in ("payload", "vector"):
-            value = f.name
-        elif f.name in _COMMON:
-            value = f"h.{f.name}"
-        else:
-            value = f"b[{f.name!r}]"
-        lines.append(f"    set{i}(m, {value})")
-    lines.append("    return m")
-    return _generate(cls, lines, namespace, "build")
-
-
-def _header_builder() -> Any:
-    """``new_header(*values)``: a :class:`Header` from checked values in field order."""
-    names_ = [f.name for f in dataclasses.fields(Header)]
-    namespace: dict[str, Any] = {"new": object.__new__, "cls": Header}
-    lines = [f"def new_header({', '.join(names_)}):", "    h = new(cls)"]
-    for i, name in enumerate(names_):
-        namespace[f"set{i}"] = slot_descriptor(Header, name).__set__
-        lines.append(f"    set{i}(h, {name})")
-    lines.append("    return h")
-    return _generate(Header, lines, namespace, "new_header")
-
-
-_check_body_annotations()
-_ALL_CLASSES: tuple[type[Message], ...] = (Message, *MESSAGE_TYPES.values())
-for _cls in _ALL_CLASSES:
-    setattr(_cls, "__init__", _fast_init(_cls))  # noqa: B010 (mypy refuses a direct assignment)
+_CLASSES: tuple[type, ...] = (Message, *MESSAGE_TYPES.values())
+for _cls in _CLASSES:
+    install(_cls)
 del _cls
-_new_header = _header_builder()
-_FROM_HEADER = {kind: _from_header(cls) for kind, cls in MESSAGE_TYPES.items()}
 _KINDS: dict[Any, Kind] = {int(k): k for k in Kind}
 _HEADER_CHECKS = [
     (key, attr, hint, checker(hint))
     for key, (attr, hint) in HEADER_KEYS.items()
     if hint is not dict
 ]
-_BODY_CHECKS = {
-    cls: [(name, hint, checker(hint)) for name, hint in fields_.items()]
-    for cls, fields_ in _BODY_TYPES.items()
-}
-_EXACT_BODY = {cls: exact_checker(fields_) for cls, fields_ in _BODY_TYPES.items()}
-#: per class: what :func:`_encode_checked` needs (see there)
-_ENCODE_PLAN = {
-    cls: (
-        b"\xac\x61b" + cbor_head(5, len(fields_)),
-        tuple(
-            sorted(((name, canonical(name)) for name in fields_), key=lambda p: (len(p[1]), p[1]))
-        ),
-    )
-    for cls, fields_ in _BODY_TYPES.items()
-}
+_BODY_CHECKS = {cls: _body_checks(cls) for cls in MESSAGE_TYPES.values()}
+_WRITERS = {cls: header_writer(list(HEADER_KEYS), body) for cls, body in _BODY_TYPES.items()}
