@@ -292,12 +292,23 @@ async def test_frames_from_peers_not_accepted_are_refused_unread() -> None:
         assert b.incoming.statistics().current_buffer_used == 0
 
 
-async def _no_limiters_left(t: Libp2pTransport) -> None:
-    """Wait (bounded) until ``t`` keeps no per-peer limiter: a handler finishes its
-    bookkeeping just after its frame reached ``incoming``."""
-    with trio.fail_after(5):
-        while t._per_peer:
+async def _until(condition: Any) -> None:
+    """Wait (bounded) until ``condition()`` holds: polls a positive signal, never asserts
+    that something did not happen."""
+    with trio.fail_after(DEADLINE):
+        while not condition():
             await trio.sleep(0.01)
+
+
+async def _no_limiters_left(t: Libp2pTransport) -> None:
+    """Wait until ``t`` keeps no per-peer limiter: a handler finishes its bookkeeping
+    just after its frame reached ``incoming``."""
+    await _until(lambda: not t._per_peer)
+
+
+def _waiting_per_peer(t: Libp2pTransport) -> dict[str, int]:
+    """Inbound streams per peer waiting for their peer's turn to be read."""
+    return {peer: lim.statistics().tasks_waiting for peer, lim in t._per_peer.items()}
 
 
 async def test_inbound_frames_are_read_within_the_limits_and_the_rest_wait_their_turn() -> None:
@@ -328,9 +339,9 @@ async def test_inbound_frames_are_read_within_the_limits_and_the_rest_wait_their
             for sender in (a, c):
                 for i in range(4):
                     nursery.start_soon(sender.send, b.local_peer, _frame(bytes([i]) * 1000))
-            while sum(reading.values()) < 2:  # both slots taken: one per peer
-                await trio.sleep(0.01)
-            await trio.sleep(0.3)  # the other six had time to start reading, and did not
+            # every stream has reached b: two are read (both slots, one per peer), and the
+            # other six wait, unread, in their own peer's queue
+            await _until(lambda: _waiting_per_peer(b) == {a.local_peer: 3, c.local_peer: 3})
             assert most == {"total": 2, "per_peer": 1}
             assert b._inbound.statistics().tasks_waiting == 0  # they queue per peer first
             release.set()
@@ -438,8 +449,14 @@ async def test_network_key_admits_members_only() -> None:
                     await intruder.connect(b.local_peer, b.addresses())
                 with pytest.raises(PeerGone):
                     await intruder.send(b.local_peer, _frame(b"let me in"))
-        await trio.sleep(0.2)
+            # b has turned both intruders away at the handshake, and a member's frame
+            # sent after them is the next and only one b has
+            await _until(lambda: b.failed_handshakes >= 2)
+            await a.send(b.local_peer, _frame(b"after"))
+            after = await b.incoming.receive()
+        assert (after.peer, bytes(after.frame.payload)) == (a.local_peer, b"after")
         assert b.incoming.statistics().current_buffer_used == 0
+        assert b.peers() == {a.local_peer}
 
 
 def test_read_network_key_formats() -> None:
