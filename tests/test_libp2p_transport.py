@@ -151,48 +151,18 @@ async def test_sha256_integrity_with_odd_write_sizes_over_patched_stack() -> Non
     assert got["rx"] == hashlib.sha256(data).hexdigest()
 
 
-# ------------------------------------------------------------------ frames
-async def test_frames_of_0_1_and_3mb_arrive_intact_with_authenticated_sender() -> None:
-    a, b = Libp2pTransport(_key(1)), Libp2pTransport(_key(2))
-    async with running(a, b):
-        with trio.fail_after(DEADLINE):
-            await a.connect(b.local_peer, b.addresses())
-            for size in (0, 1, 3_000_000):
-                payload = os.urandom(size)
-                frame = _frame(payload)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(a.send, b.local_peer, frame)
-                    inbound = await b.incoming.receive()
-                assert inbound.peer == a.local_peer
-                assert inbound.frame.head == frame.head
-                assert len(inbound.frame.payload) == size
-                assert (
-                    hashlib.sha256(inbound.frame.payload).digest()
-                    == hashlib.sha256(payload).digest()
-                )
-            # a float32 payload travels as its bytes (len() counts elements, not bytes)
-            floats = memoryview(bytearray(os.urandom(4000))).cast("f")
-            await a.send(b.local_peer, _frame(floats))
-            got = await b.incoming.receive()
-            assert bytes(got.frame.payload) == floats.tobytes()
-            # the other direction over the same connection
-            await b.send(a.local_peer, _frame(b"pong"))
-            back = await a.incoming.receive()
-            assert (back.peer, bytes(back.frame.payload)) == (b.local_peer, b"pong")
-
-
-async def test_peer_events_on_connect_and_disconnect() -> None:
+# ------------------------------------------------------------------ transport (libp2p-only behaviour;
+# the interface contract is tests/test_transport_conformance.py)
+async def test_a_peer_whose_run_is_cancelled_is_reported_down() -> None:
+    """Shutdown by cancellation (not aclose(), which the conformance suite covers): the
+    peer that dialed us sees us go."""
     a, b = Libp2pTransport(_key(1)), Libp2pTransport(_key(2))
     async with trio.open_nursery() as outer:
         async with running(a):
             async with running(b):
                 with trio.fail_after(DEADLINE):
                     await a.connect(b.local_peer, b.addresses())
-                up_at_a = await _next_event(a, b.local_peer)
-                up_at_b = await _next_event(b, a.local_peer)
-                assert up_at_a.up and up_at_b.up
-                assert up_at_a.addrs == b.addresses()
-                assert a.peers() == {b.local_peer} and b.peers() == {a.local_peer}
+                assert (await _next_event(a, b.local_peer)).up
             # b is gone (its run() was cancelled)
             down = await _next_event(a, b.local_peer)
             assert not down.up
@@ -227,28 +197,6 @@ async def test_listening_on_a_busy_port_is_a_transport_error() -> None:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(DEADLINE), pytest.raises(TransportError, match="could not listen"):
                 await nursery.start(t.run)
-
-
-async def test_send_to_unknown_peer_raises_peer_gone_quickly() -> None:
-    a = Libp2pTransport(_key(1))
-    stranger = ID.from_pubkey(_key(9).public_key).to_base58()
-    async with running(a):
-        with trio.fail_after(5):
-            with pytest.raises(PeerGone):
-                await a.send(stranger, _frame(b"x"))
-            with pytest.raises(PeerGone):
-                await a.send("not-a-peer-id!", _frame(b"x"))
-
-
-async def test_send_to_dead_peer_raises_peer_gone_within_deadline() -> None:
-    a, b = Libp2pTransport(_key(1)), Libp2pTransport(_key(2))
-    async with running(a):
-        async with running(b):
-            with trio.fail_after(DEADLINE):
-                await a.connect(b.local_peer, b.addresses())
-        with trio.fail_after(5):
-            with pytest.raises(PeerGone):
-                await a.send(b.local_peer, _frame(b"anyone there?"))
 
 
 async def test_oversized_announced_frame_is_refused_before_allocation() -> None:
