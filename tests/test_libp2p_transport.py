@@ -151,8 +151,8 @@ async def test_sha256_integrity_with_odd_write_sizes_over_patched_stack() -> Non
     assert got["rx"] == hashlib.sha256(data).hexdigest()
 
 
-# ------------------------------------------------------------------ transport (libp2p-only behaviour;
-# the interface contract is tests/test_transport_conformance.py)
+# ------------------------------------------------------------------ transport, libp2p-only
+# (the interface contract is tests/test_transport_conformance.py)
 async def test_a_peer_whose_run_is_cancelled_is_reported_down() -> None:
     """Shutdown by cancellation (not aclose(), which the conformance suite covers): the
     peer that dialed us sees us go."""
