@@ -149,48 +149,18 @@ async def test_sha256_integrity_with_odd_write_sizes_over_patched_stack() -> Non
     assert got["rx"] == hashlib.sha256(data).hexdigest()
 
 
-# ------------------------------------------------------------------ frames
-async def test_frames_of_0_1_and_3mb_arrive_intact_with_authenticated_sender() -> None:
-    a, b = Libp2pTransport(_key(1)), Libp2pTransport(_key(2))
-    async with running(a, b):
-        with trio.fail_after(DEADLINE):
-            await a.connect(b.local_peer, b.addresses())
-            for size in (0, 1, 3_000_000):
-                payload = os.urandom(size)
-                frame = _frame(payload)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(a.send, b.local_peer, frame)
-                    inbound = await b.incoming.receive()
-                assert inbound.peer == a.local_peer
-                assert inbound.frame.head == frame.head
-                assert len(inbound.frame.payload) == size
-                assert (
-                    hashlib.sha256(inbound.frame.payload).digest()
-                    == hashlib.sha256(payload).digest()
-                )
-            # a float32 payload travels as its bytes (len() counts elements, not bytes)
-            floats = memoryview(bytearray(os.urandom(4000))).cast("f")
-            await a.send(b.local_peer, _frame(floats))
-            got = await b.incoming.receive()
-            assert bytes(got.frame.payload) == floats.tobytes()
-            # the other direction over the same connection
-            await b.send(a.local_peer, _frame(b"pong"))
-            back = await a.incoming.receive()
-            assert (back.peer, bytes(back.frame.payload)) == (b.local_peer, b"pong")
-
-
-async def test_peer_events_on_connect_and_disconnect() -> None:
+# ------------------------------------------------------------------ transport, libp2p-only
+# (the interface contract is tests/test_transport_conformance.py)
+async def test_a_peer_whose_run_is_cancelled_is_reported_down() -> None:
+    """Shutdown by cancellation (not aclose(), which the conformance suite covers): the
+    peer that dialed us sees us go."""
     a, b = Libp2pTransport(_key(1)), Libp2pTransport(_key(2))
     async with trio.open_nursery() as outer:
         async with running(a):
             async with running(b):
                 with trio.fail_after(DEADLINE):
                     await a.connect(b.local_peer, b.addresses())
-                up_at_a = await _next_event(a, b.local_peer)
-                up_at_b = await _next_event(b, a.local_peer)
-                assert up_at_a.up and up_at_b.up
-                assert up_at_a.addrs == b.addresses()
-                assert a.peers() == {b.local_peer} and b.peers() == {a.local_peer}
+                assert (await _next_event(a, b.local_peer)).up
             # b is gone (its run() was cancelled)
             down = await _next_event(a, b.local_peer)
             assert not down.up
@@ -225,28 +195,6 @@ async def test_listening_on_a_busy_port_is_a_transport_error() -> None:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(DEADLINE), pytest.raises(TransportError, match="could not listen"):
                 await nursery.start(t.run)
-
-
-async def test_send_to_unknown_peer_raises_peer_gone_quickly() -> None:
-    a = Libp2pTransport(_key(1))
-    stranger = ID.from_pubkey(_key(9).public_key).to_base58()
-    async with running(a):
-        with trio.fail_after(5):
-            with pytest.raises(PeerGone):
-                await a.send(stranger, _frame(b"x"))
-            with pytest.raises(PeerGone):
-                await a.send("not-a-peer-id!", _frame(b"x"))
-
-
-async def test_send_to_dead_peer_raises_peer_gone_within_deadline() -> None:
-    a, b = Libp2pTransport(_key(1)), Libp2pTransport(_key(2))
-    async with running(a):
-        async with running(b):
-            with trio.fail_after(DEADLINE):
-                await a.connect(b.local_peer, b.addresses())
-        with trio.fail_after(5):
-            with pytest.raises(PeerGone):
-                await a.send(b.local_peer, _frame(b"anyone there?"))
 
 
 async def test_oversized_announced_frame_is_refused_before_allocation() -> None:
@@ -290,12 +238,23 @@ async def test_frames_from_peers_not_accepted_are_refused_unread() -> None:
         assert b.incoming.statistics().current_buffer_used == 0
 
 
-async def _no_limiters_left(t: Libp2pTransport) -> None:
-    """Wait (bounded) until ``t`` keeps no per-peer limiter: a handler finishes its
-    bookkeeping just after its frame reached ``incoming``."""
-    with trio.fail_after(5):
-        while t._per_peer:
+async def _until(condition: Any) -> None:
+    """Wait (bounded) until ``condition()`` holds: polls a positive signal, never asserts
+    that something did not happen."""
+    with trio.fail_after(DEADLINE):
+        while not condition():
             await trio.sleep(0.01)
+
+
+async def _no_limiters_left(t: Libp2pTransport) -> None:
+    """Wait until ``t`` keeps no per-peer limiter: a handler finishes its bookkeeping
+    just after its frame reached ``incoming``."""
+    await _until(lambda: not t._per_peer)
+
+
+def _waiting_per_peer(t: Libp2pTransport) -> dict[str, int]:
+    """Inbound streams per peer waiting for their peer's turn to be read."""
+    return {peer: lim.statistics().tasks_waiting for peer, lim in t._per_peer.items()}
 
 
 async def test_inbound_frames_are_read_within_the_limits_and_the_rest_wait_their_turn() -> None:
@@ -326,9 +285,9 @@ async def test_inbound_frames_are_read_within_the_limits_and_the_rest_wait_their
             for sender in (a, c):
                 for i in range(4):
                     nursery.start_soon(sender.send, b.local_peer, _frame(bytes([i]) * 1000))
-            while sum(reading.values()) < 2:  # both slots taken: one per peer
-                await trio.sleep(0.01)
-            await trio.sleep(0.3)  # the other six had time to start reading, and did not
+            # every stream has reached b: two are read (both slots, one per peer), and the
+            # other six wait, unread, in their own peer's queue
+            await _until(lambda: _waiting_per_peer(b) == {a.local_peer: 3, c.local_peer: 3})
             assert most == {"total": 2, "per_peer": 1}
             assert b._inbound.statistics().tasks_waiting == 0  # they queue per peer first
             release.set()
@@ -436,8 +395,14 @@ async def test_network_key_admits_members_only() -> None:
                     await intruder.connect(b.local_peer, b.addresses())
                 with pytest.raises(PeerGone):
                     await intruder.send(b.local_peer, _frame(b"let me in"))
-        await trio.sleep(0.2)
+            # b has turned both intruders away at the handshake, and a member's frame
+            # sent after them is the next and only one b has
+            await _until(lambda: b.failed_handshakes >= 2)
+            await a.send(b.local_peer, _frame(b"after"))
+            after = await b.incoming.receive()
+        assert (after.peer, bytes(after.frame.payload)) == (a.local_peer, b"after")
         assert b.incoming.statistics().current_buffer_used == 0
+        assert b.peers() == {a.local_peer}
 
 
 def test_read_network_key_formats() -> None:

@@ -35,17 +35,24 @@ DEADLINE = 20.0
 
 
 class Spy:
-    """Wraps a role's ``handle`` and records who reached it."""
+    """Wraps a role's ``handle`` and ``on_peer``: records who reached it and which peers
+    it heard of (the role can only send to a peer it heard of)."""
 
     def __init__(self, role: Any) -> None:
         self.senders: list[str] = []
-        inner = role.handle
+        self.peers_heard: list[str] = []
+        inner_handle, inner_on_peer = role.handle, role.on_peer
 
         def handle(msg: m.Message, now: float) -> Any:
             self.senders.append(msg.sender)
-            return inner(msg, now)
+            return inner_handle(msg, now)
+
+        def on_peer(peer: str, up: bool, now: float) -> Any:
+            self.peers_heard.append(peer)
+            return inner_on_peer(peer, up, now)
 
         role.handle = handle
+        role.on_peer = on_peer
 
 
 def _node(tmp_path: Path, **net: Any) -> tuple[Node, Spy, list[tuple[str, dict[str, Any]]]]:
@@ -103,6 +110,7 @@ async def test_a_non_member_frame_is_refused_unread_and_never_reaches_the_role(
 ) -> None:
     member, outsider = Identity.generate(), Identity.generate()
     node, spy, events = _node(tmp_path, allow=(member.peer_id,), open_membership=False)
+    outsider_up = {"peer": outsider.peer_id, "member": False}
     async with running(node), sender(member) as good, sender(outsider) as bad:
         with trio.fail_after(DEADLINE):
             await good.connect(node.peer_id, node.listen_addrs)
@@ -114,10 +122,14 @@ async def test_a_non_member_frame_is_refused_unread_and_never_reaches_the_role(
         await _until(lambda: member.peer_id in spy.senders)
         with trio.fail_after(DEADLINE):
             hello = await good.incoming.receive()  # the coordinator introduced itself
-        await trio.sleep(0.2)  # anything still in flight would arrive now
+        # the node has seen the outsider connect and kept it from the role: past this
+        # point the role cannot address the outsider, so nothing can be on its way to it
+        await _until(lambda: any(e == "peer_up" and d == outsider_up for e, d in events))
         told_outsider = bad.incoming.statistics().current_buffer_used
 
     assert hello.peer == node.peer_id
+    assert member.peer_id in spy.peers_heard
+    assert outsider.peer_id not in spy.peers_heard
     assert told_outsider == 0  # a non-member is not even sent the node's advert
     assert outsider.peer_id not in spy.senders
     assert node.stats.received_frames == 1  # the outsider's frames never reached the runner

@@ -216,7 +216,20 @@ class Libp2pTransport(Transport):
             self._ev_send.close()
 
     async def aclose(self) -> None:
-        """Stop :meth:`run`; pending sends fail with :class:`PeerGone`."""
+        """Close every connection, then stop :meth:`run`; pending sends fail with
+        :class:`PeerGone`.
+
+        The connections are closed first (shielded, bounded): when :meth:`run` is only
+        cancelled, py-libp2p closes them inside the cancelled scope and may leave a
+        dialed one open, so the peer we dialed would never see us go.
+        """
+        host = self._host
+        if host is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_S):
+                try:
+                    await host.close()
+                except Exception as exc:  # libp2p boundary: closing is best effort
+                    log.debug("closing the libp2p host: %r", exc)
         if self._run_scope is not None:
             self._run_scope.cancel()
         await trio.lowlevel.checkpoint()

@@ -155,7 +155,7 @@ class MemoryNetwork:
     async def _send(self, src: str, dst: str, frame: Frame) -> None:
         inbound = self._dispatch(src, dst, frame, wait=True)
         if inbound is not None:
-            await self._nodes[dst]._deliver(inbound)
+            await self._nodes[dst]._deliver_or_raise(inbound)
 
     def _send_nowait(self, src: str, dst: str, frame: Frame) -> bool:
         """Deliver (or schedule, or lose) ``frame`` now; False, with nothing done, when an
@@ -212,11 +212,20 @@ class MemoryTransport(Transport):
         # per peer and change, which the network itself caused.
         self._ev_send, self.events = trio.open_memory_channel[PeerEvent](math.inf)
         self._closed = False
+        #: cancel scopes of this node's sends still waiting; cancelled when it goes down
+        self._pending: set[trio.CancelScope] = set()
 
     async def send(self, peer: str, frame: Frame) -> None:
         if self._closed:
             raise PeerGone("this node is down", peer=self.local_peer)
-        await self.network._send(self.local_peer, peer, frame)
+        with trio.CancelScope() as pending:
+            self._pending.add(pending)
+            try:
+                await self.network._send(self.local_peer, peer, frame)
+            finally:
+                self._pending.discard(pending)
+        if pending.cancelled_caught:  # this node went down while the frame waited
+            raise PeerGone("this node went down before the frame was delivered", peer=peer)
 
     def send_nowait(self, peer: str, frame: Frame) -> bool:
         if self._closed:
@@ -233,11 +242,20 @@ class MemoryTransport(Transport):
         self.network.detach(self.local_peer)
 
     async def _deliver(self, inbound: Inbound) -> None:
+        """A delayed frame: lost if the receiver crashed while it was in flight."""
+        with contextlib.suppress(PeerGone):
+            await self._deliver_or_raise(inbound)
+
+    async def _deliver_or_raise(self, inbound: Inbound) -> None:
+        """Put ``inbound`` in the inbox, waiting for room; :class:`PeerGone` if this node
+        is down or goes down meanwhile (the sender is told, as over a stream)."""
         if self._closed:
-            return
-        # the receiver may crash while the frame is in flight
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            raise PeerGone(f"{self.local_peer!r} is down", peer=self.local_peer)
+        try:
             await self._in_send.send(inbound)
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            text = f"{self.local_peer!r} went down before it took the frame"
+            raise PeerGone(text, peer=self.local_peer) from exc
 
     def _has_room(self) -> bool:
         """True if a frame can be put in the inbox now (or the inbox is gone: dropped)."""
@@ -262,5 +280,7 @@ class MemoryTransport(Transport):
 
     def _close(self) -> None:
         self._closed = True
+        for pending in self._pending:
+            pending.cancel()
         self._in_send.close()
         self._ev_send.close()
