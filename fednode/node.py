@@ -26,22 +26,22 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import trio
 
-from .actions import EvalJob, EvalResult, Stop
+from .actions import EvalJob, EvalResult, Send, Stop
 from .config import NodeConfig
 from .crypto.envelope import Membership, Receiver, Sealer
 from .crypto.identity import Identity, load_or_create, public_key_from_peer_id
 from .errors import ConfigError, FednodeError
 from .p2p.transport import PeerEvent, Transport
-from .runner import Role, RunStats, ThreadExecutor, run_role
+from .role import Role
+from .runner import RunStats, ThreadExecutor, run_role
 from .training.task import Task, load_task
-from .wire import messages as m
 from .wire.frames import Frame, Inbound
 
 log = logging.getLogger("fednode.node")
@@ -247,13 +247,9 @@ class Node:
             nursery.start_soon(self._watch_signals, role_scope, nursery.cancel_scope)
             await nursery.start(transport.run)
             self.listen_addrs = transport.addresses()
-            from .hierarchy.aggregator import RegionalAggregator
-            from .hierarchy.client import Client
-
-            if isinstance(self.role, Client | RegionalAggregator):
-                # advertised: the coordinator tells the clients it places under this node
-                # where to dial it, so two tiers work without discovery (--no-mdns)
-                self.role.addrs = self.listen_addrs
+            # advertised by clients and aggregators: the coordinator tells the clients it
+            # places under this node where to dial it, so two tiers work without mDNS
+            self.role.set_listen_addrs(self.listen_addrs)
             log.info(
                 "node %s (%s) listening on %s", self.peer_id, cfg.role, ", ".join(self.listen_addrs)
             )
@@ -372,20 +368,20 @@ class Node:
             return
         delivered = 0
 
-        async def bye(peer: str, msg: m.Bye) -> None:
+        async def bye(send: Send) -> None:
             nonlocal delivered
             try:
-                await transport.send(peer, sealer.seal(replace(msg, recipient=peer)))
+                await transport.send(send.to, sealer.seal(send.msg, send.to))
                 delivered += 1
             except FednodeError as exc:
-                log.debug("goodbye to %s failed: %s", peer, exc)
+                log.debug("goodbye to %s failed: %s", send.to, exc)
 
         with trio.CancelScope(shield=True) as scope:
             self._goodbye_scope = scope
             scope.deadline = trio.current_time() + GOODBYE_S
             async with trio.open_nursery() as nursery:
-                for peer, msg in _byes(self.role, peers, reason):
-                    nursery.start_soon(bye, peer, msg)
+                for send in self.role.goodbye(peers, reason):
+                    nursery.start_soon(bye, send)
         self._goodbye_scope = None
         self._emit("goodbye", {"peers": len(peers), "delivered": delivered, "reason": reason})
 
@@ -405,19 +401,6 @@ async def _warm_up_training() -> None:
 
 def _import_dynamo() -> None:
     import torch._dynamo  # noqa: F401
-
-
-def _byes(role: Role, peers: list[str], reason: str) -> list[tuple[str, m.Bye]]:
-    """The Bye for each peer. A gossip peer names each link's epoch (``Bye.round``), which
-    is how its neighbours tell which link ends; hierarchy roles ignore the round."""
-    text = reason[: m.MAX_STR_LEN]
-    links = getattr(role, "links", None)
-    out = []
-    for peer in peers:
-        link = links.get(peer) if isinstance(links, dict) else None
-        epoch = int(getattr(link, "epoch", 0)) if link is not None else 0
-        out.append((peer, m.Bye(round=epoch, reason=text)))
-    return out
 
 
 class _PeerLog(Transport):

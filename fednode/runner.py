@@ -46,6 +46,7 @@ from .actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, Tra
 from .crypto.envelope import Receiver, Sealer
 from .errors import FednodeError, LocalProtocolError, PeerGone, TransportError
 from .p2p.transport import Transport
+from .role import Role
 from .training.task import Task, stoppable
 from .wire import messages as m
 from .wire.frames import Frame
@@ -53,18 +54,6 @@ from .wire.frames import Frame
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
-
-
-class Role(Protocol):
-    role: str
-    done: bool
-
-    def start(self, now: float) -> list[Action]: ...
-    def handle(self, msg: m.Message, now: float) -> list[Action]: ...
-    def on_peer(self, peer: str, up: bool, now: float) -> list[Action]: ...
-    def on_result(self, result: TrainResult | EvalResult, now: float) -> list[Action]: ...
-    def poll(self, now: float) -> list[Action]: ...
-    def next_deadline(self) -> float | None: ...
 
 
 class Executor(Protocol):

@@ -6,7 +6,17 @@ import pathlib
 import pytest
 
 PKG = pathlib.Path(__file__).resolve().parent.parent / "fednode"
-PURE = ["wire", "hierarchy", "gossip", "crypto", "training", "actions.py", "config.py", "errors.py"]
+PURE = [
+    "wire",
+    "hierarchy",
+    "gossip",
+    "crypto",
+    "training",
+    "actions.py",
+    "role.py",
+    "config.py",
+    "errors.py",
+]
 IO_MODULES = {"trio", "libp2p", "socket", "zeroconf"}
 
 

@@ -47,6 +47,7 @@ import numpy as np
 from ..actions import Action, Compute, Emit, EvalResult, Send, Stop, TrainJob, TrainResult
 from ..config import GossipParams, NodeConfig, TrainParams
 from ..errors import AuthError, LocalProtocolError, RemoteProtocolError
+from ..role import RoleDefaults, byes
 from ..wire import messages as m
 from .links import F32, MAX_AHEAD, Link, LinkCodec
 from .states import TRANSITIONS, Phase
@@ -64,7 +65,7 @@ class Averaging(Protocol):
     def welcome_round(self) -> int: ...
 
 
-class GossipPeer:
+class GossipPeer(RoleDefaults):
     """``--role peer``: local training plus gossip averaging, no coordinator.
 
     ``me`` is this node's peer id (it breaks ties between two peers opening the same link);
@@ -172,6 +173,25 @@ class GossipPeer:
     def params(self) -> np.ndarray:
         """The current local model (read-only; replaced, never modified in place)."""
         return self.x
+
+    # --- what adapters ask (fednode.role.Role) ------------------------------------------
+    def goodbye(self, peers: Iterable[str], reason: str) -> list[Send]:
+        """Each ``Bye`` names its link's epoch: that is how a neighbour tells which ends."""
+        return byes(peers, reason, {p: lk.epoch for p, lk in self.links.items()})
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "round": self.completed,
+            "model_version": self.model_version,
+            "phase": self.phase.value,
+            "neighbours": self.degree(),
+        }
+
+    def rejoin(self) -> None:
+        """Rejoin like a new peer: adopt the model, round and model version of the first
+        welcome (as ``bootstrap=True``)."""
+        self.bootstrapping = True
 
     # --- inputs --------------------------------------------------------------------------
     def start(self, now: float) -> list[Action]:
