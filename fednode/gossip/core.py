@@ -17,17 +17,31 @@ import math
 import random
 from collections import Counter, deque
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from ..actions import Action, Compute, Emit, Send, Stop, TrainJob, TrainResult
+from ..actions import Action, Compute, Emit, EvalJob, Send, Stop, TrainJob, TrainResult
 from ..config import GossipParams, TrainParams
 from ..errors import LocalProtocolError
 from ..role import RoleDefaults
 from ..wire import messages as m
 from .links import F32, Link, LinkCodec
 from .states import TRANSITIONS, Phase
+
+#: bound on the evaluations of the last rounds once the rounds are done (phase CLOSING)
+FINAL_EVAL_S = 10.0
+#: evaluations in flight at most (one running, four waiting); a round past it is skipped
+MAX_EVALS = 5
+
+
+class WaitFor(NamedTuple):
+    """Hold the first round until ``peers`` other consortium members are up, at most
+    ``limit_s`` seconds (a node: ``rounds.min_available_clients - 1`` and
+    ``rounds.wait_for_clients_s``), so a peer that starts first does not train alone."""
+
+    peers: int
+    limit_s: float
 
 
 class Averaging(Protocol):
@@ -61,6 +75,7 @@ class PeerCore(RoleDefaults):
         members: Iterable[str] | None = None,
         bootstrap: bool = False,
         seed: int = 0,
+        wait_for: WaitFor | None = None,
     ) -> None:
         self.gossip = gossip or GossipParams()
         self.gossip.validate()
@@ -80,7 +95,15 @@ class PeerCore(RoleDefaults):
         self.up_since: dict[str, float] = {}
         self.lost: set[str] = set()  # links dropped by a peer-down event: reopen on return
         self.cooldown: dict[str, float] = {}
-        self.phase = Phase.JOINING
+        self.wait_for = wait_for
+        self.phase = Phase.JOINING if wait_for is None else Phase.WAITING
+        #: WAITING ends by this time at the latest (set by ``start``)
+        self.wait_until = math.inf
+        #: evaluate the model every this many rounds (0: never)
+        self.eval_every = max(self.gossip.eval_every, 0)
+        self.evaluating = 0  # evaluation jobs in flight
+        #: CLOSING: the reason of the Stop to come and when it comes at the latest
+        self.closing: tuple[str, float] | None = None
         self.round = 0
         self.completed = 0
         self.model_version = 0
@@ -212,9 +235,23 @@ class PeerCore(RoleDefaults):
             **extra,
             **{k: v for k, v in self.counters.items() if v},
         }
-        return [Emit("gossip_round", record)]
+        actions: list[Action] = [Emit("gossip_round", record)]
+        every = self.eval_every
+        if every and self.round % every == 0 and self.evaluating < MAX_EVALS:
+            self.evaluating += 1  # its result comes back to on_result as a gossip_eval
+            actions.append(Compute(EvalJob(self.round, self.x)))
+        return actions
 
-    def finish(self, reason: str) -> Stop:
+    def finish(self, reason: str, now: float) -> list[Action]:
+        """The rounds are done: stop, or first wait for the evaluations in flight (CLOSING,
+        at most :data:`FINAL_EVAL_S`), so the last round's figure is not lost."""
+        if self.evaluating:
+            self.phase = Phase.CLOSING
+            self.closing = (reason, now + FINAL_EVAL_S)
+            return []
+        return [self.stop(reason)]
+
+    def stop(self, reason: str) -> Stop:
         self.phase = Phase.DONE
         self.done = True
         return Stop(reason)
@@ -235,7 +272,7 @@ class PeerCore(RoleDefaults):
 
     def _reach_out(self, now: float) -> list[Action]:
         """Open the links this peer should have and does not (explicit, lost, or to degree)."""
-        if self.phase is Phase.DONE:
+        if self.phase in (Phase.WAITING, Phase.CLOSING, Phase.DONE):
             return []
         actions: list[Action] = []
         patient = self.gossip.join_wait_s

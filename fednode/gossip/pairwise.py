@@ -141,7 +141,7 @@ class PairwiseGossip:
         idle = not self.awaiting_until and not self.deferred and self.exchange is None
         if idle or (self.drain_deadline is not None and now >= self.drain_deadline):
             open_ = len(self.awaiting_until) + len(self.deferred)
-            return [p.finish(f"finished {p.completed} rounds ({open_} exchanges left open)")]
+            return p.finish(f"finished {p.completed} rounds ({open_} exchanges left open)", now)
         return []
 
     # --- exchanges -----------------------------------------------------------------------

@@ -28,6 +28,12 @@ exchanges; averaging weights renormalise by themselves (each step uses the degre
 that step). Links lost to a peer-down event are reopened when the peer comes back (a
 healed partition), up to ``max_degree``.
 
+Waiting and evaluation (what a node sets up, :func:`fednode.node.build_role`): built with
+``wait_for`` the peer starts in phase WAITING and holds its first round until enough
+members are up (``peers_ready``); with ``gossip.eval_every`` > 0 it asks for an
+evaluation of its model after every that many rounds and emits ``gossip_eval``, waiting
+in phase CLOSING for the last ones before it stops.
+
 Time comes only from the ``now`` arguments. Errors: a message the current phase does not
 accept, from a non-member, or for another consortium raises
 :class:`~fednode.errors.RemoteProtocolError` / :class:`~fednode.errors.AuthError`; the
@@ -47,11 +53,16 @@ from ..config import GossipParams, NodeConfig
 from ..errors import AuthError, LocalProtocolError, RemoteProtocolError
 from ..role import byes
 from ..wire import messages as m
-from .core import Averaging, PeerCore
+from .core import Averaging, PeerCore, WaitFor
 from .links import MAX_AHEAD, Link
 from .pairwise import PairwiseGossip
 from .states import Phase
 from .sync import SyncRounds
+
+#: phases that take no part in rounds or link upkeep (poll and deadline handled apart)
+_HELD = frozenset({Phase.WAITING, Phase.CLOSING, Phase.DONE})
+#: phases after the rounds: peer events no longer matter
+_FINISHED = frozenset({Phase.CLOSING, Phase.DONE})
 
 
 class GossipPeer(PeerCore):
@@ -59,7 +70,10 @@ class GossipPeer(PeerCore):
 
     ``me`` is this node's peer id (it breaks ties between two peers opening the same link);
     ``params`` the initial model. ``neighbours=None`` selects neighbours dynamically;
-    ``members=None`` links with anyone the transport reports.
+    ``members=None`` links with anyone the transport reports. ``wait_for``
+    (:class:`~.core.WaitFor`) holds the first round until enough members are up
+    (``peers_ready`` event); ``gossip.eval_every`` > 0 tests the model every that many
+    rounds (``Compute(EvalJob)``, then a ``gossip_eval`` event).
     """
 
     def _averaging(self) -> Averaging:
@@ -77,6 +91,7 @@ class GossipPeer(PeerCore):
         gossip: GossipParams | None = None,
         neighbours: Iterable[str] | None = None,
         bootstrap: bool = False,
+        wait_for: WaitFor | None = None,
     ) -> GossipPeer:
         """The peer a node with ``config`` runs (``--role peer``); the simulator builds the same.
 
@@ -95,6 +110,7 @@ class GossipPeer(PeerCore):
             members=None if net.open_membership else (*net.allow, me),
             bootstrap=bootstrap,
             seed=config.seed,
+            wait_for=wait_for,
         )
 
     # --- what adapters ask (fednode.role.Role) ------------------------------------------
@@ -118,17 +134,21 @@ class GossipPeer(PeerCore):
 
     # --- inputs --------------------------------------------------------------------------
     def start(self, now: float) -> list[Action]:
-        self.started = now
-        self.next_maintenance = now + self._maintenance_interval()
-        return self._maybe_begin(now)
+        if self.wait_for is not None and self.phase is Phase.WAITING:
+            self.started = now
+            self.wait_until = now + self.wait_for.limit_s
+            return self._maybe_stop_waiting(now)
+        return self._join(now)
 
     def on_peer(self, peer: str, up: bool, now: float) -> list[Action]:
-        if peer == self.me or not self._admits(peer) or self.phase is Phase.DONE:
+        if peer == self.me or not self._admits(peer) or self.phase in _FINISHED:
             return []
         if up:
             self.candidates.add(peer)
             self.up_since.setdefault(peer, now)
             self.cooldown.pop(peer, None)
+            if self.phase is Phase.WAITING:
+                return self._maybe_stop_waiting(now)
             return self._reach_out(now)
         self.candidates.discard(peer)
         self.up_since.pop(peer, None)
@@ -157,14 +177,16 @@ class GossipPeer(PeerCore):
         return handler(msg, now)
 
     def on_result(self, result: TrainResult | EvalResult, now: float) -> list[Action]:
+        if isinstance(result, EvalResult):
+            return self._evaluated(result)
         if not isinstance(result, TrainResult):
             raise LocalProtocolError(f"gossip peer got an unexpected {type(result).__name__}")
         self.train_loss = float(result.metrics.get("train_loss", math.nan))
         return self.proto.on_trained(result, now)
 
     def poll(self, now: float) -> list[Action]:
-        if self.phase is Phase.DONE:
-            return []
+        if self.phase in _HELD:
+            return self._poll_held(now)
         actions: list[Action] = []
         if now >= self.hello_due:
             self._expire_hellos(now)
@@ -177,8 +199,10 @@ class GossipPeer(PeerCore):
         return actions + more if actions else more
 
     def next_deadline(self) -> float | None:
-        if self.phase is Phase.DONE:
-            return None
+        if self.phase in _HELD:
+            if self.phase is Phase.WAITING:
+                return self.wait_until
+            return self.closing[1] if self.closing and self.phase is Phase.CLOSING else None
         at = self.hello_due if self._settled else min(self.next_maintenance, self.hello_due)
         if self.phase is Phase.JOINING and self.started + self.gossip.join_wait_s < at:
             at = self.started + self.gossip.join_wait_s
@@ -186,6 +210,51 @@ class GossipPeer(PeerCore):
         if proto is not None and proto < at:
             return proto
         return None if at == math.inf else at
+
+    # --- waiting, evaluating, closing ----------------------------------------------------
+    def _maybe_stop_waiting(self, now: float) -> list[Action]:
+        """WAITING -> JOINING once enough members are up or the wait limit passed."""
+        assert self.wait_for is not None
+        have, want = len(self.candidates), self.wait_for.peers
+        if have < want and now < self.wait_until:
+            return []
+        waited = round(now - self.started, 3)
+        ready = Emit("peers_ready", {"peers": have, "wanted": want, "waited_s": waited})
+        return [ready, *self._join(now)]
+
+    def _join(self, now: float) -> list[Action]:
+        """Start joining: open links to the peers up so far; the join wait starts now."""
+        self.phase = Phase.JOINING
+        self.started = now
+        self.next_maintenance = now + self._maintenance_interval()
+        actions = self._reach_out(now) if self.candidates else []
+        return actions + self._maybe_begin(now)
+
+    def _poll_held(self, now: float) -> list[Action]:
+        if self.phase is Phase.WAITING:
+            return self._maybe_stop_waiting(now)
+        if self.phase is Phase.CLOSING and self.closing and now >= self.closing[1]:
+            return [self.stop(self.closing[0])]
+        return []
+
+    def _evaluated(self, result: EvalResult) -> list[Action]:
+        """An evaluation of ``round_done`` came back: its ``gossip_eval`` record (and the
+        Stop, when it was the last one the CLOSING phase waited for)."""
+        if self.phase is Phase.DONE:
+            return []
+        self.evaluating -= 1
+        record = {
+            "round": result.round,
+            "accuracy": result.metrics.get("accuracy", math.nan),
+            "loss": result.loss,
+        }
+        actions: list[Action] = [Emit("gossip_eval", record)]
+        if self.phase is Phase.CLOSING and self.closing and not self.evaluating:
+            actions.append(self.stop(self.closing[0]))
+        return actions
+
+    def on_ignored(self, msg: m.Message, now: float) -> list[Action]:
+        return []  # CLOSING: the rounds are over; answer nobody, as a stopped node would
 
     # --- link handshake ------------------------------------------------------------------
     def on_hello(self, msg: m.Gossip, now: float) -> list[Action]:

@@ -178,5 +178,5 @@ class SyncRounds:
         actions += p.round_done(distances, {"degree": self.degree, "missed": self.missed})
         self.missed = 0
         if p.completed >= p.rounds:
-            return [*actions, p.finish(f"finished {p.completed} rounds")]
+            return actions + p.finish(f"finished {p.completed} rounds", now)
         return actions + self._start_round(now)
