@@ -10,8 +10,10 @@ one reply, each a single JSON object on one line:
 
 Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. ``promote`` is
 accepted only by a coordinator and only for one of its direct clients; it is queued on
-the role (:meth:`~fednode.hierarchy.root.RootRole.request_promotion`) and takes effect
-between rounds, so the next round uses the new tree.
+the role (:meth:`~fednode.hierarchy.root.RootRole.control`) and takes effect between
+rounds, so the next round uses the new tree. This module only checks a request's shape
+and asks the role (:meth:`~fednode.role.Role.status`, :meth:`~fednode.role.Role.control`):
+it never looks at the role's type or attributes.
 
 Bounds: a request is at most :data:`MAX_REQUEST` bytes and must arrive within
 :data:`REQUEST_TIMEOUT_S`; connections are served one at a time (operators are few).
@@ -33,83 +35,33 @@ from typing import Any
 
 import trio
 
-from .errors import ConfigError, FednodeError
+from .errors import ConfigError, ControlError
+from .role import CONTROL_OPS, Role
 
 log = logging.getLogger("fednode.control")
 
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT_S = 5.0
-OPS = ("status", "promote")
+OPS = CONTROL_OPS
 
 
-class ControlError(FednodeError):
-    """A control request failed (bad request, or the node cannot do what was asked)."""
+def handle_request(role: Role, request: Any) -> dict[str, Any]:
+    """Answer one decoded request against ``role`` (pure: no I/O; tested directly).
 
-
-def handle_request(role: Any, request: Any) -> dict[str, Any]:
-    """Answer one decoded request against ``role`` (pure: no I/O; tested directly)."""
+    The shape is checked here; what the request means is the role's
+    (:meth:`~fednode.role.Role.status`, :meth:`~fednode.role.Role.control`).
+    """
     if not isinstance(request, dict) or request.get("op") not in OPS:
         return {"ok": False, "error": f"expected {{'op': one of {', '.join(OPS)}}}"}
     if request["op"] == "status":
-        return {"ok": True, **status_of(role)}
-    peer = request.get("peer")
-    share = request.get("share", 0.5)
-    if not isinstance(peer, str) or not peer:
-        return {"ok": False, "error": "promote needs 'peer': a peer id"}
-    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
-        return {"ok": False, "error": f"'share' must be a number in [0, 1], got {share!r}"}
-    if not hasattr(role, "request_promotion"):
-        return {"ok": False, "error": f"only a coordinator promotes; this node is a {_kind(role)}"}
-    try:
-        target = resolve_peer(peer, direct_clients(role))
-    except ControlError as exc:
-        return {"ok": False, "error": str(exc)}
-    role.request_promotion(target, float(share))
-    log.warning("operator asked to promote %s to aggregator (share %.2f)", target, share)
-    return {"ok": True, "peer": target, "share": float(share), "effective": "next round"}
+        return {"ok": True, **role.status()}
+    reply = role.control(request)
+    if reply.get("ok"):
+        log.warning("operator request %s done: %s", request["op"], reply)
+    return reply
 
 
-def direct_clients(role: Any) -> list[str]:
-    tree = role.tree
-    return sorted(p for p, a in tree.direct.items() if a.role == "client")
-
-
-def resolve_peer(query: str, candidates: list[str]) -> str:
-    """``query`` exactly, or the one candidate containing it (at least 6 characters)."""
-    if query in candidates:
-        return query
-    if len(query) >= 6:
-        hits = [c for c in candidates if query in c]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise ControlError(f"{query!r} matches {len(hits)} direct clients; give more of it")
-    raise ControlError(
-        f"{query!r} is not a direct client of this coordinator "
-        f"({len(candidates)} direct clients; see `fednode status`)"
-    )
-
-
-def status_of(role: Any) -> dict[str, Any]:
-    """What ``fednode status`` shows: role, round, model version, the tree if it has one."""
-    out: dict[str, Any] = {"role": _kind(role)}
-    for attr in ("round_number", "model_version"):
-        if hasattr(role, attr):
-            out[attr.replace("_number", "")] = int(getattr(role, attr))
-    if hasattr(role, "hierarchy"):
-        out["tree"] = role.hierarchy()
-        out["direct_clients"] = direct_clients(role)
-    elif getattr(role, "parent", None) is not None:
-        out["parent"] = role.parent
-    return out
-
-
-def _kind(role: Any) -> str:
-    inner = getattr(role, "promoted", None) or role
-    return str(getattr(inner, "role", "") or type(inner).__name__.lower())
-
-
-async def serve_control(role: Any, path: str, *, task_status: Any = trio.TASK_STATUS_IGNORED):
+async def serve_control(role: Role, path: str, *, task_status: Any = trio.TASK_STATUS_IGNORED):
     """Listen on ``path`` until cancelled; removes the socket file on the way out."""
     sock_path = Path(path)
     _remove_stale(sock_path)
@@ -136,7 +88,7 @@ async def serve_control(role: Any, path: str, *, task_status: Any = trio.TASK_ST
         sock_path.unlink(missing_ok=True)
 
 
-async def _serve_one(role: Any, stream: trio.abc.Stream) -> None:
+async def _serve_one(role: Role, stream: trio.abc.Stream) -> None:
     reply: dict[str, Any]
     with trio.move_on_after(REQUEST_TIMEOUT_S) as scope:
         try:

@@ -18,6 +18,7 @@
     │   └── PeerGone           the peer is not reachable (crashed, left, partitioned)
     ├── RoundFailed            a round could not complete (too few results, deadline)
     ├── JobCancelled           a compute job stopped at a cancel point: its node is stopping
+    ├── ControlError           an operator's control request cannot be done (blame: operator)
     └── SimWorkerError         a simulator worker process failed or died (``--workers``)
 
 Every error raised for remote input carries the offending ``peer`` when known, so the
@@ -106,6 +107,11 @@ class JobCancelled(FednodeError):
     """A training or evaluation job stopped early at a :func:`~fednode.training.cancel_point`
     because the node running it is stopping. Raised inside the job's worker thread and
     caught by the executor; never reaches a role."""
+
+
+class ControlError(FednodeError):
+    """An operator's control request (``fednode status`` / ``fednode promote``) is malformed
+    or cannot be done by this node (e.g. promoting a peer that is not a direct client)."""
 
 
 class SimWorkerError(FednodeError):

@@ -40,25 +40,12 @@ from typing import Any, Protocol
 
 from .actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainJob, TrainResult
 from .errors import FednodeError, LocalProtocolError
+from .role import Role
 from .wire import messages as m
 from .wire.frames import Frame, Inbound
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
 """``sink(peer, event, data)``: where a node's structured events go."""
-
-
-class Role(Protocol):
-    """The state machine a node runs (:mod:`fednode.hierarchy`, :mod:`fednode.gossip`)."""
-
-    role: str
-    done: bool
-
-    def start(self, now: float) -> list[Action]: ...
-    def handle(self, msg: m.Message, now: float) -> list[Action]: ...
-    def on_peer(self, peer: str, up: bool, now: float) -> list[Action]: ...
-    def on_result(self, result: TrainResult | EvalResult, now: float) -> list[Action]: ...
-    def poll(self, now: float) -> list[Action]: ...
-    def next_deadline(self) -> float | None: ...
 
 
 class Sealing(Protocol):

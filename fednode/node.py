@@ -14,34 +14,37 @@ events with ``"stage": "transport"``.
 
 Events the node adds to the role's (JSON lines with ``--log json``): ``listening``
 (peer id, role, addresses), ``metrics`` (the URL of the Prometheus metrics, with
-``net.metrics_listen``), ``peer_up`` / ``peer_down``, ``gossip_eval`` (a gossip peer's
-test accuracy after each round), ``goodbye`` and ``stopped`` (reason, signal).
+``net.metrics_listen``), ``peer_up`` / ``peer_down``, ``goodbye`` and ``stopped``
+(reason, signal). A gossip peer built here (:func:`build_role`) waits for its consortium
+(``peers_ready``) and tests its model after every round (``gossip_eval``) by default:
+both are the role's doing, so the simulator runs the same code.
+
+The node asks the role only what :class:`~fednode.role.Role` offers (listen addresses,
+goodbye messages); it never looks at the role's type or attributes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-import numpy as np
 import trio
 
-from .actions import EvalJob, EvalResult, Stop
-from .config import NodeConfig
+from .actions import Send, Stop
+from .config import NodeConfig, replace
 from .crypto.envelope import Membership, Receiver, Sealer
 from .crypto.identity import Identity, load_or_create, public_key_from_peer_id
 from .errors import ConfigError, FednodeError
 from .p2p.transport import PeerEvent, Transport
-from .runner import NodeLoop, Role, RunStats, ThreadExecutor, run_role
+from .role import Role
+from .runner import NodeLoop, RunStats, ThreadExecutor, run_role
 from .training.task import Task, load_task
-from .wire import messages as m
 from .wire.frames import Frame, Inbound
 
 log = logging.getLogger("fednode.node")
@@ -53,12 +56,10 @@ EventSink = Callable[[str, str, dict[str, Any]], None]
 
 #: bound on the whole goodbye (all Byes sent concurrently), shielded from cancellation
 GOODBYE_S = 2.0
-#: how often a gossip peer waiting for its consortium checks the connected peers
+#: how often a send to a not yet discovered peer checks whether it is connected (x 2)
 PEER_POLL_S = 0.25
 #: how long a send to a peer with no known address waits for discovery to connect it
 UNDISCOVERED_WAIT_S = 5.0
-#: bound on the evaluation of the last gossip round after the role stopped
-FINAL_EVAL_S = 10.0
 #: transport refusal reason -> (error counted in RunStats.rejected, what the log says)
 _TRANSPORT_REJECTS = {
     "not_accepted": ("NotMember", "not a member: frame refused before it was read"),
@@ -74,9 +75,22 @@ def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
     """The role object for ``config.role`` — the same constructors the simulator uses."""
     size = task.layout().size
     if config.role == "peer":
+        from .gossip.core import WaitFor
         from .gossip.peer import GossipPeer
 
-        return GossipPeer.from_config(config, me=peer_id, params=task.init_params(config.seed))
+        # a node holds its first round until its consortium is up and, unless told
+        # otherwise, tests its own model after every round (gossip_eval)
+        gossip = config.gossip
+        if gossip.eval_every < 0:
+            gossip = replace(gossip, eval_every=1)
+        rounds = config.rounds
+        return GossipPeer.from_config(
+            config,
+            me=peer_id,
+            params=task.init_params(config.seed),
+            gossip=gossip,
+            wait_for=WaitFor(rounds.min_available_clients - 1, rounds.wait_for_clients_s),
+        )
     from .hierarchy.factory import make_role
 
     params = task.init_params(config.seed) if config.role == "coordinator" else None
@@ -192,6 +206,13 @@ class Node:
 
     def _observe(self, peer: str, event: str, data: dict[str, Any]) -> None:
         """Every event of this node (its own and its role's): metrics, then the sink."""
+        if event == "peers_ready" and data["peers"] < data["wanted"]:
+            log.warning(
+                "only %d of %d peers after %gs; starting anyway",
+                data["peers"],
+                data["wanted"],
+                data["waited_s"],
+            )
         if self.metrics is not None:
             self.metrics.on_event(event, data)
         if self.on_event is not None:
@@ -247,13 +268,9 @@ class Node:
             nursery.start_soon(self._watch_signals, role_scope, nursery.cancel_scope)
             await nursery.start(transport.run)
             self.listen_addrs = transport.addresses()
-            from .hierarchy.aggregator import RegionalAggregator
-            from .hierarchy.client import Client
-
-            if isinstance(self.role, Client | RegionalAggregator):
-                # advertised: the coordinator tells the clients it places under this node
-                # where to dial it, so two tiers work without discovery (--no-mdns)
-                self.role.addrs = self.listen_addrs
+            # advertised by clients and aggregators: the coordinator tells the clients it
+            # places under this node where to dial it, so two tiers work without mDNS
+            self.role.set_listen_addrs(self.listen_addrs)
             log.info(
                 "node %s (%s) listening on %s", self.peer_id, cfg.role, ", ".join(self.listen_addrs)
             )
@@ -292,27 +309,20 @@ class Node:
                 nursery.start_soon(_warm_up_training)
             logged = _PeerLog(transport, self._emit, self.membership.admits)
             nursery.start_soon(logged.pump)
-            evals = _GossipEvals(self.role, executor, self._emit)
-            nursery.start_soon(evals.run)
-            sink = evals.wrap(self._observe)
             task_status.started()
             try:
                 with role_scope:
-                    if cfg.role == "peer":
-                        await self._wait_for_peers(transport)
                     loop = NodeLoop(
                         self.role,
                         sealer,
                         receiver,
                         peer=self.peer_id,
-                        emit=sink,
+                        emit=self._observe,
                         stats=self.stats,
                     )
                     self.stop = await run_role(
                         loop, logged, executor, send_timeout_s=cfg.net.send_timeout_s
                     )
-                if self.stop is not None:
-                    await evals.drain(FINAL_EVAL_S)
             finally:
                 reason = self.stopped_by or (self.stop.reason if self.stop else "cancelled")
                 await self._goodbye(transport, sealer, reason)
@@ -347,25 +357,6 @@ class Node:
                 root.cancel()
                 return
 
-    async def _wait_for_peers(self, transport: Transport) -> None:
-        """Gossip peers: hold the first round until ``min_available_clients - 1`` other
-        members are connected (at most ``wait_for_clients_s``), so a peer that starts
-        first does not run its rounds alone."""
-        want = self.config.rounds.min_available_clients - 1
-        limit = self.config.rounds.wait_for_clients_s
-        start = trio.current_time()
-        have = 0
-        with trio.move_on_after(limit):
-            while True:
-                have = sum(1 for p in transport.peers() if self.membership.admits(p))
-                if have >= want:
-                    break
-                await trio.sleep(PEER_POLL_S)
-        waited = round(trio.current_time() - start, 3)
-        if have < want:
-            log.warning("only %d of %d peers after %gs; starting anyway", have, want, limit)
-        self._emit("peers_ready", {"peers": have, "wanted": want, "waited_s": waited})
-
     async def _goodbye(self, transport: Transport, sealer: Sealer, reason: str) -> None:
         """Send a signed Bye to every connected member at once; shielded, bounded."""
         peers = sorted(p for p in transport.peers() if self.membership.admits(p))
@@ -373,20 +364,20 @@ class Node:
             return
         delivered = 0
 
-        async def bye(peer: str, msg: m.Bye) -> None:
+        async def bye(send: Send) -> None:
             nonlocal delivered
             try:
-                await transport.send(peer, sealer.seal(replace(msg, recipient=peer)))
+                await transport.send(send.to, sealer.seal(send.msg, send.to))
                 delivered += 1
             except FednodeError as exc:
-                log.debug("goodbye to %s failed: %s", peer, exc)
+                log.debug("goodbye to %s failed: %s", send.to, exc)
 
         with trio.CancelScope(shield=True) as scope:
             self._goodbye_scope = scope
             scope.deadline = trio.current_time() + GOODBYE_S
             async with trio.open_nursery() as nursery:
-                for peer, msg in _byes(self.role, peers, reason):
-                    nursery.start_soon(bye, peer, msg)
+                for send in self.role.goodbye(peers, reason):
+                    nursery.start_soon(bye, send)
         self._goodbye_scope = None
         self._emit("goodbye", {"peers": len(peers), "delivered": delivered, "reason": reason})
 
@@ -406,19 +397,6 @@ async def _warm_up_training() -> None:
 
 def _import_dynamo() -> None:
     import torch._dynamo  # noqa: F401
-
-
-def _byes(role: Role, peers: list[str], reason: str) -> list[tuple[str, m.Bye]]:
-    """The Bye for each peer. A gossip peer names each link's epoch (``Bye.round``), which
-    is how its neighbours tell which link ends; hierarchy roles ignore the round."""
-    text = reason[: m.MAX_STR_LEN]
-    links = getattr(role, "links", None)
-    out = []
-    for peer in peers:
-        link = links.get(peer) if isinstance(links, dict) else None
-        epoch = int(getattr(link, "epoch", 0)) if link is not None else 0
-        out.append((peer, m.Bye(round=epoch, reason=text)))
-    return out
 
 
 class _PeerLog(Transport):
@@ -480,55 +458,3 @@ class _PeerLog(Transport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-class _GossipEvals:
-    """A gossip peer has no global model to evaluate, so the node tests the peer's own
-    model after each round (``gossip_round`` event) on the task's held-out data, in the
-    executor's worker thread, and emits ``gossip_eval``. Other roles: does nothing."""
-
-    def __init__(
-        self, role: Role, executor: ThreadExecutor, emit: Callable[[str, dict[str, Any]], None]
-    ) -> None:
-        self.role = role
-        self.executor = executor
-        self.emit = emit
-        self.active = role.role == "peer"
-        self._send, self._recv = trio.open_memory_channel[tuple[int, np.ndarray]](4)
-        self._done = trio.Event()
-
-    def wrap(self, sink: EventSink | None) -> EventSink:
-        def wrapped(peer: str, event: str, data: dict[str, Any]) -> None:
-            if sink is not None:
-                sink(peer, event, data)
-            if self.active and event == "gossip_round":
-                params = getattr(self.role, "params", None)
-                if params is not None:
-                    # evaluation behind or over: this round's figure is skipped
-                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                        self._send.send_nowait((int(data.get("round", 0)), params))
-
-        return wrapped
-
-    async def run(self) -> None:
-        try:
-            async for rnd, params in self._recv:
-                result = await self.executor.run(EvalJob(rnd, params))
-                assert isinstance(result, EvalResult)
-                self.emit(
-                    "gossip_eval",
-                    {
-                        "round": rnd,
-                        "accuracy": result.metrics.get("accuracy", float("nan")),
-                        "loss": result.loss,
-                    },
-                )
-        finally:
-            self._done.set()
-
-    async def drain(self, limit: float) -> None:
-        """Evaluate what is queued (the last round), at most ``limit`` seconds."""
-        self._send.close()
-        if self.active:
-            with trio.move_on_after(limit):
-                await self._done.wait()

@@ -30,7 +30,7 @@ import trio
 
 from .actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
 from .errors import PeerGone, TransportError
-from .loop import EventSink, NodeLoop, Role, RunStats
+from .loop import EventSink, NodeLoop, RunStats
 from .p2p.transport import Transport
 from .training.cancel import stoppable
 from .training.task import Task
@@ -41,7 +41,6 @@ __all__ = [
     "Executor",
     "InlineExecutor",
     "NodeLoop",
-    "Role",
     "RunStats",
     "ThreadExecutor",
     "compute",

@@ -12,9 +12,10 @@ import trio
 
 from fednode.cli import main
 from fednode.config import load_config
-from fednode.control import ControlError, handle_request, request, resolve_peer, serve_control
+from fednode.control import ControlError, handle_request, request, serve_control
 from fednode.errors import ConfigError
 from fednode.hierarchy.checkpoint import load_checkpoint
+from fednode.hierarchy.root import resolve_peer
 from fednode.node import build_role, resume_source
 from fednode.sim.scenarios import build_star, run_star
 from fednode.training.task import load_task

@@ -112,6 +112,36 @@ def test_star_federation_over_libp2p_loopback(tmp_path: Path) -> None:
     assert "stopped: finished 2 rounds" in (tmp_path / "coordinator.log").read_text()
 
 
+def test_two_gossip_peers_wait_for_each_other_and_evaluate_every_round(tmp_path: Path) -> None:
+    """The gossip role itself holds its first round for its consortium (``peers_ready``)
+    and evaluates its model after each round (``gossip_eval``), the last one included."""
+    first_key, first_id = _coordinator_key(tmp_path)
+    port = _free_port()
+    common = [*FEDNODE, "--role", "peer", "--rounds", "2", "--local-epochs", "1"]
+    common += ["--min-available-clients", "2", "--num-clients", "2"]
+    procs = []
+    try:
+        args = [*common, "--client-index", "0", "--key-file", str(first_key)]
+        args += ["--listen", f"/ip4/127.0.0.1/tcp/{port}"]
+        procs.append(_spawn(args, tmp_path / "peer0.log"))
+        args = [*common, "--client-index", "1", "--key-file", str(tmp_path / "k1.key")]
+        args += ["--listen", "/ip4/127.0.0.1/tcp/0"]
+        args += ["--bootstrap", f"/ip4/127.0.0.1/tcp/{port}/p2p/{first_id}"]
+        procs.append(_spawn(args, tmp_path / "peer1.log"))
+        for i, proc in enumerate(procs):
+            assert proc.wait(timeout=120) == 0, (tmp_path / f"peer{i}.log").read_text()
+    finally:
+        _stop_all(procs)
+    for i in range(2):
+        events = _events(tmp_path / f"peer{i}.log")
+        (ready,) = [e for e in events if e["event"] == "peers_ready"]
+        assert ready["peers"] == ready["wanted"] == 1
+        assert [e["round"] for e in events if e["event"] == "gossip_round"] == [1, 2]
+        evals = [e for e in events if e["event"] == "gossip_eval"]
+        assert [e["round"] for e in evals] == [1, 2] and 0 <= evals[-1]["accuracy"] <= 1
+        assert next(e for e in events if e["event"] == "stopped")["error"] is None
+
+
 def test_sigterm_says_goodbye_prints_why_and_exits_0(tmp_path: Path) -> None:
     coord_key, coord_id = _coordinator_key(tmp_path)
     port = _free_port()

@@ -360,6 +360,10 @@ class GossipParams:
     miss_limit: int = 3
     #: consensus step size gamma (CHOCO-gossip); 0 = automatic (1, or 2F for top-k:F)
     step_size: float = 0.0
+    #: test the peer's own model on the task's held-out data every this many rounds (a
+    #: ``gossip_eval`` event); 0 = never; -1 = automatic: every round on a node
+    #: (``fednode run``), never in the simulator (thousands of peers evaluating is slow)
+    eval_every: int = -1
 
     def validate(self) -> None:
         check(
@@ -392,6 +396,12 @@ class GossipParams:
             value = getattr(self, name)
             check(value > 0 and math.isfinite(value), f"gossip.{name}", value, "a float > 0")
         check(self.miss_limit >= 1, "gossip.miss_limit", self.miss_limit, "an integer >= 1")
+        check(
+            self.eval_every >= -1,
+            "gossip.eval_every",
+            self.eval_every,
+            "an integer >= 0 (0 = never), or -1 (automatic)",
+        )
         check(
             0 <= self.step_size <= 1,
             "gossip.step_size",

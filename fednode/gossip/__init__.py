@@ -5,8 +5,18 @@ role. ``docs/GOSSIP.md`` describes the protocols, their guarantees and measured 
 """
 
 from ..config import GossipParams
+from .core import WaitFor
 from .links import Link, LinkCodec, mh_weight
 from .peer import GossipPeer
 from .states import TRANSITIONS, Phase
 
-__all__ = ["TRANSITIONS", "GossipParams", "GossipPeer", "Link", "LinkCodec", "Phase", "mh_weight"]
+__all__ = [
+    "TRANSITIONS",
+    "GossipParams",
+    "GossipPeer",
+    "Link",
+    "LinkCodec",
+    "Phase",
+    "WaitFor",
+    "mh_weight",
+]

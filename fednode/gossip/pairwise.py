@@ -43,13 +43,13 @@ from .links import F64, Link, combine
 from .states import Phase
 
 if TYPE_CHECKING:
-    from .peer import GossipPeer
+    from .core import PeerCore
 
 
 class PairwiseGossip:
-    """The ``async`` averaging protocol of a :class:`~fednode.gossip.peer.GossipPeer`."""
+    """The ``async`` averaging protocol of a gossip peer (:class:`~.core.PeerCore`)."""
 
-    def __init__(self, peer: GossipPeer) -> None:
+    def __init__(self, peer: PeerCore) -> None:
         self.p = peer
         self.next_tick: float | None = None
         self.round_end: float | None = None
@@ -141,7 +141,7 @@ class PairwiseGossip:
         idle = not self.awaiting_until and not self.deferred and self.exchange is None
         if idle or (self.drain_deadline is not None and now >= self.drain_deadline):
             open_ = len(self.awaiting_until) + len(self.deferred)
-            return [p.finish(f"finished {p.completed} rounds ({open_} exchanges left open)")]
+            return p.finish(f"finished {p.completed} rounds ({open_} exchanges left open)", now)
         return []
 
     # --- exchanges -----------------------------------------------------------------------

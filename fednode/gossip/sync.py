@@ -33,13 +33,13 @@ from .links import MAX_AHEAD, Link, mh_weight, mix
 from .states import Phase
 
 if TYPE_CHECKING:
-    from .peer import GossipPeer
+    from .core import PeerCore
 
 
 class SyncRounds:
-    """The ``sync`` averaging protocol of a :class:`~fednode.gossip.peer.GossipPeer`."""
+    """The ``sync`` averaging protocol of a gossip peer (:class:`~.core.PeerCore`)."""
 
-    def __init__(self, peer: GossipPeer) -> None:
+    def __init__(self, peer: PeerCore) -> None:
         self.p = peer
         self.step = 0
         self.degree = 0
@@ -178,5 +178,5 @@ class SyncRounds:
         actions += p.round_done(distances, {"degree": self.degree, "missed": self.missed})
         self.missed = 0
         if p.completed >= p.rounds:
-            return [*actions, p.finish(f"finished {p.completed} rounds")]
+            return actions + p.finish(f"finished {p.completed} rounds", now)
         return actions + self._start_round(now)

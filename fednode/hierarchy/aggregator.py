@@ -33,6 +33,7 @@ import numpy as np
 from ..actions import Action, Compute, Emit, EvalResult, Send, TrainJob, TrainResult
 from ..config import TierParams
 from ..errors import LocalProtocolError, RemoteProtocolError
+from ..role import RoleDefaults
 from ..training.aggregate import StreamingMean
 from ..wire import messages as m
 
@@ -92,7 +93,7 @@ def child_table(
     return table
 
 
-class RegionalAggregator:
+class RegionalAggregator(RoleDefaults):
     role = "aggregator"
 
     def __init__(
@@ -149,6 +150,12 @@ class RegionalAggregator:
 
     def start(self, now: float) -> list[Action]:
         return [Send(self.parent, self.advert())] if self.parent else []
+
+    def set_listen_addrs(self, addrs: tuple[str, ...]) -> None:
+        self.addrs = tuple(addrs)
+
+    def status(self) -> dict[str, Any]:
+        return {"role": self.role, "round": self.round, "parent": self.parent}
 
     def next_deadline(self) -> float | None:
         return self.job.deadline if self.state is State.FITTING and self.job else None

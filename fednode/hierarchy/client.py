@@ -30,6 +30,7 @@ import numpy as np
 from ..actions import Action, Compute, Emit, EvalResult, Send, TrainJob, TrainResult
 from ..config import TierParams
 from ..errors import RemoteProtocolError
+from ..role import RoleDefaults
 from ..wire import messages as m
 from ..wire.codecs import ErrorFeedback, parse_codec
 from .aggregator import RegionalAggregator, child_table
@@ -45,7 +46,7 @@ class State(enum.Enum):
     TRAINING = "training"
 
 
-class Client:
+class Client(RoleDefaults):
     def __init__(
         self,
         *,
@@ -105,6 +106,16 @@ class Client:
     # --- role interface (delegates once promoted) ------------------------------------
     def start(self, now: float) -> list[Action]:
         return [Send(self.parent, self.advert())] if self.parent else []
+
+    def set_listen_addrs(self, addrs: tuple[str, ...]) -> None:
+        self.addrs = tuple(addrs)
+        if self.promoted:
+            self.promoted.set_listen_addrs(addrs)
+
+    def status(self) -> dict[str, Any]:
+        if self.promoted:
+            return self.promoted.status()
+        return {"role": self.role, "parent": self.parent, "rounds_trained": self.rounds_trained}
 
     def next_deadline(self) -> float | None:
         return self.promoted.next_deadline() if self.promoted else self._discover_at

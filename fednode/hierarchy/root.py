@@ -7,7 +7,7 @@ end of a round (see :mod:`fednode.hierarchy.checkpoint`).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Required, TypedDict
 
@@ -15,6 +15,8 @@ import numpy as np
 
 from ..actions import Action, Emit, Send
 from ..config import RoundParams, TierParams, TrainParams
+from ..errors import ControlError
+from ..role import RoleDefaults
 from ..training.aggregate import Aggregator, StreamingMean
 from ..wire import messages as m
 from ..wire.codecs import parse_codec
@@ -52,7 +54,7 @@ class RootArgs(TypedDict, total=False):
     resume_from: str | Path | None
 
 
-class RootRole:
+class RootRole(RoleDefaults):
     """Base of :class:`~.coordinator.Coordinator` and :class:`~.fedbuff.AsyncCoordinator`."""
 
     role = "coordinator"
@@ -124,6 +126,37 @@ class RootRole:
         """Promote direct client ``peer`` to aggregator before the next round starts and move
         ``share`` of its region's direct clients under it (operator / API entry point)."""
         self._promotions.append((peer, share))
+
+    def direct_clients(self) -> list[str]:
+        """Direct children that are clients (the peers an operator may promote)."""
+        return sorted(p for p, a in self.tree.direct.items() if a.role == "client")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "round": int(self.round_number),
+            "model_version": int(self.model_version),
+            "tree": self.hierarchy(),
+            "direct_clients": self.direct_clients(),
+        }
+
+    def control(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"op": "promote", "peer": <id or a unique part>, "share": 0.5}``: queued with
+        :meth:`request_promotion`, effective before the next round."""
+        if request.get("op") != "promote":
+            return super().control(request)
+        peer = request.get("peer")
+        share = request.get("share", 0.5)
+        if not isinstance(peer, str) or not peer:
+            return {"ok": False, "error": "promote needs 'peer': a peer id"}
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+            return {"ok": False, "error": f"'share' must be a number in [0, 1], got {share!r}"}
+        try:
+            target = resolve_peer(peer, self.direct_clients())
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        self.request_promotion(target, float(share))
+        return {"ok": True, "peer": target, "share": float(share), "effective": "next round"}
 
     def promote(self, peer: str, now: float, share: float = 0.5) -> list[Action]:
         """Promote now (between rounds): returns the Assign messages."""
@@ -225,3 +258,22 @@ class RootRole:
         for peer, (loss, duration, examples, last) in snap.extra.get("observed", {}).items():
             self.observed[peer] = Observed(loss, duration, examples, last)
         self.resumed_from = snap
+
+
+def resolve_peer(query: str, candidates: list[str]) -> str:
+    """``query`` exactly, or the one candidate containing it (at least 6 characters).
+
+    Errors: :class:`~fednode.errors.ControlError` when none or several match.
+    """
+    if query in candidates:
+        return query
+    if len(query) >= 6:
+        hits = [c for c in candidates if query in c]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise ControlError(f"{query!r} matches {len(hits)} direct clients; give more of it")
+    raise ControlError(
+        f"{query!r} is not a direct client of this coordinator "
+        f"({len(candidates)} direct clients; see `fednode status`)"
+    )

@@ -50,7 +50,8 @@ from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
 from ..errors import ConfigError, PeerGone
 from ..loop import NodeLoop
-from ..runner import InlineExecutor, Role, RunStats, compute
+from ..role import Role
+from ..runner import InlineExecutor, RunStats, compute
 from ..wire.frames import Frame, Inbound
 from .engine import SIM_EPOCH, Simulation, _seeded_nonces, sim_identity
 from .topology import LinkParams

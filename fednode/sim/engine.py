@@ -24,7 +24,8 @@ from ..crypto.identity import Identity
 from ..crypto.unsigned import UnsignedReceiver, UnsignedSealer
 from ..errors import FednodeError
 from ..p2p.memory import LinkFaults, MemoryNetwork
-from ..runner import Executor, NodeLoop, Role, RunStats, run_role
+from ..role import Role
+from ..runner import Executor, NodeLoop, RunStats, run_role
 
 SIM_EPOCH = 1_800_000_000.0  # wall-clock seconds at virtual time 0 (replay window clock)
 

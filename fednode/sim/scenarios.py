@@ -19,7 +19,8 @@ from ..hierarchy.aggregator import RegionalAggregator
 from ..hierarchy.client import Client
 from ..hierarchy.factory import make_coordinator
 from ..p2p.memory import LinkFaults
-from ..runner import InlineExecutor, Role
+from ..role import Role
+from ..runner import InlineExecutor
 from ..training.task import Task, load_task
 from .engine import SimNode, SimResult, Simulation
 
