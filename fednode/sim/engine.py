@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +22,11 @@ from ..actions import Stop
 from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
 from ..crypto.unsigned import UnsignedReceiver, UnsignedSealer
-from ..errors import FednodeError
-from ..p2p.memory import LinkFaults, MemoryNetwork
+from ..errors import ConfigError, FednodeError
+from ..p2p.memory import MemoryNetwork
+from ..p2p.netmodel import Link
 from ..runner import Executor, NodeLoop, Role, RunStats, run_role
+from .netfaults import EventSink, NetworkFaults
 
 SIM_EPOCH = 1_800_000_000.0  # wall-clock seconds at virtual time 0 (replay window clock)
 
@@ -53,6 +55,10 @@ class SimNode:
     running: bool = False
     #: ``(delay_s, make_role)`` of a restart asked for while the old incarnation unwinds
     pending_restart: tuple[float, Callable[[], Role]] | None = None
+    #: the executor's slowdown before any straggler fault (:meth:`Simulation.set_slowdown`)
+    base_slowdown: float | None = None
+    #: builds the role of a restart (:meth:`Simulation.prepare_restart`)
+    fresh: Callable[[], Role] | None = field(default=None, repr=False)
 
     @property
     def peer(self) -> str:
@@ -85,14 +91,19 @@ class SimResult:
 FaultHook = Callable[["Simulation", str, str, dict[str, Any]], None]
 
 
-class Simulation:
-    """Build nodes with :meth:`add`, then :meth:`run` until the ``root`` node stops."""
+class Simulation(NetworkFaults):
+    """Build nodes with :meth:`add`, then :meth:`run` until the ``root`` node stops.
+
+    Links and faults: :class:`~fednode.sim.netfaults.NetworkFaults` (as on the
+    discrete-event driver), backed by the memory network's :attr:`model`.
+    :attr:`fault_hooks` see every event of a role, then :attr:`listeners`.
+    """
 
     def __init__(
         self,
         *,
         seed: int = 0,
-        link: LinkFaults | None = None,
+        link: Link | None = None,
         open_membership: bool = True,
         unsigned: bool = False,
     ) -> None:
@@ -100,9 +111,11 @@ class Simulation:
         #: skip signatures (:mod:`fednode.crypto.unsigned`); default: sign and verify
         self.unsigned = unsigned
         self.network = MemoryNetwork(seed=seed, default=link)
+        self.model = self.network.model
         self.nodes: list[SimNode] = []
         self.events: list[dict[str, Any]] = []
         self.fault_hooks: list[FaultHook] = []
+        self.listeners: list[EventSink] = []
         self.open_membership = open_membership
         self.allow: frozenset[str] = frozenset()
         self._by_peer: dict[str, SimNode] = {}
@@ -135,6 +148,23 @@ class Simulation:
         self.events.append(record)
         for hook in self.fault_hooks:
             hook(self, peer, event, data)
+        for listener in self.listeners:
+            listener(record["node"], event, data, trio.current_time())
+
+    # --- faults (NetworkFaults) -------------------------------------------------------------
+    def _key(self, index: int) -> Hashable:
+        return self.nodes[index].peer
+
+    def _tell(self, events: list[tuple[Any, Any, bool]]) -> None:
+        self.network._announce(events)
+
+    def set_slowdown(self, index: int, factor: float) -> None:
+        """Node ``index`` computes ``factor`` times slower than its builder made it."""
+        node, executor = self.nodes[index], self.nodes[index].executor
+        if hasattr(executor, "slowdown"):
+            if node.base_slowdown is None:
+                node.base_slowdown = float(executor.slowdown)
+            executor.slowdown = node.base_slowdown * factor
 
     def crash(self, peer: str) -> None:
         """Kill a node now: its loop is cancelled and the network drops it."""
@@ -148,16 +178,23 @@ class Simulation:
             {"t": round(trio.current_time(), 6), "node": node.index, "event": "crashed"}
         )
 
-    def restart(self, peer: str, make_role: Callable[[], Role], *, after_s: float = 0.0) -> None:
+    def restart(
+        self, peer: str, make_role: Callable[[], Role] | None = None, *, after_s: float = 0.0
+    ) -> None:
         """Start a crashed node again under the same identity, ``after_s`` virtual seconds
         from now, as a new process would: ``make_role()`` builds its role then (e.g. a
-        coordinator resuming from its checkpoint). Call it while the simulation runs, for
-        example from a fault hook right after :meth:`crash`. The new incarnation gets its
-        own nonce stream, so peers do not take its messages for replays.
+        coordinator resuming from its checkpoint; default: a fresh copy kept by
+        :meth:`prepare_restart`). Call it while the simulation runs, for example from a
+        fault hook right after :meth:`crash`. The new incarnation gets its own nonce
+        stream, so peers do not take its messages for replays.
 
-        Raises :class:`ValueError` for a node that is running and was not crashed.
+        Raises :class:`ValueError` for a node that is running and was not crashed, and
+        :class:`~fednode.errors.ConfigError` without ``make_role`` or a kept copy.
         """
         node = self._by_peer[peer]
+        make_role = make_role or node.fresh
+        if make_role is None:
+            raise ConfigError("faults.restart_round", node.index, "a node kept for restart")
         if after_s < 0:
             raise ValueError(f"after_s must be >= 0, got {after_s}")
         if node.running and not (node.scope is not None and node.scope.cancel_called):

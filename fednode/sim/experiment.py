@@ -39,11 +39,11 @@ from threadpoolctl import threadpool_limits
 
 from ..config import NodeConfig, load_config
 from ..errors import ConfigError
-from ..p2p.memory import LinkFaults
 from .des import DesSimulation
 from .engine import Simulation
 from .faults import FaultSchedule
 from .metrics import Collector, RoundTable
+from .netfaults import NetworkFaults
 from .spectral import spectral_summary
 from .topology import TOPOLOGY_DIR, Topology, load_topology
 
@@ -373,19 +373,10 @@ def visibility(topo: Topology, node_of: dict[int, int]) -> list[list[int]]:
     return [sorted(s) for s in vis]
 
 
-def _apply_links(topo: Topology, built: Built, sim: DesSimulation | Simulation) -> None:
-    if isinstance(sim, DesSimulation):
-        sim.default_link = topo.links
-        for (a, b), lp in topo.edge_links.items():
-            sim.set_link(built.node_of[a], built.node_of[b], lp)
-        return
-    d = topo.links
-    sim.network.default = LinkFaults(d.latency_s, d.bandwidth_Bps or math.inf, d.loss)
-    for (a, b), lp in topo.edge_links.items():
-        pa, pb = sim.nodes[built.node_of[a]].peer, sim.nodes[built.node_of[b]].peer
-        sim.network.set_link(
-            pa, pb, LinkFaults(lp.latency_s, lp.bandwidth_Bps or math.inf, lp.loss)
-        )
+def _apply_links(topo: Topology, built: Built, sim: NetworkFaults) -> None:
+    sim.default_link = topo.links
+    for (a, b), link in topo.edge_links.items():
+        sim.set_link(built.node_of[a], built.node_of[b], link)
 
 
 # --------------------------------------------------------------------------- running
