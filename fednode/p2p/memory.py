@@ -8,7 +8,7 @@ never copied), after a delay of ``latency + nbytes / bandwidth`` in trio time �
 The network itself — links, seeded loss, crashes, partitions, who hears of whom — is a
 :class:`~fednode.p2p.netmodel.NetworkModel` (:attr:`MemoryNetwork.model`), the same model
 the discrete-event driver uses. Fault hooks: :meth:`set_link` (per-link latency,
-bandwidth, loss), ``default``, ``extra_loss``, :meth:`partition` / :meth:`heal`,
+bandwidth, loss; ``model.default``, ``model.extra_loss``), :meth:`partition` / :meth:`heal`,
 :meth:`crash` / :meth:`restart` of a node. A send to a crashed, partitioned or unknown
 peer raises :class:`PeerGone` (the sender learns like a TCP connect would fail); a lost
 frame vanishes silently (like a dropped datagram on a link that the stream layer could
@@ -44,22 +44,6 @@ class MemoryNetwork:
         self._nodes: dict[str, MemoryTransport] = {}
         self._buffer = buffer
         self._nursery: trio.Nursery | None = None
-
-    @property
-    def default(self) -> Link:
-        return self.model.default
-
-    @default.setter
-    def default(self, link: Link) -> None:
-        self.model.default = link
-
-    @property
-    def extra_loss(self) -> float:
-        return self.model.extra_loss
-
-    @extra_loss.setter
-    def extra_loss(self, rate: float) -> None:
-        self.model.extra_loss = rate
 
     @property
     def sent_frames(self) -> int:

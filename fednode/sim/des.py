@@ -13,19 +13,14 @@ events, a FIFO of events per instant) feeds the loops
   :class:`~fednode.runner.InlineExecutor` charge);
 * **role deadlines**, **peer up/down events** and scheduled **calls**.
 
-Frames are sealed and opened by each node's real :class:`~fednode.crypto.envelope.Sealer`
-and :class:`~fednode.crypto.envelope.Receiver` (signed, framed, verified, replay-checked:
-the default), or by the unsigned pair of :mod:`fednode.crypto.unsigned`
-(``unsigned=True``: no signature or CBOR; membership, recipient, shape and finiteness
-still checked) — plugged into the same loop.
+Frames are sealed and opened by each node's real sealer and receiver (signed and
+verified: the default), or by the unsigned pair of :mod:`fednode.crypto.unsigned`
+(``unsigned=True``; membership, recipient, shape and finiteness still checked).
 
-Differences from ``run_role`` over the memory transport (``docs/SIMULATION.md``): events at
-one virtual instant run in FIFO order (trio shuffles them, seeded); a stopped non-root node
-drops what it is sent (trio would queue 256 frames, then time the senders out); up/down
-events go to *visible* pairs only (default: every pair, like the memory transport); a
-training job whose task knows its ``num_examples`` runs lazily, batched with the jobs
-pending with it (same inputs, same result; the role must not modify a job's params in
-place — none does).
+Differences from ``run_role`` over the memory transport (``docs/SIMULATION.md``): FIFO
+order at one instant (trio shuffles, seeded); a stopped non-root node drops what it is
+sent; up/down events go to *visible* pairs only (default: all); lazy, batched training
+(:mod:`fednode.sim.batching`; the role must not modify a job's params in place).
 
 Sharding (:mod:`fednode.sim.parallel`): with ``owner`` set, this process runs only the
 nodes of ``shard``; sends to other shards go to :attr:`outbox`, and :meth:`run_window`
@@ -39,32 +34,40 @@ import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
-from ..crypto import unsigned
-from ..crypto.envelope import Membership, Receiver, Sealer
+from ..crypto.envelope import Membership
 from ..crypto.identity import Identity
 from ..errors import ConfigError, PeerGone
 from ..loop import NodeLoop
 from ..p2p.netmodel import Link, NetStats, NetworkModel
-from ..runner import InlineExecutor, Role, RunStats, compute
+from ..runner import InlineExecutor, Role, RunStats
 from ..wire.frames import Inbound
-from .engine import SIM_EPOCH, Simulation, _seeded_nonces, sim_identity
+from .batching import run_batch
+from .engine import (
+    SIM_EPOCH,
+    RunResult,
+    Simulation,
+    _seeded_nonces,
+    root_rounds,
+    sealing,
+    sim_identity,
+)
 from .netfaults import EventSink, NetworkFaults
 
 # event kinds; an event is (kind, node index, node epoch, a, b)
 DELIVER, RESULT, TIMER, PEER, CALL = range(5)
 Event = tuple[int, int, int, Any, Any]
 _SPIN_LIMIT = 10_000  # deadline polls at one instant before we call the role broken
-FaultHook = Callable[[Any, str, str, dict[str, Any]], None]
 
 
 @dataclass
 class DesNode:
-    """One simulated node: its role, compute model and counters. ``index`` is its id."""
+    """One simulated node: its role, compute model and counters. ``index`` is its id; the
+    node is also its loop's port (:meth:`transmit`, :meth:`run_job`)."""
 
     index: int
     identity: Identity
@@ -81,12 +84,18 @@ class DesNode:
     spin_t: float = -1.0
     loop: NodeLoop | None = field(default=None, repr=False)
     fresh: Callable[[], Role] | None = field(default=None, repr=False)  # for restarts
-    net: NetworkModel[int] | None = field(default=None, repr=False)
+    sim: DesSimulation | None = field(default=None, repr=False)
 
     @property
     def alive(self) -> bool:
         """Up in the network model (not crashed; for reports)."""
-        return self.net is not None and self.net.alive(self.index)
+        return self.sim is not None and self.sim.model.alive(self.index)
+
+    def transmit(self, to: str, frame: Any, addrs: tuple[str, ...], kind: str) -> None:
+        self.sim._send(self, to, frame, kind)  # type: ignore[union-attr]
+
+    def run_job(self, job: TrainJob | EvalJob) -> None:
+        self.sim._compute(self, job)  # type: ignore[union-attr]
 
     @property
     def peer(self) -> str:
@@ -94,24 +103,10 @@ class DesNode:
 
 
 @dataclass
-class DesResult:
-    """What a run produced (the fields of :class:`~fednode.sim.engine.SimResult`)."""
+class DesResult(RunResult):
+    """What a run produced (``network``: its counters; ``nodes``: :class:`DesNode` s)."""
 
-    rounds: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    stop: Stop | None
-    wall_s: float
-    virtual_s: float
-    nodes: list[DesNode]
-    network: NetStats
     processed_events: int = 0
-
-    @property
-    def final_accuracy(self) -> float:
-        return float(self.rounds[-1]["accuracy"]) if self.rounds else float("nan")
-
-    def rounds_to(self, accuracy: float) -> int | None:
-        return next((int(r["round"]) for r in self.rounds if r["accuracy"] >= accuracy), None)
 
 
 class DesSimulation(NetworkFaults):
@@ -144,7 +139,7 @@ class DesSimulation(NetworkFaults):
         self.lazy_compute = lazy_compute
         self.nodes: list[DesNode] = []
         self.events: list[dict[str, Any]] = []
-        self.fault_hooks: list[FaultHook] = []
+        self.fault_hooks: list[Callable[[Any, str, str, dict[str, Any]], None]] = []
         self.listeners: list[EventSink] = []
         #: called with the node after a restart built its fresh role, before ``start``
         self.on_restart: list[Callable[[DesNode], None]] = []
@@ -189,34 +184,28 @@ class DesSimulation(NetworkFaults):
         node = DesNode(
             index, identity or sim_identity(self.seed, index), role, executor, model_size
         )
-        node.net = self.model
+        node.sim = self
         self.nodes.append(node)
         self._by_peer[node.peer] = index
         self.model.add(index)
         return node
 
     @classmethod
-    def from_simulation(
-        cls, sim: Simulation, *, hooks: bool = True, **kwargs: Any
-    ) -> DesSimulation:
+    def from_simulation(cls, sim: Simulation, *, hooks: bool = True, **kw: Any) -> DesSimulation:
         """The nodes (roles, executors, identities), links and fault hooks of a built trio
         :class:`~fednode.sim.engine.Simulation`: every scenario builder works here.
         ``hooks=False`` leaves the hooks behind (e.g. one that reads trio's clock)."""
-        net = sim.network
-        des = cls(seed=sim.seed, link=net.default, **kwargs)
+        des = cls(seed=sim.seed, link=sim.model.default, **kw)
         for node in sim.nodes:
             des.add(node.role, node.executor, node.model_size, node.identity)  # type: ignore[arg-type]
-        for (a, b), link in net.model.links().items():  # set_link overrides
+        for (a, b), link in sim.model.links().items():  # set_link overrides
             ia, ib = des._by_peer.get(a), des._by_peer.get(b)
             if ia is not None and ib is not None:
                 des.set_link(ia, ib, link, both_ways=False)
-        des.extra_loss = net.extra_loss
+        des.extra_loss = sim.model.extra_loss
         if hooks:
             des.fault_hooks.extend(sim.fault_hooks)
         return des
-
-    def set_slowdown(self, index: int, factor: float) -> None:
-        self.nodes[index].slowdown = factor
 
     def node(self, peer: str) -> DesNode:
         return self.nodes[self._by_peer[peer]]
@@ -257,9 +246,7 @@ class DesSimulation(NetworkFaults):
             return
         local = self._local(node.index)
         if local:
-            if node.fresh is None:
-                raise ConfigError("faults.restart_round", node.index, "a node kept for restart")
-            node.role = node.fresh()
+            node.role = self._fresh(node.index)()
             for prepare in self.on_restart:
                 prepare(node)
         node.stop = None
@@ -271,7 +258,7 @@ class DesSimulation(NetworkFaults):
             self._running += 1
             self._boot(node)
 
-    def _key(self, index: int) -> Hashable:
+    def _key(self, index: int) -> int:
         return index
 
     def _tell(self, events: list[tuple[Any, Any, bool]]) -> None:
@@ -309,25 +296,14 @@ class DesSimulation(NetworkFaults):
     def _make_loop(self, node: DesNode) -> NodeLoop:
         """A fresh :class:`NodeLoop` for ``node``'s current role and incarnation (each
         incarnation signs with its own nonce stream, as a restarted process would)."""
-        sealer: Any
-        receiver: Any
-        if self.unsigned:
-            sealer = unsigned.UnsignedSealer(node.peer, self.clock, node.model_size)
-            receiver = unsigned.UnsignedReceiver(
-                node.peer, self.membership, model_size=node.model_size
-            )
-        else:
-            nonce = _seeded_nonces(self.seed, node.index * 1000 + node.epoch)
-            sealer = Sealer(node.identity, clock=self.clock, nonce=nonce)
-            receiver = Receiver(
-                node.peer, self.membership, model_size=node.model_size, clock=self.clock
-            )
+        nonce = _seeded_nonces(self.seed, node.index * 1000 + node.epoch)
+        sealer, receiver = sealing(node, self.membership, self.clock, self.unsigned, nonce)
 
         def emit(peer: str, event: str, data: dict[str, Any]) -> None:
             self._emit(node, event, data)
 
         loop = NodeLoop(node.role, sealer, receiver, peer=node.peer, emit=emit, stats=node.stats)
-        loop.port = _Port(self, node)
+        loop.port = node
         return loop
 
     def _boot(self, node: DesNode) -> None:
@@ -360,16 +336,10 @@ class DesSimulation(NetworkFaults):
         self._loop(max_virtual_s, inclusive=True)
         if max_virtual_s < self.next_time < math.inf:  # stopped by the limit, work left
             self._now = max_virtual_s
-        rounds = [
-            {k: v for k, v in e.items() if k not in ("t", "node", "event")}
-            for e in self.events
-            if root is not None and e["event"] == "round" and e["node"] == root.index
-        ]
-        stop = root.stop if root is not None else None
         return DesResult(
-            rounds,
+            root_rounds(self.events, root.index if root is not None else None),
             self.events,
-            stop,
+            root.stop if root is not None else None,
             time.perf_counter() - t0,
             self._now,
             self.nodes,
@@ -500,36 +470,10 @@ class DesSimulation(NetworkFaults):
         self._push(self._now + max(charge, 0.0), RESULT, node.index, node.epoch, result, None)
 
     def _result_of(self, pending: list[Any]) -> TrainResult | EvalResult:
-        if pending[3] is None:
-            self._flush()
+        if pending[3] is None:  # run every pending job now, as one batch
+            jobs, self._pending = self._pending, []
+            run_batch(jobs)
         return pending[3]
-
-    def _flush(self) -> None:
-        """Run every pending job: grouped by task class, vectorised where offered."""
-        jobs, self._pending = self._pending, []
-        groups: dict[type, list[list[Any]]] = {}
-        for p in jobs:
-            if p[0].epoch == p[1]:  # skip the jobs of nodes that crashed meanwhile
-                groups.setdefault(type(p[0].executor.task), []).append(p)
-        for task_cls, group in groups.items():
-            t0, c0 = time.perf_counter(), time.thread_time()
-            batch = getattr(task_cls, "train_batch", None)
-            out = None
-            if batch is not None and len(group) > 1:
-                out = batch(
-                    [p[0].executor.task for p in group], [(p[2].params, p[2].config) for p in group]
-                )
-            results: list[TrainResult | EvalResult]
-            if out is not None:
-                results = [TrainResult(p[2].round, *r) for p, r in zip(group, out)]
-            else:
-                results = [compute(p[0].executor.task, p[2]) for p in group]
-            share = (time.perf_counter() - t0) / len(group)
-            cpu_share = (time.thread_time() - c0) / len(group)
-            for p, result in zip(group, results):
-                p[3] = result
-                p[0].executor.wall_compute_s += share
-                p[0].executor.cpu_compute_s += cpu_share
 
     def _send(self, node: DesNode, to: str, frame: Any, kind: str) -> None:
         """Carry ``frame`` over the link model; a send to a node that is gone, partitioned
@@ -552,19 +496,3 @@ class DesSimulation(NetworkFaults):
             box.append((at, node.index, len(box), j, dst.epoch, frame))
             return
         self._schedule(at, (DELIVER, j, dst.epoch, frame, node.index))
-
-
-class _Port:
-    """What a node's loop asks of the discrete-event driver."""
-
-    __slots__ = ("node", "sim")
-
-    def __init__(self, sim: DesSimulation, node: DesNode) -> None:
-        self.sim = sim
-        self.node = node
-
-    def transmit(self, to: str, frame: Any, addrs: tuple[str, ...], kind: str) -> None:
-        self.sim._send(self.node, to, frame, kind)
-
-    def run_job(self, job: TrainJob | EvalJob) -> None:
-        self.sim._compute(self.node, job)

@@ -22,7 +22,7 @@ from ..actions import Stop
 from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
 from ..crypto.unsigned import UnsignedReceiver, UnsignedSealer
-from ..errors import ConfigError, FednodeError
+from ..errors import FednodeError
 from ..p2p.memory import MemoryNetwork
 from ..p2p.netmodel import Link
 from ..runner import Executor, NodeLoop, Role, RunStats, run_role
@@ -66,26 +66,57 @@ class SimNode:
 
 
 @dataclass
-class SimResult:
-    """What a run produced: per-round records of the root role, all events, timings."""
+class RunResult:
+    """What a run produced (either driver): per-round records of the root role, all
+    events, timings, the nodes and the network (or its counters)."""
 
     rounds: list[dict[str, Any]]
     events: list[dict[str, Any]]
     stop: Stop | None
     wall_s: float
     virtual_s: float
-    nodes: list[SimNode]
-    network: MemoryNetwork
+    nodes: list[Any]
+    network: Any
 
     @property
     def final_accuracy(self) -> float:
         return float(self.rounds[-1]["accuracy"]) if self.rounds else float("nan")
 
     def rounds_to(self, accuracy: float) -> int | None:
-        for r in self.rounds:
-            if r["accuracy"] >= accuracy:
-                return int(r["round"])
-        return None
+        return next((int(r["round"]) for r in self.rounds if r["accuracy"] >= accuracy), None)
+
+
+@dataclass
+class SimResult(RunResult):
+    """A trio run's result (``network``: the :class:`MemoryNetwork`)."""
+
+    nodes: list[SimNode]
+    network: MemoryNetwork
+
+
+def root_rounds(events: list[dict[str, Any]], root: int | None) -> list[dict[str, Any]]:
+    """The ``round`` records of node ``root`` (none without a root), without t/node/event."""
+    return [
+        {k: v for k, v in e.items() if k not in ("t", "node", "event")}
+        for e in events
+        if root is not None and e["event"] == "round" and e["node"] == root
+    ]
+
+
+def sealing(
+    node: Any, membership: Membership, clock: Callable[[], float], unsigned: bool, nonce: Any
+) -> tuple[Any, Any]:
+    """A simulated node's sealer and receiver: signed and verified (the default), or the
+    unsigned pair of :mod:`fednode.crypto.unsigned`."""
+    if unsigned:
+        return (
+            UnsignedSealer(node.peer, clock, node.model_size),
+            UnsignedReceiver(node.peer, membership, model_size=node.model_size),
+        )
+    return (
+        Sealer(node.identity, clock=clock, nonce=nonce),
+        Receiver(node.peer, membership, model_size=node.model_size, clock=clock),
+    )
 
 
 FaultHook = Callable[["Simulation", str, str, dict[str, Any]], None]
@@ -192,9 +223,7 @@ class Simulation(NetworkFaults):
         :class:`~fednode.errors.ConfigError` without ``make_role`` or a kept copy.
         """
         node = self._by_peer[peer]
-        make_role = make_role or node.fresh
-        if make_role is None:
-            raise ConfigError("faults.restart_round", node.index, "a node kept for restart")
+        make_role = make_role or self._fresh(node.index)
         if after_s < 0:
             raise ValueError(f"after_s must be >= 0, got {after_s}")
         if node.running and not (node.scope is not None and node.scope.cancel_called):
@@ -228,18 +257,8 @@ class Simulation(NetworkFaults):
         """Run one incarnation of ``node`` until it stops or crashes."""
         transport = self.network.attach(node.peer)
         membership = Membership(self.allow, open=self.open_membership)
-        sealer: Any
-        receiver: Any
-        if self.unsigned:
-            sealer = UnsignedSealer(node.peer, self.clock, node.model_size)
-            receiver = UnsignedReceiver(node.peer, membership, model_size=node.model_size)
-        else:
-            sealer = Sealer(
-                node.identity,
-                clock=self.clock,
-                nonce=_seeded_nonces(self.seed, node.index, incarnation),
-            )
-            receiver = Receiver(node.peer, membership, model_size=node.model_size, clock=self.clock)
+        nonce = _seeded_nonces(self.seed, node.index, incarnation)
+        sealer, receiver = sealing(node, membership, self.clock, self.unsigned, nonce)
         node.loop = NodeLoop(
             node.role, sealer, receiver, peer=node.peer, emit=self._on_event, stats=node.stats
         )
@@ -270,13 +289,8 @@ class Simulation(NetworkFaults):
             return trio.current_time()
 
         virtual = trio.run(main, clock=clock)
-        rounds = [
-            {k: v for k, v in e.items() if k not in ("t", "node", "event")}
-            for e in self.events
-            if e["event"] == "round" and e["node"] == root.index
-        ]
         return SimResult(
-            rounds,
+            root_rounds(self.events, root.index),
             self.events,
             root.stop,
             time.perf_counter() - t0,

@@ -15,6 +15,7 @@ import copy
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from ..p2p.netmodel import Link, NetworkModel
 
 Role = Any  # a role object (fednode.runner.Role); kept loose so this module stays pure
@@ -52,13 +53,22 @@ class NetworkFaults(abc.ABC):
     def restart(self, peer: str) -> None:
         """Start a crashed node again with a role from :meth:`prepare_restart`."""
 
-    @abc.abstractmethod
     def set_slowdown(self, index: int, factor: float) -> None:
         """Node ``index`` computes ``factor`` times slower than its builder made it."""
+        self.nodes[index].slowdown = factor
 
     def prepare_restart(self, index: int) -> None:
         """Keep a pristine copy of node ``index``'s role for :meth:`restart` (before run)."""
         self.nodes[index].fresh = fresh_copies(self.nodes[index].role)
+
+    def _fresh(self, index: int) -> Callable[[], Role]:
+        """What builds node ``index``'s role on a restart (kept by :meth:`prepare_restart`).
+
+        Errors: :class:`~fednode.errors.ConfigError` if none was kept."""
+        fresh: Callable[[], Role] | None = self.nodes[index].fresh
+        if fresh is None:
+            raise ConfigError("faults.restart_round", index, "a node kept for restart")
+        return fresh
 
     @property
     def default_link(self) -> Link:
