@@ -1,21 +1,10 @@
 """Topology specs: a networkx graph, the role of each node, link parameters, fault schedule.
 
 Pure (no trio). A spec is a TOML file in ``topologies/``; ``topologies/README.md`` is the
-full reference. In short::
-
-    name = "ring16"            # optional (default: file stem); description = "..." optional
-    kind = "gossip"            # "star" | "two-tier" | "gossip"
-    [graph]                    # exactly one of `generator` (+ n, seed, params) or `edges`
-    generator = "cycle_graph"  # a key of GENERATORS; its parameters sit beside it
-    n = 16                     # nodes are ints 0..n-1
-    seed = 0                   # default 0; edges = "x.edgelist" ("u v" per line, ints)
-    [roles]                    # star/two-tier: coordinator = 0, aggregators = [1, 2] (two-tier);
-                               # implied by the star/two_tier generators; gossip: all "peer"
-    [links]                    # latency_s >= 0 (0), bandwidth_Bps > 0 (unset: unlimited),
-                               # loss in [0, 1) (0); [[links.edges]] between = [a, b] + overrides
-    [[faults]]                 # type = "crash" (node, round, restart_round?) | "partition"
-                               # (groups = [[..], ..] | "halves") | "loss" (rate) | "straggler"
-                               # (nodes, slowdown >= 1); windows: from_round <= r < to_round
+full reference. A spec has ``kind`` ("star" | "two-tier" | "gossip"), a ``[graph]`` (a
+``generator`` of :data:`GENERATORS` with ``n``, ``seed`` and its parameters, or ``edges``),
+``[roles]``, ``[links]`` (:class:`~fednode.p2p.netmodel.Link` fields; per-edge overrides in
+``[[links.edges]]``) and ``[[faults]]`` (crash, partition, loss, straggler; by round).
 
 Nodes are relabelled to ints in sorted order of the generator's labels (grid ``(r, c)`` ->
 ``r * cols + c``, hypercube bit tuple -> its binary number) and edges are inserted sorted,
@@ -289,9 +278,7 @@ def _graph(t: Any, base_dir: Path) -> tuple[nx.Graph, dict[str, Any]]:
     defaults: dict[str, Any] = {}
     if "edges" in t:
         for key in ("n", "seed"):
-            _need(
-                key not in t, f"graph.{key}", t.get(key), "no n/seed: the edge list fixes the graph"
-            )
+            _need(key not in t, f"graph.{key}", t.get(key), "no n/seed: the edges fix the graph")
         t = _keys(t, {"edges"}, "graph")
         raw = _read_edgelist(base_dir / _typed(t["edges"], str, "graph.edges"))
     else:
