@@ -374,6 +374,8 @@ def visibility(topo: Topology, node_of: dict[int, int]) -> list[list[int]]:
 
 
 def _apply_links(topo: Topology, built: Built, sim: NetworkFaults) -> None:
+    """The spec's links, and who hears of whom (:func:`visibility`), on either driver."""
+    sim.set_visible(visibility(topo, built.node_of))
     sim.default_link = topo.links
     for (a, b), link in topo.edge_links.items():
         sim.set_link(built.node_of[a], built.node_of[b], link)

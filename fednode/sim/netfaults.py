@@ -94,6 +94,11 @@ class NetworkFaults(abc.ABC):
         """The default link and every override."""
         return [self.model.default, *self.model.links().values()]
 
+    def set_visible(self, visible: Sequence[Iterable[int]]) -> None:
+        """Node ``i`` hears of the up/down of nodes ``visible[i]`` only (sorted lists)."""
+        table = {self._key(i): [self._key(j) for j in v] for i, v in enumerate(visible)}
+        self.model.visible = table.__getitem__
+
     def partition(self, groups: Iterable[Iterable[int]]) -> None:
         """Only nodes in the same group reach each other; unnamed nodes share group 0."""
         self._tell(self.model.partition([[self._key(i) for i in g] for g in groups]))
