@@ -75,8 +75,10 @@ class NetworkModel(Generic[K]):
         self.stats = NetStats()
         self._links: dict[tuple[K, K], Link] = {}
         self._rng = random.Random(seed)
-        self._alive: dict[K, bool] = {}  # every known node, in the order first added
-        self._group: dict[K, int] = {}  # partition group; absent: 0
+        #: every known node, in the order first added: its partition group if up, else None
+        #: (so that reachability is one comparison on the per-frame path)
+        self._side: dict[K, int | None] = {}
+        self._group: dict[K, int] = {}  # partition group, up or down; absent: 0
 
     # --- links ----------------------------------------------------------------------------
     def set_link(self, a: K, b: K, link: Link, *, both_ways: bool = True) -> None:
@@ -112,29 +114,29 @@ class NetworkModel(Generic[K]):
     # --- who reaches whom -----------------------------------------------------------------
     def add(self, k: K) -> None:
         """Know ``k`` (down until it :meth:`join` s), so it keeps its place in the order."""
-        self._alive.setdefault(k, False)
+        self._side.setdefault(k, None)
 
     def remove(self, k: K) -> None:
         """Forget ``k`` (call :meth:`crash` first to announce it); a later join re-adds it."""
-        self._alive.pop(k, None)
+        self._side.pop(k, None)
 
     def alive(self, k: K) -> bool:
-        return self._alive.get(k, False)
+        return self._side.get(k) is not None
 
     def reachable(self, a: K, b: K) -> bool:
-        alive, group = self._alive, self._group
-        return alive.get(a, False) and alive.get(b, False) and group.get(a, 0) == group.get(b, 0)
+        side = self._side.get(a)
+        return side is not None and side == self._side.get(b)
 
     def reachable_from(self, k: K) -> list[K]:
-        return [p for p in self._alive if p != k and self.reachable(k, p)]
+        return [p for p in self._side if p != k and self.reachable(k, p)]
 
     # --- changes, and what they announce --------------------------------------------------
     def join(self, k: K) -> list[tuple[K, K, bool]]:
         """``k`` comes up (first attach or restart): for each visible reachable peer, the
         peer hears of ``k`` and ``k`` hears of the peer. Nothing if ``k`` is up already."""
-        if self._alive.get(k, False):
+        if self.alive(k):
             return []
-        self._alive[k] = True
+        self._side[k] = self._group.get(k, 0)
         out: list[tuple[K, K, bool]] = []
         for other in self._peers(k):
             if other != k and self.reachable(k, other):
@@ -144,10 +146,10 @@ class NetworkModel(Generic[K]):
 
     def crash(self, k: K) -> list[tuple[K, K, bool]]:
         """``k`` goes down: its visible reachable peers hear of it. Nothing if it is down."""
-        if not self._alive.get(k, False):
+        if not self.alive(k):
             return []
         out = [(o, k, False) for o in self._peers(k) if o != k and self.reachable(k, o)]
-        self._alive[k] = False
+        self._side[k] = None
         return out
 
     def partition(self, groups: Iterable[Iterable[K]]) -> list[tuple[K, K, bool]]:
@@ -162,17 +164,20 @@ class NetworkModel(Generic[K]):
         return self._changes(before)
 
     def _peers(self, k: K) -> Iterable[K]:
-        return self._alive if self.visible is None else self.visible(k)
+        return self._side if self.visible is None else self.visible(k)
 
     def _changes(self, before: dict[K, int]) -> list[tuple[K, K, bool]]:
-        alive, group = self._alive, self._group
+        side, group = self._side, self._group
+        for k, was in side.items():
+            if was is not None:
+                side[k] = group.get(k, 0)
         out: list[tuple[K, K, bool]] = []
-        for a, up in alive.items():
-            if not up:
+        for a, up in side.items():
+            if up is None:
                 continue
             for b in self._peers(a):
-                if b != a and alive.get(b, False):
-                    now = group.get(a, 0) == group.get(b, 0)
+                if b != a and side.get(b) is not None:
+                    now = side[a] == side[b]
                     if (before.get(a, 0) == before.get(b, 0)) != now:
                         out.append((a, b, now))
         return out
