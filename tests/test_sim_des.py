@@ -6,10 +6,12 @@ import pytest
 from fednode.actions import Send, Stop
 from fednode.config import load_config
 from fednode.errors import ConfigError
+from fednode.role import RoleDefaults
+from fednode.p2p.netmodel import Link
 from fednode.sim.des import DesSimulation
 from fednode.sim.gossip import build_gossip
 from fednode.sim.scenarios import build_star, crash_at_round
-from fednode.sim.topology import LinkParams, build_topology
+from fednode.sim.topology import build_topology
 from fednode.wire import messages as m
 
 SAME_KEYS = (
@@ -71,7 +73,7 @@ def test_trio_fault_hooks_work_unchanged():
     assert result.virtual_s < 60  # crashes noticed at once, not at the deadline
 
 
-class Pinger:
+class Pinger(RoleDefaults):
     """A minimal role: advertises to every peer it hears of, stops at its deadline."""
 
     role = "client"
@@ -120,7 +122,7 @@ def _executor():
 
 
 def test_delivery_takes_latency_plus_bytes_over_bandwidth():
-    des, a, b = pair(LinkParams(latency_s=0.25, bandwidth_Bps=1000.0))
+    des, a, b = pair(Link(latency_s=0.25, bandwidth_Bps=1000.0))
     des.run(a)
     size = a.stats.sent_bytes
     assert size > 100

@@ -11,12 +11,12 @@ import networkx as nx
 import pytest
 
 from fednode.errors import ConfigError
+from fednode.p2p.netmodel import Link
 from fednode.sim import topology as topo_mod
 from fednode.sim.topology import (
     GENERATORS,
     TOPOLOGY_DIR,
     CrashFault,
-    LinkParams,
     LossFault,
     PartitionFault,
     StragglerFault,
@@ -87,7 +87,7 @@ def test_star10_has_coordinator_zero_and_nine_clients() -> None:
     assert t.kind == "star" and t.n == 10
     assert t.roles[0] == "coordinator"
     assert t.parent == {c: 0 for c in range(1, 10)}
-    assert t.link(0, 5) == LinkParams(latency_s=0.002, bandwidth_Bps=12.5e6, loss=0.0)
+    assert t.link(0, 5) == Link(latency_s=0.002, bandwidth_Bps=12.5e6, loss=0.0)
 
 
 def test_two_tier_3x10_puts_ten_contiguous_clients_under_each_aggregator() -> None:
@@ -125,7 +125,7 @@ def test_edgelist_example_keeps_file_ids_and_explicit_roles() -> None:
     assert t.kind == "two-tier" and t.n == 9
     assert t.graph.has_edge(5, 6)
     assert t.parent == {1: 0, 2: 0, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2, 8: 2}
-    assert t.link(2, 0) == LinkParams(latency_s=0.150, bandwidth_Bps=12.5e6, loss=0.05)
+    assert t.link(2, 0) == Link(latency_s=0.150, bandwidth_Bps=12.5e6, loss=0.05)
 
 
 def test_ring16_partition_schedule_is_parsed_into_typed_faults() -> None:

@@ -5,60 +5,57 @@ A :class:`MemoryNetwork` is the switch; each node gets a :class:`MemoryTransport
 never copied), after a delay of ``latency + nbytes / bandwidth`` in trio time — with
 ``trio.testing.MockClock(autojump_threshold=0)`` that costs no wall time.
 
-Fault hooks (all deterministic for a seed): per-link or global latency, bandwidth and
-loss rate; :meth:`partition` into groups; :meth:`crash` / :meth:`restart` of a node.
-A send to a crashed, partitioned or unknown peer raises :class:`PeerGone` (the sender
-learns like a TCP connect would fail); a lost frame vanishes silently (like a dropped
-datagram on a link that the stream layer could not save).
+The network itself — links, seeded loss, crashes, partitions, who hears of whom — is a
+:class:`~fednode.p2p.netmodel.NetworkModel` (:attr:`MemoryNetwork.model`), the same model
+the discrete-event driver uses. Fault hooks: :meth:`set_link` (per-link latency,
+bandwidth, loss; ``model.default``, ``model.extra_loss``), :meth:`partition` / :meth:`heal`,
+:meth:`crash` / :meth:`restart` of a node. A send to a crashed, partitioned or unknown
+peer raises :class:`PeerGone` (the sender learns like a TCP connect would fail); a lost
+frame vanishes silently (like a dropped datagram on a link that the stream layer could
+not save).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import random
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ..errors import PeerGone, TransportError
 from ..wire.frames import Frame, Inbound
+from .netmodel import Link, NetworkModel
 from .transport import PeerEvent, Transport
-
-
-@dataclass(frozen=True, slots=True)
-class LinkFaults:
-    """Properties of a directed link (or the network default)."""
-
-    latency_s: float = 0.0
-    bandwidth_Bps: float = math.inf
-    loss: float = 0.0
-
-    def transfer_time(self, nbytes: int) -> float:
-        return self.latency_s + (nbytes / self.bandwidth_Bps if self.bandwidth_Bps else 0.0)
 
 
 class MemoryNetwork:
     """The shared medium. Must be used from inside one trio run.
 
-    ``nursery`` (given to :meth:`run` via ``nursery.start``) carries delayed deliveries,
-    so a delayed frame does not hold its sender.
+    Every question about the network (reachable? lost? how long?) and every fault goes to
+    :attr:`model`; this class carries out its answers in trio. ``nursery`` (given to
+    :meth:`run` via ``nursery.start``) carries delayed deliveries, so a delayed frame does
+    not hold its sender.
     """
 
-    def __init__(self, *, seed: int = 0, default: LinkFaults | None = None, buffer: int = 256):
-        self.default = default or LinkFaults()
-        self._links: dict[tuple[str, str], LinkFaults] = {}
-        self._rng = random.Random(seed)
+    def __init__(self, *, seed: int = 0, default: Link | None = None, buffer: int = 256):
+        self.model: NetworkModel[str] = NetworkModel(seed=seed, default=default)
         self._nodes: dict[str, MemoryTransport] = {}
-        self._crashed: set[str] = set()
-        self._group: dict[str, int] = {}
         self._buffer = buffer
         self._nursery: trio.Nursery | None = None
-        self.sent_frames = 0
-        self.sent_bytes = 0
-        self.dropped_frames = 0
+
+    @property
+    def sent_frames(self) -> int:
+        return self.model.stats.sent_frames
+
+    @property
+    def sent_bytes(self) -> int:
+        return self.model.stats.sent_bytes
+
+    @property
+    def dropped_frames(self) -> int:
+        return self.model.stats.dropped_frames
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery of in-flight deliveries until cancelled."""
@@ -69,38 +66,31 @@ class MemoryNetwork:
 
     # --- membership -------------------------------------------------------------------
     def attach(self, peer: str) -> MemoryTransport:
-        if peer in self._nodes and peer not in self._crashed:
+        if self.model.alive(peer):
             raise TransportError(f"peer {peer!r} is already attached")
         transport = MemoryTransport(self, peer, self._buffer)
         self._nodes[peer] = transport
-        self._crashed.discard(peer)
-        for other in self._nodes.values():
-            if other is not transport and self._reachable(peer, other.local_peer):
-                other._event(PeerEvent(peer, True, (f"mem/{peer}",)))
-                transport._event(PeerEvent(other.local_peer, True, (f"mem/{other.local_peer}",)))
+        self._announce(self.model.join(peer))
         return transport
 
     def detach(self, peer: str) -> None:
         """The node left cleanly: same effect on others as a crash."""
         self.crash(peer)
         self._nodes.pop(peer, None)
+        self.model.remove(peer)
 
     # --- fault hooks -------------------------------------------------------------------
-    def set_link(self, a: str, b: str, faults: LinkFaults, *, both_ways: bool = True) -> None:
-        self._links[(a, b)] = faults
-        if both_ways:
-            self._links[(b, a)] = faults
+    def set_link(self, a: str, b: str, link: Link, *, both_ways: bool = True) -> None:
+        self.model.set_link(a, b, link, both_ways=both_ways)
 
     def crash(self, peer: str) -> None:
         """Kill ``peer``: its inbox closes, sends to it fail, others see it go down."""
         node = self._nodes.get(peer)
-        if node is None or peer in self._crashed:
+        if node is None or not self.model.alive(peer):
             return
-        self._crashed.add(peer)
+        events = self.model.crash(peer)
         node._close()
-        for other in self._nodes.values():
-            if other.local_peer not in self._crashed and self._same_side(peer, other.local_peer):
-                other._event(PeerEvent(peer, False))
+        self._announce(events)
 
     def restart(self, peer: str) -> MemoryTransport:
         """Bring a crashed node back with a fresh transport (its state is gone)."""
@@ -108,49 +98,24 @@ class MemoryNetwork:
 
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Split the network; peers not named stay together in group 0."""
-        before = {p: self._group.get(p, 0) for p in self._nodes}
-        self._group = {}
-        for i, group in enumerate(groups, start=1):
-            for peer in group:
-                self._group[peer] = i
-        self._announce(before)
+        self._announce(self.model.partition(groups))
 
     def heal(self) -> None:
-        before = {p: self._group.get(p, 0) for p in self._nodes}
-        self._group = {}
-        self._announce(before)
+        self._announce(self.model.heal())
 
-    def _announce(self, before: dict[str, int]) -> None:
-        alive = [p for p in self._nodes if p not in self._crashed]
-        for a in alive:
-            for b in alive:
-                if a == b:
-                    continue
-                was = before.get(a, 0) == before.get(b, 0)
-                now = self._same_side(a, b)
-                if was != now:
-                    self._nodes[a]._event(PeerEvent(b, now))
+    def _announce(self, events: list[tuple[str, str, bool]]) -> None:
+        for observer, peer, up in events:
+            self._nodes[observer]._event(PeerEvent(peer, up, (f"mem/{peer}",) if up else ()))
 
     def is_alive(self, peer: str) -> bool:
-        return peer in self._nodes and peer not in self._crashed
+        return self.model.alive(peer)
 
     # --- delivery ----------------------------------------------------------------------
-    def _same_side(self, a: str, b: str) -> bool:
-        return self._group.get(a, 0) == self._group.get(b, 0)
-
-    def _reachable(self, a: str, b: str) -> bool:
-        return (
-            b in self._nodes
-            and a not in self._crashed
-            and b not in self._crashed
-            and self._same_side(a, b)
-        )
-
-    def link(self, a: str, b: str) -> LinkFaults:
-        return self._links.get((a, b), self.default)
+    def link(self, a: str, b: str) -> Link:
+        return self.model.link(a, b)
 
     def reachable_peers(self, peer: str) -> frozenset[str]:
-        return frozenset(p for p in self._nodes if p != peer and self._reachable(peer, p))
+        return frozenset(self.model.reachable_from(peer))
 
     async def _send(self, src: str, dst: str, frame: Frame) -> None:
         inbound = self._dispatch(src, dst, frame, wait=True)
@@ -168,19 +133,16 @@ class MemoryNetwork:
         With ``wait=False`` an immediate delivery is done here if the receiver's inbox has
         room; if not, nothing is done (no accounting, no loss draw) and the Inbound is
         returned for the caller to fall back to the waiting path."""
-        if not self._reachable(src, dst):
+        model = self.model
+        if not model.reachable(src, dst):
             raise PeerGone(f"cannot reach {dst!r} from {src!r}", peer=dst)
-        faults = self.link(src, dst)
         nbytes = frame.nbytes
-        delay = faults.transfer_time(nbytes)
         target = self._nodes[dst]
-        later = delay > 0 and self._nursery is not None
+        later = self._nursery is not None and model.delay(src, dst, nbytes) > 0
         if not wait and not later and not target._has_room():
             return Inbound(src, frame, trio.current_time())
-        self.sent_frames += 1
-        self.sent_bytes += nbytes
-        if faults.loss and self._rng.random() < faults.loss:
-            self.dropped_frames += 1
+        delay = model.transfer(src, dst, nbytes)
+        if delay is None:  # lost
             return None
         if later:
             assert self._nursery is not None
@@ -194,7 +156,8 @@ class MemoryNetwork:
 
     async def _deliver_later(self, delay: float, src: str, target: MemoryTransport, f: Frame):
         await trio.sleep(delay)
-        if self._reachable(src, target.local_peer) and self._nodes.get(target.local_peer) is target:
+        peer = target.local_peer
+        if self.model.reachable(src, peer) and self._nodes.get(peer) is target:
             await target._deliver(Inbound(src, f, trio.current_time()))
 
 

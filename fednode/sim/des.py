@@ -6,25 +6,21 @@ trio simulator (:mod:`fednode.sim.engine`) builds. What differs is only the cloc
 scheduler: instead of trio tasks, one event queue (a heap of the instants that have
 events, a FIFO of events per instant) feeds the loops
 
-* **deliveries** at ``send time + latency + bytes / bandwidth`` of the link (the memory
-  transport's model: transfers do not queue behind each other);
+* **deliveries** at ``send time + latency + bytes / bandwidth`` of the link, as the
+  :class:`~fednode.p2p.netmodel.NetworkModel` it shares with the memory transport says
+  (it also decides reachability, loss, and the peer events of crashes and partitions);
 * **job results** at ``start + train_cost_s x work x examples / 100 x slowdown`` (the
   :class:`~fednode.runner.InlineExecutor` charge);
 * **role deadlines**, **peer up/down events** and scheduled **calls**.
 
-Frames are sealed and opened by each node's real :class:`~fednode.crypto.envelope.Sealer`
-and :class:`~fednode.crypto.envelope.Receiver` (signed, framed, verified, replay-checked:
-the default), or by the unsigned pair of :mod:`fednode.crypto.unsigned`
-(``unsigned=True``: no signature or CBOR; membership, recipient, shape and finiteness
-still checked) — plugged into the same loop.
+Frames are sealed and opened by each node's real sealer and receiver (signed and
+verified: the default), or by the unsigned pair of :mod:`fednode.crypto.unsigned`
+(``unsigned=True``; membership, recipient, shape and finiteness still checked).
 
-Differences from ``run_role`` over the memory transport (``docs/SIMULATION.md``): events at
-one virtual instant run in FIFO order (trio shuffles them, seeded); a stopped non-root node
-drops what it is sent (trio would queue 256 frames, then time the senders out); up/down
-events go to *visible* pairs only (default: every pair, like the memory transport); a
-training job whose task knows its ``num_examples`` runs lazily, batched with the jobs
-pending with it (same inputs, same result; the role must not modify a job's params in
-place — none does).
+Differences from ``run_role`` over the memory transport (``docs/SIMULATION.md``): FIFO
+order at one instant (trio shuffles, seeded); a stopped non-root node drops what it is
+sent; up/down events go to *visible* pairs only (default: all); lazy, batched training
+(:mod:`fednode.sim.batching`; the role must not modify a job's params in place).
 
 Sharding (:mod:`fednode.sim.parallel`): with ``owner`` set, this process runs only the
 nodes of ``shard``; sends to other shards go to :attr:`outbox`, and :meth:`run_window`
@@ -34,10 +30,8 @@ ties, sorted iteration — the same build, seed and shard count give the same re
 
 from __future__ import annotations
 
-import copy
 import heapq
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -45,28 +39,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
-from ..crypto import unsigned
-from ..crypto.envelope import Membership, Receiver, Sealer
+from ..crypto.envelope import Membership
 from ..crypto.identity import Identity
 from ..errors import ConfigError, PeerGone
 from ..loop import NodeLoop
+from ..p2p.netmodel import Link, NetStats, NetworkModel
 from ..role import Role
-from ..runner import InlineExecutor, RunStats, compute
-from ..wire.frames import Frame, Inbound
-from .engine import SIM_EPOCH, Simulation, _seeded_nonces, sim_identity
-from .topology import LinkParams
+from ..runner import InlineExecutor, RunStats
+from ..wire.frames import Inbound
+from .batching import run_batch
+from .engine import (
+    SIM_EPOCH,
+    RunResult,
+    Simulation,
+    _seeded_nonces,
+    root_rounds,
+    sealing,
+    sim_identity,
+)
+from .netfaults import EventSink, NetworkFaults
 
 # event kinds; an event is (kind, node index, node epoch, a, b)
 DELIVER, RESULT, TIMER, PEER, CALL = range(5)
 Event = tuple[int, int, int, Any, Any]
 _SPIN_LIMIT = 10_000  # deadline polls at one instant before we call the role broken
-EventSink = Callable[[int, str, dict[str, Any], float], None]
-FaultHook = Callable[[Any, str, str, dict[str, Any]], None]
 
 
 @dataclass
 class DesNode:
-    """One simulated node: its role, compute model and counters. ``index`` is its id."""
+    """One simulated node: its role, compute model and counters. ``index`` is its id; the
+    node is also its loop's port (:meth:`transmit`, :meth:`run_job`)."""
 
     index: int
     identity: Identity
@@ -75,16 +77,26 @@ class DesNode:
     model_size: int
     stats: RunStats = field(default_factory=RunStats)
     stop: Stop | None = None
-    alive: bool = True
     running: bool = True
     epoch: int = 0
-    group: int = 0
     timer: float | None = None
     slowdown: float = 1.0
     spins: int = 0
     spin_t: float = -1.0
     loop: NodeLoop | None = field(default=None, repr=False)
-    fresh: Role | None = field(default=None, repr=False)  # pristine copy for restarts
+    fresh: Callable[[], Role] | None = field(default=None, repr=False)  # for restarts
+    sim: DesSimulation | None = field(default=None, repr=False)
+
+    @property
+    def alive(self) -> bool:
+        """Up in the network model (not crashed; for reports)."""
+        return self.sim is not None and self.sim.model.alive(self.index)
+
+    def transmit(self, to: str, frame: Any, addrs: tuple[str, ...], kind: str) -> None:
+        self.sim._send(self, to, frame, kind)  # type: ignore[union-attr]
+
+    def run_job(self, job: TrainJob | EvalJob) -> None:
+        self.sim._compute(self, job)  # type: ignore[union-attr]
 
     @property
     def peer(self) -> str:
@@ -92,38 +104,18 @@ class DesNode:
 
 
 @dataclass
-class NetStats:
-    sent_frames: int = 0
-    sent_bytes: int = 0
-    dropped_frames: int = 0
+class DesResult(RunResult):
+    """What a run produced (``network``: its counters; ``nodes``: :class:`DesNode` s)."""
 
-
-@dataclass
-class DesResult:
-    """What a run produced (the fields of :class:`~fednode.sim.engine.SimResult`)."""
-
-    rounds: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    stop: Stop | None
-    wall_s: float
-    virtual_s: float
-    nodes: list[DesNode]
-    network: NetStats
     processed_events: int = 0
 
-    @property
-    def final_accuracy(self) -> float:
-        return float(self.rounds[-1]["accuracy"]) if self.rounds else float("nan")
 
-    def rounds_to(self, accuracy: float) -> int | None:
-        return next((int(r["round"]) for r in self.rounds if r["accuracy"] >= accuracy), None)
-
-
-class DesSimulation:
+class DesSimulation(NetworkFaults):
     """Build nodes with :meth:`add` (or :meth:`from_simulation`), then :meth:`run`.
 
-    ``link`` is the default link; :meth:`set_link` overrides a pair. ``visible(i)`` names
-    the nodes whose up/down events node ``i`` gets (None: every node). ``keep_events``
+    The network is :attr:`model` (``link`` its default link; ``visible(i)`` names, sorted,
+    the nodes whose up/down events node ``i`` gets; None: every node). Links and faults:
+    :class:`~fednode.sim.netfaults.NetworkFaults`, as on the trio simulator. ``keep_events``
     limits which events are stored in :attr:`events` (True: all; or a set of names);
     :attr:`listeners` see every event. ``fault_hooks`` have the trio simulator's signature
     ``hook(sim, peer, event, data)``. ``lazy_compute``: see :meth:`_compute`.
@@ -133,7 +125,7 @@ class DesSimulation:
         self,
         *,
         seed: int = 0,
-        link: LinkParams | None = None,
+        link: Link | None = None,
         unsigned: bool = False,
         membership: Membership | None = None,
         visible: Callable[[int], Iterable[int]] | None = None,
@@ -141,20 +133,16 @@ class DesSimulation:
         lazy_compute: bool = True,
     ) -> None:
         self.seed = seed
-        self.default_link = link or LinkParams()
+        self.model: NetworkModel[int] = NetworkModel(seed=seed, default=link, visible=visible)
         self.unsigned = unsigned
         self.membership = membership or Membership(open=True)
-        self.visible = visible
         self.keep_events = keep_events
         self.lazy_compute = lazy_compute
         self.nodes: list[DesNode] = []
         self.events: list[dict[str, Any]] = []
-        self.fault_hooks: list[FaultHook] = []
+        self.fault_hooks: list[Callable[[Any, str, str, dict[str, Any]], None]] = []
         self.listeners: list[EventSink] = []
-        #: called with the node after a restart built its fresh role, before ``start``
-        self.on_restart: list[Callable[[DesNode], None]] = []
-        self.net = NetStats()
-        self.extra_loss = 0.0
+        self.net: NetStats = self.model.stats
         #: floor on every delivery delay (the parallel driver's lookahead)
         self.min_latency = 0.0
         #: sharding: node index -> shard (None: every node is local), this shard, outbox
@@ -164,14 +152,12 @@ class DesSimulation:
         self.processed = 0
         #: virtual time of the last event that reached a role
         self.last_active = 0.0
-        self._links: dict[tuple[int, int], LinkParams] = {}
         self._by_peer: dict[str, int] = {}
         #: the event queue: a heap of the distinct times that have events, and per time
         #: its events in the order they were scheduled (FIFO ties, no per-event heap work:
         #: with equal link latencies most events share a few instants)
         self._times: list[float] = []
         self._at: dict[float, deque[Event]] = {}
-        self._rng = random.Random(seed)
         self._now = 0.0
         self._started = False
         self._halt: Stop | None = None
@@ -197,42 +183,28 @@ class DesSimulation:
         node = DesNode(
             index, identity or sim_identity(self.seed, index), role, executor, model_size
         )
+        node.sim = self
         self.nodes.append(node)
         self._by_peer[node.peer] = index
+        self.model.add(index)
         return node
 
     @classmethod
-    def from_simulation(
-        cls, sim: Simulation, *, hooks: bool = True, **kwargs: Any
-    ) -> DesSimulation:
+    def from_simulation(cls, sim: Simulation, *, hooks: bool = True, **kw: Any) -> DesSimulation:
         """The nodes (roles, executors, identities), links and fault hooks of a built trio
         :class:`~fednode.sim.engine.Simulation`: every scenario builder works here.
         ``hooks=False`` leaves the hooks behind (e.g. one that reads trio's clock)."""
-        net = sim.network
-        bw = net.default.bandwidth_Bps
-        link = LinkParams(net.default.latency_s, None if math.isinf(bw) else bw, net.default.loss)
-        des = cls(seed=sim.seed, link=link, **kwargs)
+        des = cls(seed=sim.seed, link=sim.model.default, **kw)
         for node in sim.nodes:
             des.add(node.role, node.executor, node.model_size, node.identity)  # type: ignore[arg-type]
-        pairs: dict[tuple[str, str], Any] = getattr(net, "_links", {})  # set_link overrides
-        for (a, b), f in pairs.items():
+        for (a, b), link in sim.model.links().items():  # set_link overrides
             ia, ib = des._by_peer.get(a), des._by_peer.get(b)
             if ia is not None and ib is not None:
-                fbw = f.bandwidth_Bps
-                des._links[(ia, ib)] = LinkParams(
-                    f.latency_s, None if math.isinf(fbw) else fbw, f.loss
-                )
+                des.set_link(ia, ib, link, both_ways=False)
+        des.extra_loss = sim.model.extra_loss
         if hooks:
             des.fault_hooks.extend(sim.fault_hooks)
         return des
-
-    def set_link(self, a: int, b: int, link: LinkParams, *, both_ways: bool = True) -> None:
-        self._links[(a, b)] = link
-        if both_ways:
-            self._links[(b, a)] = link
-
-    def links(self) -> list[LinkParams]:
-        return [self.default_link, *self._links.values()]
 
     def node(self, peer: str) -> DesNode:
         return self.nodes[self._by_peer[peer]]
@@ -251,75 +223,46 @@ class DesSimulation:
     def _local(self, i: int) -> bool:
         return self.owner is None or self.owner[i] == self.shard
 
-    # --- faults: the MemoryNetwork's hooks, as events ------------------------------------
+    # --- faults: the network model's changes, carried out as events ----------------------
     def crash(self, peer: str) -> None:
         """Kill a node now: its pending jobs, timers and in-flight frames (both ways) are
         dropped; visible peers on its side get a down event."""
         node = self.node(peer)
-        if not node.alive:
+        if not self.model.alive(node.index):
             return
-        for other in self._visible_alive(node):
-            self._push(self._now, PEER, other.index, other.epoch, node.peer, False)
+        self._tell(self.model.crash(node.index))
         self._down(node)
         if node.loop is not None:
             node.loop.kill()
-        node.alive = False
         node.epoch += 1
         node.timer = None
         self._record(node.index, "crashed")
 
-    def prepare_restart(self, index: int) -> None:
-        """Keep a pristine copy of node ``index``'s role for :meth:`restart` (before run)."""
-        self.nodes[index].fresh = copy.deepcopy(self.nodes[index].role)
-
     def restart(self, peer: str) -> None:
         """Bring a crashed node back with fresh role state (its task — its data — stays)."""
         node = self.node(peer)
-        if node.alive:
+        if self.model.alive(node.index):
             return
         local = self._local(node.index)
         if local:
-            if node.fresh is None:
-                raise ConfigError("faults.restart_round", node.index, "a node kept for restart")
-            node.role = copy.deepcopy(node.fresh)
-            for prepare in self.on_restart:
-                prepare(node)
-        node.alive = True
+            node.role = self._fresh(node.index)()
         node.stop = None
         node.epoch += 1
         self._record(node.index, "restarted")
-        for other in self._visible_alive(node):
-            self._push(self._now, PEER, other.index, other.epoch, node.peer, True)
-            self._push(self._now, PEER, node.index, node.epoch, other.peer, True)
+        self._tell(self.model.join(node.index))
         if local:
             node.running = True
             self._running += 1
             self._boot(node)
 
-    def partition(self, groups: Iterable[Iterable[int]]) -> None:
-        """Only nodes in the same group reach each other; unnamed nodes share group 0."""
-        before = [n.group for n in self.nodes]
-        for n in self.nodes:
-            n.group = 0
-        for g, members in enumerate(groups, start=1):
-            for i in members:
-                self.nodes[i].group = g
-        self._announce(before)
+    def _key(self, index: int) -> int:
+        return index
 
-    def heal(self) -> None:
-        before = [n.group for n in self.nodes]
-        for n in self.nodes:
-            n.group = 0
-        self._announce(before)
-
-    def _announce(self, before: list[int]) -> None:
-        for a in self.nodes:
-            if a.alive:
-                for j in self._visible_of(a.index):
-                    b = self.nodes[j]
-                    now = a.group == b.group
-                    if b.alive and (before[a.index] == before[j]) != now:
-                        self._push(self._now, PEER, a.index, a.epoch, b.peer, now)
+    def _tell(self, events: list[tuple[Any, Any, bool]]) -> None:
+        """Queue the model's peer up/down events, now."""
+        nodes, now = self.nodes, self._now
+        for i, j, up in events:
+            self._push(now, PEER, i, nodes[i].epoch, nodes[j].peer, up)
 
     def _down(self, node: DesNode) -> None:
         """``node`` stopped or crashed; without a root the run ends with the last one."""
@@ -328,19 +271,6 @@ class DesSimulation:
             self._running -= 1
             if self._root is None and self._running <= 0 and self.owner is None:
                 self._halt = Stop("every node stopped")
-
-    def _visible_of(self, i: int) -> Iterable[int]:
-        if self.visible is None:
-            return (j for j in range(len(self.nodes)) if j != i)
-        return self.visible(i)
-
-    def _visible_alive(self, node: DesNode) -> list[DesNode]:
-        out = []
-        for j in self._visible_of(node.index):
-            other = self.nodes[j]
-            if other.alive and other.group == node.group and other is not node:
-                out.append(other)
-        return out
 
     # --- the loop -------------------------------------------------------------------------
     def _push(self, t: float, kind: int, idx: int, epoch: int, a: Any, b: Any) -> None:
@@ -363,25 +293,14 @@ class DesSimulation:
     def _make_loop(self, node: DesNode) -> NodeLoop:
         """A fresh :class:`NodeLoop` for ``node``'s current role and incarnation (each
         incarnation signs with its own nonce stream, as a restarted process would)."""
-        sealer: Any
-        receiver: Any
-        if self.unsigned:
-            sealer = unsigned.UnsignedSealer(node.peer, self.clock, node.model_size)
-            receiver = unsigned.UnsignedReceiver(
-                node.peer, self.membership, model_size=node.model_size
-            )
-        else:
-            nonce = _seeded_nonces(self.seed, node.index * 1000 + node.epoch)
-            sealer = Sealer(node.identity, clock=self.clock, nonce=nonce)
-            receiver = Receiver(
-                node.peer, self.membership, model_size=node.model_size, clock=self.clock
-            )
+        nonce = _seeded_nonces(self.seed, node.index * 1000 + node.epoch)
+        sealer, receiver = sealing(node, self.membership, self.clock, self.unsigned, nonce)
 
         def emit(peer: str, event: str, data: dict[str, Any]) -> None:
             self._emit(node, event, data)
 
         loop = NodeLoop(node.role, sealer, receiver, peer=node.peer, emit=emit, stats=node.stats)
-        loop.port = _Port(self, node)
+        loop.port = node
         return loop
 
     def _boot(self, node: DesNode) -> None:
@@ -397,14 +316,8 @@ class DesSimulation:
         self._started = True
         self._root = root
         order = ([root] if root is not None else []) + [n for n in self.nodes if n is not root]
-        attached: set[int] = set()
         for node in order:
-            for j in sorted(self._visible_of(node.index)):
-                if j in attached:
-                    other = self.nodes[j]
-                    self._push(0.0, PEER, other.index, other.epoch, node.peer, True)
-                    self._push(0.0, PEER, node.index, node.epoch, other.peer, True)
-            attached.add(node.index)
+            self._tell(self.model.join(node.index))
             if self._local(node.index):
                 self._running += 1
                 self._boot(node)
@@ -420,16 +333,10 @@ class DesSimulation:
         self._loop(max_virtual_s, inclusive=True)
         if max_virtual_s < self.next_time < math.inf:  # stopped by the limit, work left
             self._now = max_virtual_s
-        rounds = [
-            {k: v for k, v in e.items() if k not in ("t", "node", "event")}
-            for e in self.events
-            if root is not None and e["event"] == "round" and e["node"] == root.index
-        ]
-        stop = root.stop if root is not None else None
         return DesResult(
-            rounds,
+            root_rounds(self.events, root.index if root is not None else None),
             self.events,
-            stop,
+            root.stop if root is not None else None,
             time.perf_counter() - t0,
             self._now,
             self.nodes,
@@ -447,7 +354,7 @@ class DesSimulation:
         return self._halt
 
     def _loop(self, limit: float, *, inclusive: bool) -> None:
-        times, at, nodes = self._times, self._at, self.nodes
+        times, at, nodes, reachable = self._times, self._at, self.nodes, self.model.reachable
         while times and self._halt is None:
             t = times[0]
             if t > limit or (t == limit and not inclusive):
@@ -470,10 +377,9 @@ class DesSimulation:
             loop = node.loop
             assert loop is not None
             if kind == DELIVER:
-                sender = nodes[b]
-                if not sender.alive or sender.group != node.group:
+                if not reachable(b, idx):
                     continue  # in flight when its sender crashed or the network split
-                loop.on_frame(Inbound(sender.peer, a, t), t)
+                loop.on_frame(Inbound(nodes[b].peer, a, t), t)
             elif kind == RESULT:
                 if type(a) is list:  # a lazy job: run it (and its batch) now
                     a = self._result_of(a)
@@ -561,102 +467,29 @@ class DesSimulation:
         self._push(self._now + max(charge, 0.0), RESULT, node.index, node.epoch, result, None)
 
     def _result_of(self, pending: list[Any]) -> TrainResult | EvalResult:
-        if pending[3] is None:
-            self._flush()
+        if pending[3] is None:  # run every pending job now, as one batch
+            jobs, self._pending = self._pending, []
+            run_batch(jobs)
         return pending[3]
-
-    def _flush(self) -> None:
-        """Run every pending job: grouped by task class, vectorised where offered."""
-        jobs, self._pending = self._pending, []
-        groups: dict[type, list[list[Any]]] = {}
-        for p in jobs:
-            if p[0].epoch == p[1]:  # skip the jobs of nodes that crashed meanwhile
-                groups.setdefault(type(p[0].executor.task), []).append(p)
-        for task_cls, group in groups.items():
-            t0, c0 = time.perf_counter(), time.thread_time()
-            batch = getattr(task_cls, "train_batch", None)
-            out = None
-            if batch is not None and len(group) > 1:
-                out = batch(
-                    [p[0].executor.task for p in group], [(p[2].params, p[2].config) for p in group]
-                )
-            results: list[TrainResult | EvalResult]
-            if out is not None:
-                results = [TrainResult(p[2].round, *r) for p, r in zip(group, out)]
-            else:
-                results = [compute(p[0].executor.task, p[2]) for p in group]
-            share = (time.perf_counter() - t0) / len(group)
-            cpu_share = (time.thread_time() - c0) / len(group)
-            for p, result in zip(group, results):
-                p[3] = result
-                p[0].executor.wall_compute_s += share
-                p[0].executor.cpu_compute_s += cpu_share
 
     def _send(self, node: DesNode, to: str, frame: Any, kind: str) -> None:
         """Carry ``frame`` over the link model; a send to a node that is gone, partitioned
         away or unknown fails at once (as the memory transport's ``send_nowait``)."""
         j = self._by_peer.get(to)
-        dst = self.nodes[j] if j is not None else None
         loop = node.loop
         assert loop is not None
-        if dst is None or not dst.alive or dst.group != node.group:
+        if j is None or not self.model.reachable(node.index, j):
             loop.send_failed(to, kind, PeerGone(f"{to} is unreachable"), self._now)
             return
         nbytes = frame.nbytes
         loop.sent(nbytes)
-        net = self.net
-        net.sent_frames += 1
-        net.sent_bytes += nbytes
-        link = (
-            self._links.get((node.index, dst.index), self.default_link)
-            if self._links
-            else self.default_link
-        )
-        loss = link.loss
-        if self.extra_loss:
-            loss = 1.0 - (1.0 - loss) * (1.0 - self.extra_loss)
-        if loss and self._rng.random() < loss:
-            net.dropped_frames += 1
-            return
-        delay = link.latency_s + (nbytes / link.bandwidth_Bps if link.bandwidth_Bps else 0.0)
+        delay = self.model.transfer(node.index, j, nbytes)
+        if delay is None:
+            return  # lost
         at = self._now + max(delay, self.min_latency)
-        if self.owner is not None and self.owner[dst.index] != self.shard:
-            box = self.outbox.setdefault(self.owner[dst.index], [])
-            box.append((at, node.index, len(box), dst.index, dst.epoch, _pack(frame)))
+        dst = self.nodes[j]
+        if self.owner is not None and self.owner[j] != self.shard:
+            box = self.outbox.setdefault(self.owner[j], [])
+            box.append((at, node.index, len(box), j, dst.epoch, frame))
             return
-        self._schedule(at, (DELIVER, dst.index, dst.epoch, frame, node.index))
-
-    def inject(self, items: list[tuple[Any, ...]]) -> None:
-        """Deliveries from other shards (from their :attr:`outbox`), in a canonical order."""
-        for at, src, _n, dst, epoch, data in sorted(items, key=lambda x: (x[0], x[1], x[2])):
-            frame = _unpack(data, self.nodes[dst].model_size)
-            self._schedule(at, (DELIVER, dst, epoch, frame, src))
-
-
-class _Port:
-    """What a node's loop asks of the discrete-event driver."""
-
-    __slots__ = ("node", "sim")
-
-    def __init__(self, sim: DesSimulation, node: DesNode) -> None:
-        self.sim = sim
-        self.node = node
-
-    def transmit(self, to: str, frame: Any, addrs: tuple[str, ...], kind: str) -> None:
-        self.sim._send(self.node, to, frame, kind)
-
-    def run_job(self, job: TrainJob | EvalJob) -> None:
-        self.sim._compute(self.node, job)
-
-
-def _pack(frame: Any) -> tuple[Any, ...]:
-    """A frame as plain data for another shard (marshal-able; nothing is pickled)."""
-    if isinstance(frame, Frame):
-        return (0, bytes(frame.head), bytes(frame.payload))
-    return (1, frame.pack())
-
-
-def _unpack(data: tuple[Any, ...], size: int) -> Any:
-    if data[0] == 0:
-        return Frame(head=data[1], payload=data[2])
-    return unsigned.unpack(data[1], size)
+        self._schedule(at, (DELIVER, j, dst.epoch, frame, node.index))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +23,11 @@ from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
 from ..crypto.unsigned import UnsignedReceiver, UnsignedSealer
 from ..errors import FednodeError
-from ..p2p.memory import LinkFaults, MemoryNetwork
+from ..p2p.memory import MemoryNetwork
+from ..p2p.netmodel import Link
 from ..role import Role
 from ..runner import Executor, NodeLoop, RunStats, run_role
+from .netfaults import EventSink, NetworkFaults
 
 SIM_EPOCH = 1_800_000_000.0  # wall-clock seconds at virtual time 0 (replay window clock)
 
@@ -54,6 +56,10 @@ class SimNode:
     running: bool = False
     #: ``(delay_s, make_role)`` of a restart asked for while the old incarnation unwinds
     pending_restart: tuple[float, Callable[[], Role]] | None = None
+    #: the executor's slowdown before any straggler fault (:meth:`Simulation.set_slowdown`)
+    base_slowdown: float | None = None
+    #: builds the role of a restart (:meth:`Simulation.prepare_restart`)
+    fresh: Callable[[], Role] | None = field(default=None, repr=False)
 
     @property
     def peer(self) -> str:
@@ -61,39 +67,75 @@ class SimNode:
 
 
 @dataclass
-class SimResult:
-    """What a run produced: per-round records of the root role, all events, timings."""
+class RunResult:
+    """What a run produced (either driver): per-round records of the root role, all
+    events, timings, the nodes and the network (or its counters)."""
 
     rounds: list[dict[str, Any]]
     events: list[dict[str, Any]]
     stop: Stop | None
     wall_s: float
     virtual_s: float
-    nodes: list[SimNode]
-    network: MemoryNetwork
+    nodes: list[Any]
+    network: Any
 
     @property
     def final_accuracy(self) -> float:
         return float(self.rounds[-1]["accuracy"]) if self.rounds else float("nan")
 
     def rounds_to(self, accuracy: float) -> int | None:
-        for r in self.rounds:
-            if r["accuracy"] >= accuracy:
-                return int(r["round"])
-        return None
+        return next((int(r["round"]) for r in self.rounds if r["accuracy"] >= accuracy), None)
+
+
+@dataclass
+class SimResult(RunResult):
+    """A trio run's result (``network``: the :class:`MemoryNetwork`)."""
+
+    nodes: list[SimNode]
+    network: MemoryNetwork
+
+
+def root_rounds(events: list[dict[str, Any]], root: int | None) -> list[dict[str, Any]]:
+    """The ``round`` records of node ``root`` (none without a root), without t/node/event."""
+    return [
+        {k: v for k, v in e.items() if k not in ("t", "node", "event")}
+        for e in events
+        if root is not None and e["event"] == "round" and e["node"] == root
+    ]
+
+
+def sealing(
+    node: Any, membership: Membership, clock: Callable[[], float], unsigned: bool, nonce: Any
+) -> tuple[Any, Any]:
+    """A simulated node's sealer and receiver: signed and verified (the default), or the
+    unsigned pair of :mod:`fednode.crypto.unsigned`."""
+    if unsigned:
+        return (
+            UnsignedSealer(node.peer, clock, node.model_size),
+            UnsignedReceiver(node.peer, membership, model_size=node.model_size),
+        )
+    return (
+        Sealer(node.identity, clock=clock, nonce=nonce),
+        Receiver(node.peer, membership, model_size=node.model_size, clock=clock),
+    )
 
 
 FaultHook = Callable[["Simulation", str, str, dict[str, Any]], None]
 
 
-class Simulation:
-    """Build nodes with :meth:`add`, then :meth:`run` until the ``root`` node stops."""
+class Simulation(NetworkFaults):
+    """Build nodes with :meth:`add`, then :meth:`run` until the ``root`` node stops.
+
+    Links and faults: :class:`~fednode.sim.netfaults.NetworkFaults` (as on the
+    discrete-event driver), backed by the memory network's :attr:`model`.
+    :attr:`fault_hooks` see every event of a role, then :attr:`listeners`.
+    """
 
     def __init__(
         self,
         *,
         seed: int = 0,
-        link: LinkFaults | None = None,
+        link: Link | None = None,
         open_membership: bool = True,
         unsigned: bool = False,
     ) -> None:
@@ -101,9 +143,11 @@ class Simulation:
         #: skip signatures (:mod:`fednode.crypto.unsigned`); default: sign and verify
         self.unsigned = unsigned
         self.network = MemoryNetwork(seed=seed, default=link)
+        self.model = self.network.model
         self.nodes: list[SimNode] = []
         self.events: list[dict[str, Any]] = []
         self.fault_hooks: list[FaultHook] = []
+        self.listeners: list[EventSink] = []
         self.open_membership = open_membership
         self.allow: frozenset[str] = frozenset()
         self._by_peer: dict[str, SimNode] = {}
@@ -136,6 +180,23 @@ class Simulation:
         self.events.append(record)
         for hook in self.fault_hooks:
             hook(self, peer, event, data)
+        for listener in self.listeners:
+            listener(record["node"], event, data, trio.current_time())
+
+    # --- faults (NetworkFaults) -------------------------------------------------------------
+    def _key(self, index: int) -> Hashable:
+        return self.nodes[index].peer
+
+    def _tell(self, events: list[tuple[Any, Any, bool]]) -> None:
+        self.network._announce(events)
+
+    def set_slowdown(self, index: int, factor: float) -> None:
+        """Node ``index`` computes ``factor`` times slower than its builder made it."""
+        node, executor = self.nodes[index], self.nodes[index].executor
+        if hasattr(executor, "slowdown"):
+            if node.base_slowdown is None:
+                node.base_slowdown = float(executor.slowdown)
+            executor.slowdown = node.base_slowdown * factor
 
     def crash(self, peer: str) -> None:
         """Kill a node now: its loop is cancelled and the network drops it."""
@@ -149,16 +210,21 @@ class Simulation:
             {"t": round(trio.current_time(), 6), "node": node.index, "event": "crashed"}
         )
 
-    def restart(self, peer: str, make_role: Callable[[], Role], *, after_s: float = 0.0) -> None:
+    def restart(
+        self, peer: str, make_role: Callable[[], Role] | None = None, *, after_s: float = 0.0
+    ) -> None:
         """Start a crashed node again under the same identity, ``after_s`` virtual seconds
         from now, as a new process would: ``make_role()`` builds its role then (e.g. a
-        coordinator resuming from its checkpoint). Call it while the simulation runs, for
-        example from a fault hook right after :meth:`crash`. The new incarnation gets its
-        own nonce stream, so peers do not take its messages for replays.
+        coordinator resuming from its checkpoint; default: a fresh copy kept by
+        :meth:`prepare_restart`). Call it while the simulation runs, for example from a
+        fault hook right after :meth:`crash`. The new incarnation gets its own nonce
+        stream, so peers do not take its messages for replays.
 
-        Raises :class:`ValueError` for a node that is running and was not crashed.
+        Raises :class:`ValueError` for a node that is running and was not crashed, and
+        :class:`~fednode.errors.ConfigError` without ``make_role`` or a kept copy.
         """
         node = self._by_peer[peer]
+        make_role = make_role or self._fresh(node.index)
         if after_s < 0:
             raise ValueError(f"after_s must be >= 0, got {after_s}")
         if node.running and not (node.scope is not None and node.scope.cancel_called):
@@ -192,18 +258,8 @@ class Simulation:
         """Run one incarnation of ``node`` until it stops or crashes."""
         transport = self.network.attach(node.peer)
         membership = Membership(self.allow, open=self.open_membership)
-        sealer: Any
-        receiver: Any
-        if self.unsigned:
-            sealer = UnsignedSealer(node.peer, self.clock, node.model_size)
-            receiver = UnsignedReceiver(node.peer, membership, model_size=node.model_size)
-        else:
-            sealer = Sealer(
-                node.identity,
-                clock=self.clock,
-                nonce=_seeded_nonces(self.seed, node.index, incarnation),
-            )
-            receiver = Receiver(node.peer, membership, model_size=node.model_size, clock=self.clock)
+        nonce = _seeded_nonces(self.seed, node.index, incarnation)
+        sealer, receiver = sealing(node, membership, self.clock, self.unsigned, nonce)
         node.loop = NodeLoop(
             node.role, sealer, receiver, peer=node.peer, emit=self._on_event, stats=node.stats
         )
@@ -234,13 +290,8 @@ class Simulation:
             return trio.current_time()
 
         virtual = trio.run(main, clock=clock)
-        rounds = [
-            {k: v for k, v in e.items() if k not in ("t", "node", "event")}
-            for e in self.events
-            if e["event"] == "round" and e["node"] == root.index
-        ]
         return SimResult(
-            rounds,
+            root_rounds(self.events, root.index),
             self.events,
             root.stop,
             time.perf_counter() - t0,

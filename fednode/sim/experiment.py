@@ -44,7 +44,7 @@ from .metrics import Collector, RoundTable
 from .result import ExperimentResult
 from .spectral import spectral_summary
 from .topology import TOPOLOGY_DIR, Topology, load_topology
-from .wiring import Built, _add_operator, _apply_links, _clients_reachable, _rejoin
+from .wiring import Built, _add_operator, _apply_links, _clients_reachable, visibility
 
 
 @dataclass(frozen=True)
@@ -180,23 +180,6 @@ def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
     )
     node_of = {v: v for v in range(topo.n)}
     return Built(sim, None, node_of, dict.fromkeys(range(topo.n), "peer"))
-
-
-def visibility(topo: Topology, node_of: dict[int, int]) -> list[list[int]]:
-    """Who hears of whom (peer up/down): graph neighbours; in a tree also the coordinator
-    and everyone (its role advert reaches the whole LAN, so orphans can re-home)."""
-    n = topo.n
-    vis: list[set[int]] = [set() for _ in range(n)]
-    for a, b in topo.graph.edges():
-        vis[node_of[a]].add(node_of[b])
-        vis[node_of[b]].add(node_of[a])
-    if topo.kind != "gossip":
-        c = node_of[next(v for v, r in topo.roles.items() if r == "coordinator")]
-        for i in range(n):
-            if i != c:
-                vis[i].add(c)
-                vis[c].add(i)
-    return [sorted(s) for s in vis]
 
 
 # --------------------------------------------------------------------------- running
@@ -343,7 +326,6 @@ def _run(
             keep_events=frozenset({"round", "round_failed", "crashed", "restarted"}),
         )
         _apply_links(topo, built, des)
-        des.on_restart.append(_rejoin)
         des.listeners.append(collector.des_listener(des))  # first: rows see the round's state
         _add_operator(schedule, topo, built, des.nodes)
         schedule.install(des)

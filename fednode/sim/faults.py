@@ -17,10 +17,14 @@ first message of its round is delivered (the coordinator's ``round`` event of ``
 comes before its ``Fit`` sends for ``r``) — in the star and two-tier roles exactly at the
 boundary; in gossip, when the fastest peer gets there.
 
-Both drivers are supported: the discrete-event driver (:class:`~fednode.sim.des.DesSimulation`,
-every fault type) and, for fidelity runs, the trio :class:`~fednode.sim.engine.Simulation`
-(crash, partition, straggler; a restart or a loss fault there is a ConfigError — the memory
-transport cannot rebuild a role or change the loss of a running network).
+Both drivers take every fault type through the interface they share
+(:class:`~fednode.sim.netfaults.NetworkFaults`, backed by one
+:class:`~fednode.p2p.netmodel.NetworkModel`): the discrete-event driver
+(:class:`~fednode.sim.des.DesSimulation`) and the trio
+:class:`~fednode.sim.engine.Simulation`. A restart runs a fresh copy of the node's role as
+it was before the run. One difference: the discrete-event driver applies the state of
+round 0 at virtual time 0; the trio engine has no call at a time, so there round-0 faults
+take effect at the first boundary a role reports.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .des import DesSimulation
-from .engine import Simulation
+from .netfaults import NetworkFaults
 from .topology import CrashFault, Fault, LossFault, PartitionFault, StragglerFault
 
 
@@ -56,9 +60,7 @@ class FaultSchedule:
         self._partition: PartitionFault | None = None
         self._loss = 0.0
         self._slow: dict[int, float] = {}
-        self._base_slow: dict[int, float] = {}
-        self._des: DesSimulation | None = None
-        self._trio: Simulation | None = None
+        self._sim: NetworkFaults | None = None
         for fault in faults:
             for v in _nodes(fault):
                 if v not in self.node_of:
@@ -91,29 +93,19 @@ class FaultSchedule:
         return out
 
     # --- wiring ---------------------------------------------------------------------------
-    def install(self, sim: DesSimulation | Simulation) -> None:
+    def install(self, sim: NetworkFaults) -> None:
         """Hook into a simulation before it runs: round tracking, restart snapshots, and
-        the state for round 0 (applied at virtual time 0, after the nodes started)."""
-        if isinstance(sim, DesSimulation):
-            self._des = sim
-            for f in self.faults:
-                if isinstance(f, CrashFault) and f.restart_round is not None:
-                    sim.prepare_restart(self.node_of[f.node])
-            sim.listeners.append(self._on_des_event)
-            sim.call_at(0.0, lambda now: self.apply(self.boundary))
-            return
+        (discrete-event driver) the state for round 0 at virtual time 0, after the nodes
+        started."""
+        self._sim = sim
         for f in self.faults:
             if isinstance(f, CrashFault) and f.restart_round is not None:
-                raise ConfigError("faults.restart_round", f.restart_round, "the des driver")
-            if isinstance(f, LossFault):
-                raise ConfigError("faults.type", "loss", "the des driver (--driver des)")
-        self._trio = sim
-        sim.fault_hooks.append(self._on_trio_event)
+                sim.prepare_restart(self.node_of[f.node])
+        sim.listeners.append(self._on_event)
+        if isinstance(sim, DesSimulation):
+            sim.call_at(0.0, lambda now: self.apply(self.boundary))
 
-    def _on_des_event(self, index: int, event: str, data: dict[str, Any], now: float) -> None:
-        self._observe(event, data)
-
-    def _on_trio_event(self, sim: Any, peer: str, event: str, data: dict[str, Any]) -> None:
+    def _on_event(self, index: int, event: str, data: dict[str, Any], now: float) -> None:
         self._observe(event, data)
 
     def _observe(self, event: str, data: dict[str, Any]) -> None:
@@ -151,8 +143,8 @@ class FaultSchedule:
         loss = self.loss_at(rnd)
         if loss != self._loss:
             self._loss = loss
-            if self._des is not None:
-                self._des.extra_loss = loss
+            assert self._sim is not None
+            self._sim.extra_loss = loss
             self.log.append({"round": rnd, "fault": "loss", "rate": loss})
         slow = self.slowdown_at(rnd)
         if slow != self._slow:
@@ -163,49 +155,33 @@ class FaultSchedule:
         for callback in self.on_round:
             callback(rnd)
 
-    # --- effects, per driver --------------------------------------------------------------
+    # --- effects ---------------------------------------------------------------------------
     def _peer(self, v: int) -> str:
-        sim = self._des if self._des is not None else self._trio
-        assert sim is not None
-        return sim.nodes[self.node_of[v]].peer
+        assert self._sim is not None
+        return str(self._sim.nodes[self.node_of[v]].peer)
 
     def _crash(self, v: int, rnd: int) -> None:
         self.log.append({"round": rnd, "fault": "crash", "node": v})
-        if self._des is not None:
-            self._des.crash(self._peer(v))
-        elif self._trio is not None:
-            self._trio.crash(self._peer(v))
+        assert self._sim is not None
+        self._sim.crash(self._peer(v))
 
     def _restart(self, v: int, rnd: int) -> None:
         self.log.append({"round": rnd, "fault": "restart", "node": v})
-        if self._des is not None:
-            self._des.restart(self._peer(v))
+        assert self._sim is not None
+        self._sim.restart(self._peer(v))
 
     def _split(self, part: PartitionFault | None, rnd: int) -> None:
+        assert self._sim is not None
         if part is None:
             self.log.append({"round": rnd, "fault": "heal"})
-            if self._des is not None:
-                self._des.heal()
-            elif self._trio is not None:
-                self._trio.network.heal()
+            self._sim.heal()
             return
         self.log.append({"round": rnd, "fault": "partition", "groups": len(part.groups)})
-        groups = [[self.node_of[v] for v in g] for g in part.groups]
-        if self._des is not None:
-            self._des.partition(groups)
-        elif self._trio is not None:
-            trio_sim = self._trio
-            self._trio.network.partition([[trio_sim.nodes[i].peer for i in g] for g in groups])
+        self._sim.partition([[self.node_of[v] for v in g] for g in part.groups])
 
     def _set_slowdown(self, v: int, factor: float) -> None:
-        i = self.node_of[v]
-        if self._des is not None:
-            self._des.nodes[i].slowdown = factor
-        elif self._trio is not None:
-            executor = self._trio.nodes[i].executor
-            if hasattr(executor, "slowdown"):  # on top of the builder's own slowdown
-                base = self._base_slow.setdefault(i, executor.slowdown)
-                executor.slowdown = base * factor
+        assert self._sim is not None
+        self._sim.set_slowdown(self.node_of[v], factor)
 
 
 def _nodes(fault: Fault) -> tuple[int, ...]:

@@ -32,7 +32,8 @@ import trio.testing
 
 from ..config import GossipParams, NodeConfig
 from ..gossip.peer import GossipPeer
-from ..p2p.memory import LinkFaults, MemoryNetwork
+from ..p2p.memory import MemoryNetwork
+from ..p2p.netmodel import Link
 from ..runner import InlineExecutor
 from ..training.task import Task
 from .engine import SimNode, Simulation, _seed_trio_scheduler, sim_identity
@@ -176,7 +177,7 @@ class ConsensusTracker:
 class GossipSimulation(Simulation):
     """A :class:`Simulation` that runs until every (tracked) peer stops, with churn hooks."""
 
-    def __init__(self, *, seed: int = 0, link: LinkFaults | None = None, open_membership=True):
+    def __init__(self, *, seed: int = 0, link: Link | None = None, open_membership=True):
         super().__init__(seed=seed, link=link, open_membership=open_membership)
         self.callbacks: dict[int, list[Callback]] = {}
         self.tracked: set[str] = set()  # consortium peers the tracker measures
@@ -287,7 +288,7 @@ def build_gossip(
     mode: str = "sync",
     train: bool = True,
     gossip: GossipParams | None = None,
-    link: LinkFaults | None = None,
+    link: Link | None = None,
     init: Init | None = None,
     spare: int = 0,
     allow_list: bool = False,

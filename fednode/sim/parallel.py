@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..crypto import unsigned
 from ..errors import ConfigError, SimWorkerError
-from .des import DesSimulation
+from ..wire.frames import Frame
+from .des import DELIVER, DesSimulation
 from .faults import FaultSchedule
 from .metrics import Collector
 
@@ -136,7 +138,7 @@ def run_sharded(
     visible: list[list[int]],
 ) -> ShardOutcome:
     """Run ``built`` on ``options.workers`` processes; merge the metrics into ``collector``."""
-    from .wiring import _add_operator, _apply_links, _rejoin
+    from .wiring import _add_operator, _apply_links
 
     k = options.workers
     if "fork" not in mp.get_all_start_methods():
@@ -149,7 +151,6 @@ def run_sharded(
         keep_events=frozenset({"round", "round_failed"}),
     )
     _apply_links(topo, built, des)
-    des.on_restart.append(_rejoin)
     lookahead = max(MIN_LOOKAHEAD_S, min(lp.latency_s for lp in des.links()))
     des.min_latency = MIN_LOOKAHEAD_S
     des.owner = shard_nodes(topo, built.node_of, k)
@@ -316,7 +317,7 @@ def _worker(
             des._now = max(des.now, start)
             schedule.advance(boundary)
             collector.at_boundary(des.nodes, boundary, des.now)
-            des.inject([item for _first, blob in blobs for item in marshal.loads(blob)])
+            _inject(des, [item for _first, blob in blobs for item in marshal.loads(blob)])
             des.outbox = {}
             des.run_window(until)
             conn.send_bytes(marshal.dumps(_status(des, schedule, collector)))
@@ -335,10 +336,29 @@ def _status(des: DesSimulation, schedule: FaultSchedule, collector: Collector) -
         "halted": halt is not None,
         "error": halt.reason if halt is not None and halt.error is not None else None,
         "outbox": {  # per destination: (frames, earliest arrival, marshalled frames)
-            dst: (len(items), min(x[0] for x in items), marshal.dumps(items))
+            dst: (len(items), min(x[0] for x in items), marshal.dumps([_pack(x) for x in items]))
             for dst, items in des.outbox.items()
             if items
         },
         "bytes": des.net.sent_bytes,
         "active": des.last_active,
     }
+
+
+def _pack(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An outbox entry ``(at, src, n, dst, epoch, frame)`` as plain data for another shard
+    (marshal-able; nothing is pickled)."""
+    frame = item[5]
+    if isinstance(frame, Frame):
+        return (*item[:5], (0, bytes(frame.head), bytes(frame.payload)))
+    return (*item[:5], (1, frame.pack()))
+
+
+def _inject(des: DesSimulation, items: list[tuple[Any, ...]]) -> None:
+    """Deliveries from other shards (their outboxes), in a canonical order."""
+    for at, src, _n, dst, epoch, data in sorted(items, key=lambda x: (x[0], x[1], x[2])):
+        if data[0] == 0:
+            frame: Any = Frame(head=data[1], payload=data[2])
+        else:
+            frame = unsigned.unpack(data[1], des.nodes[dst].model_size)
+        des._schedule(at, (DELIVER, dst, epoch, frame, src))

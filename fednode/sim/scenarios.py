@@ -18,7 +18,7 @@ from ..config import NodeConfig
 from ..hierarchy.aggregator import RegionalAggregator
 from ..hierarchy.client import Client
 from ..hierarchy.factory import make_coordinator
-from ..p2p.memory import LinkFaults
+from ..p2p.netmodel import Link
 from ..role import Role
 from ..runner import InlineExecutor
 from ..training.task import Task, load_task
@@ -83,7 +83,7 @@ def build_star(
     config: NodeConfig,
     num_clients: int,
     *,
-    link: LinkFaults | None = None,
+    link: Link | None = None,
     slow: dict[int, float] | None = None,
     train_cost_s: float = 0.1,
     checkpoint_dir: str | Path | None = None,
@@ -114,7 +114,7 @@ def build_two_tier(
     num_clients: int,
     *,
     assignment: str = "region",
-    link: LinkFaults | None = None,
+    link: Link | None = None,
     slow: dict[int, float] | None = None,
     train_cost_s: float = 0.1,
     checkpoint_dir: str | Path | None = None,

@@ -1,21 +1,10 @@
 """Topology specs: a networkx graph, the role of each node, link parameters, fault schedule.
 
 Pure (no trio). A spec is a TOML file in ``topologies/``; ``topologies/README.md`` is the
-full reference. In short::
-
-    name = "ring16"            # optional (default: file stem); description = "..." optional
-    kind = "gossip"            # "star" | "two-tier" | "gossip"
-    [graph]                    # exactly one of `generator` (+ n, seed, params) or `edges`
-    generator = "cycle_graph"  # a key of GENERATORS; its parameters sit beside it
-    n = 16                     # nodes are ints 0..n-1
-    seed = 0                   # default 0; edges = "x.edgelist" ("u v" per line, ints)
-    [roles]                    # star/two-tier: coordinator = 0, aggregators = [1, 2] (two-tier);
-                               # implied by the star/two_tier generators; gossip: all "peer"
-    [links]                    # latency_s >= 0 (0), bandwidth_Bps > 0 (unset: unlimited),
-                               # loss in [0, 1) (0); [[links.edges]] between = [a, b] + overrides
-    [[faults]]                 # type = "crash" (node, round, restart_round?) | "partition"
-                               # (groups = [[..], ..] | "halves") | "loss" (rate) | "straggler"
-                               # (nodes, slowdown >= 1); windows: from_round <= r < to_round
+full reference. A spec has ``kind`` ("star" | "two-tier" | "gossip"), a ``[graph]`` (a
+``generator`` of :data:`GENERATORS` with ``n``, ``seed`` and its parameters, or ``edges``),
+``[roles]``, ``[links]`` (:class:`~fednode.p2p.netmodel.Link` fields; per-edge overrides in
+``[[links.edges]]``) and ``[[faults]]`` (crash, partition, loss, straggler; by round).
 
 Nodes are relabelled to ints in sorted order of the generator's labels (grid ``(r, c)`` ->
 ``r * cols + c``, hypercube bit tuple -> its binary number) and edges are inserted sorted,
@@ -36,21 +25,13 @@ from typing import Any, ClassVar
 import networkx as nx
 
 from fednode.errors import ConfigError
+from fednode.p2p.netmodel import Link
 
 TOPOLOGY_DIR = Path(__file__).resolve().parents[2] / "topologies"
 KINDS = ("star", "two-tier", "gossip")
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True, slots=True)
-class LinkParams:
-    """One direction-agnostic link: one-way latency, bandwidth (None = unlimited), drop rate."""
-
-    latency_s: float = 0.0
-    bandwidth_Bps: float | None = None
-    loss: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +101,8 @@ class Topology:
     graph: nx.Graph
     roles: dict[int, str]
     parent: dict[int, int]
-    links: LinkParams = LinkParams()
-    edge_links: dict[tuple[int, int], LinkParams] = field(default_factory=dict)
+    links: Link = field(default_factory=Link)
+    edge_links: dict[tuple[int, int], Link] = field(default_factory=dict)
     faults: tuple[Fault, ...] = ()
     description: str = ""
 
@@ -129,7 +110,7 @@ class Topology:
     def n(self) -> int:
         return int(self.graph.number_of_nodes())
 
-    def link(self, a: int, b: int) -> LinkParams:
+    def link(self, a: int, b: int) -> Link:
         """The a--b override if any, else the defaults (also for non-edges: a healing tree
         talks over links the graph does not draw). Errors: KeyError for an unknown node."""
         for v in (a, b):
@@ -297,9 +278,7 @@ def _graph(t: Any, base_dir: Path) -> tuple[nx.Graph, dict[str, Any]]:
     defaults: dict[str, Any] = {}
     if "edges" in t:
         for key in ("n", "seed"):
-            _need(
-                key not in t, f"graph.{key}", t.get(key), "no n/seed: the edge list fixes the graph"
-            )
+            _need(key not in t, f"graph.{key}", t.get(key), "no n/seed: the edges fix the graph")
         t = _keys(t, {"edges"}, "graph")
         raw = _read_edgelist(base_dir / _typed(t["edges"], str, "graph.edges"))
     else:
@@ -369,7 +348,7 @@ def _roles(
     return roles, parent
 
 
-def _link(t: Any, where: str, base: LinkParams, extra: tuple[str, ...] = ()) -> LinkParams:
+def _link(t: Any, where: str, base: Link, extra: tuple[str, ...] = ()) -> Link:
     t = _keys(t, {"latency_s", "bandwidth_Bps", "loss", *extra}, where)
     lat = _typed(t.get("latency_s", base.latency_s), float, f"{where}.latency_s")
     _need(lat >= 0.0, f"{where}.latency_s", lat, "latency_s >= 0")
@@ -379,15 +358,15 @@ def _link(t: Any, where: str, base: LinkParams, extra: tuple[str, ...] = ()) -> 
         _need(bw > 0.0, f"{where}.bandwidth_Bps", bw, "bandwidth_Bps > 0 (omit for unlimited)")
     loss = _typed(t.get("loss", base.loss), float, f"{where}.loss")
     _need(0.0 <= loss < 1.0, f"{where}.loss", loss, "loss in [0, 1)")
-    return LinkParams(lat, bw, loss)
+    return Link(lat, bw, loss)
 
 
-def _links(t: Any, g: nx.Graph) -> tuple[LinkParams, dict[tuple[int, int], LinkParams]]:
+def _links(t: Any, g: nx.Graph) -> tuple[Link, dict[tuple[int, int], Link]]:
     t = _keys(t, {"latency_s", "bandwidth_Bps", "loss", "edges"}, "links")
     edges = t.pop("edges", [])
-    base = _link(t, "links", LinkParams())
+    base = _link(t, "links", Link())
     _need(isinstance(edges, list), "links.edges", edges, "an array of tables [[links.edges]]")
-    out: dict[tuple[int, int], LinkParams] = {}
+    out: dict[tuple[int, int], Link] = {}
     for i, e in enumerate(edges):
         where = f"links.edges[{i}]"
         _need(isinstance(e, dict) and "between" in e, f"{where}.between", None, "[a, b]")

@@ -6,14 +6,12 @@ Shared by the single-process run (:mod:`.experiment`) and the sharded one (:mod:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..p2p.memory import LinkFaults
-from .des import DesSimulation
 from .engine import Simulation
 from .faults import FaultSchedule
+from .netfaults import NetworkFaults
 from .topology import Topology
 
 
@@ -74,23 +72,26 @@ def _clients_reachable(topo: Topology, rnd: int) -> int:
     )
 
 
-def _apply_links(topo: Topology, built: Built, sim: DesSimulation | Simulation) -> None:
-    if isinstance(sim, DesSimulation):
-        sim.default_link = topo.links
-        for (a, b), lp in topo.edge_links.items():
-            sim.set_link(built.node_of[a], built.node_of[b], lp)
-        return
-    d = topo.links
-    sim.network.default = LinkFaults(d.latency_s, d.bandwidth_Bps or math.inf, d.loss)
-    for (a, b), lp in topo.edge_links.items():
-        pa, pb = sim.nodes[built.node_of[a]].peer, sim.nodes[built.node_of[b]].peer
-        sim.network.set_link(
-            pa, pb, LinkFaults(lp.latency_s, lp.bandwidth_Bps or math.inf, lp.loss)
-        )
+def visibility(topo: Topology, node_of: dict[int, int]) -> list[list[int]]:
+    """Who hears of whom (peer up/down): graph neighbours; in a tree also the coordinator
+    and everyone (its role advert reaches the whole LAN, so orphans can re-home)."""
+    n = topo.n
+    vis: list[set[int]] = [set() for _ in range(n)]
+    for a, b in topo.graph.edges():
+        vis[node_of[a]].add(node_of[b])
+        vis[node_of[b]].add(node_of[a])
+    if topo.kind != "gossip":
+        c = node_of[next(v for v, r in topo.roles.items() if r == "coordinator")]
+        for i in range(n):
+            if i != c:
+                vis[i].add(c)
+                vis[c].add(i)
+    return [sorted(s) for s in vis]
 
 
-def _rejoin(node: Any) -> None:
-    """A restarted gossip peer lost its state: it rejoins like a new peer, adopting the
-    model and round of its first welcome (``GossipPeer(bootstrap=True)``)."""
-    if getattr(node.role, "role", "") == "peer" and hasattr(node.role, "bootstrapping"):
-        node.role.bootstrapping = True
+def _apply_links(topo: Topology, built: Built, sim: NetworkFaults) -> None:
+    """The spec's links, and who hears of whom (:func:`visibility`), on either driver."""
+    sim.set_visible(visibility(topo, built.node_of))
+    sim.default_link = topo.links
+    for (a, b), link in topo.edge_links.items():
+        sim.set_link(built.node_of[a], built.node_of[b], link)
