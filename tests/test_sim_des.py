@@ -6,8 +6,8 @@ import pytest
 from fednode.actions import Send, Stop
 from fednode.config import load_config
 from fednode.errors import ConfigError
-from fednode.role import RoleDefaults
 from fednode.p2p.netmodel import Link
+from fednode.role import RoleDefaults
 from fednode.sim.des import DesSimulation
 from fednode.sim.gossip import build_gossip
 from fednode.sim.scenarios import build_star, crash_at_round
