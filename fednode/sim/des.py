@@ -220,6 +220,10 @@ class DesSimulation(NetworkFaults):
         """Run ``fn(now)`` at virtual time ``t`` (fault schedules, probes)."""
         self._push(max(t, self._now), CALL, -1, 0, fn, None)
 
+    def at_start(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` at virtual time 0, after the nodes started."""
+        self.call_at(0.0, lambda now: fn())
+
     def _local(self, i: int) -> bool:
         return self.owner is None or self.owner[i] == self.shard
 

@@ -148,6 +148,7 @@ class Simulation(NetworkFaults):
         self.events: list[dict[str, Any]] = []
         self.fault_hooks: list[FaultHook] = []
         self.listeners: list[EventSink] = []
+        self._at_start: list[Callable[[], None]] = []
         self.open_membership = open_membership
         self.allow: frozenset[str] = frozenset()
         self._by_peer: dict[str, SimNode] = {}
@@ -186,6 +187,16 @@ class Simulation(NetworkFaults):
     # --- faults (NetworkFaults) -------------------------------------------------------------
     def _key(self, index: int) -> Hashable:
         return self.nodes[index].peer
+
+    def at_start(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` at virtual time 0, once every node's task is started (before any
+        of them has run: the discrete-event driver's :meth:`call_at` at 0 runs at the
+        same point of its start-up)."""
+        self._at_start.append(fn)
+
+    def _started(self) -> None:
+        for fn in self._at_start:
+            fn()
 
     def _tell(self, events: list[tuple[Any, Any, bool]]) -> None:
         self.network._announce(events)
@@ -283,6 +294,7 @@ class Simulation(NetworkFaults):
                         for node in self.nodes:
                             if node is not root:
                                 nodes.start_soon(self._run_incarnations, node)
+                        self._started()
                         await self._run_incarnations(root)
                         self._nodes_nursery = None
                         nodes.cancel_scope.cancel()

@@ -34,7 +34,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from .des import DesSimulation
 from .netfaults import NetworkFaults
 from .topology import CrashFault, Fault, LossFault, PartitionFault, StragglerFault
 
@@ -95,15 +94,14 @@ class FaultSchedule:
     # --- wiring ---------------------------------------------------------------------------
     def install(self, sim: NetworkFaults) -> None:
         """Hook into a simulation before it runs: round tracking, restart snapshots, and
-        (discrete-event driver) the state for round 0 at virtual time 0, after the nodes
-        started."""
+        the state for round 0 at virtual time 0, once the nodes are started (both
+        drivers)."""
         self._sim = sim
         for f in self.faults:
             if isinstance(f, CrashFault) and f.restart_round is not None:
                 sim.prepare_restart(self.node_of[f.node])
         sim.listeners.append(self._on_event)
-        if isinstance(sim, DesSimulation):
-            sim.call_at(0.0, lambda now: self.apply(self.boundary))
+        sim.at_start(lambda: self.apply(self.boundary))
 
     def _on_event(self, index: int, event: str, data: dict[str, Any], now: float) -> None:
         self._observe(event, data)

@@ -258,6 +258,7 @@ class GossipSimulation(Simulation):
                         pending, self.pending = self.pending, []
                         for node in pending:
                             self._start(node)
+                        self._started()
                         await self._all_done.wait()
                         live.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()

@@ -55,6 +55,9 @@ class NetworkFaults(abc.ABC):
     def _tell(self, events: list[tuple[Any, Any, bool]]) -> None: ...
 
     @abc.abstractmethod
+    def at_start(self, fn: Callable[[], None]) -> None: ...
+
+    @abc.abstractmethod
     def crash(self, peer: str) -> None: ...
 
     @abc.abstractmethod
