@@ -1,11 +1,12 @@
 """The simulator: run federations of 10s to 10,000s of nodes in one process, in virtual time.
 
-Two drivers run the *same* role objects a deployed node runs:
+Two drivers run the *same* node loop (:class:`fednode.loop.NodeLoop`) around the same
+role objects a deployed node runs, with every frame signed and verified by default:
 
 * :class:`DesSimulation` (:mod:`fednode.sim.des`) — a discrete-event driver in plain
-  Python: one queue of timed events, ~10 µs of driver per message; optionally every
-  message sealed and verified for real; :func:`run_experiment` can shard it across
-  worker processes.
+  Python: one queue of timed events; ``unsigned=True`` swaps in the unsigned pair of
+  :mod:`fednode.crypto.unsigned` for very large runs; :func:`run_experiment` can shard it
+  across worker processes.
 * :class:`Simulation` (:mod:`fednode.sim.engine`) — every node under the real trio runner
   over the memory transport: the fidelity reference.
 
