@@ -18,6 +18,7 @@ from fednode.sim import SimOptions, build_topology, run_experiment
 LINKS = {"latency_s": 0.005}
 STRAGGLER = [{"type": "straggler", "nodes": [3], "slowdown": 4.0}]
 CRASH_RESTART = [{"type": "crash", "node": 2, "round": 2, "restart_round": 3}]
+CRASH = [{"type": "crash", "node": 2, "round": 2}]
 OVERRIDES = {"rounds.rounds": 4, "train.local_epochs": 1}
 
 
@@ -57,8 +58,18 @@ def test_gossip_with_a_straggler(mode):
     assert_same_rounds(des, trio)
 
 
-def test_two_tier_with_a_straggler_same_models_and_same_traffic_after_start_up():
-    topo = build_topology("two-tier", "two_tier", 9, regions=2, faults=STRAGGLER)
+def test_gossip_sync_with_a_crash():
+    topo = build_topology("gossip", "cycle_graph", 8, faults=CRASH, links=LINKS)
+    des, trio = both(topo, "synthetic")
+    assert [f["fault"] for f in des.faults] == ["crash"]
+    assert_same_rounds(des, trio)
+
+
+@pytest.mark.parametrize(
+    "faults", [STRAGGLER, [{**CRASH_RESTART[0], "node": 5}]], ids=["straggler", "crash+restart"]
+)
+def test_two_tier_same_models_and_same_traffic_after_start_up(faults):
+    topo = build_topology("two-tier", "two_tier", 9, regions=2, faults=faults, links=LINKS)
     des, trio = both(topo, "digits:numpy")
     # Start-up adverts fall on one instant: which client hears of which node first is
     # the drivers' tie order, so round 1's byte count may differ; nothing else does.

@@ -3,7 +3,10 @@
 A :class:`MemoryNetwork` is the switch; each node gets a :class:`MemoryTransport` from
 :meth:`MemoryNetwork.attach`. Frames are handed over by reference (the payload buffer is
 never copied), after a delay of ``latency + nbytes / bandwidth`` in trio time — with
-``trio.testing.MockClock(autojump_threshold=0)`` that costs no wall time.
+``trio.testing.MockClock(autojump_threshold=0)`` that costs no wall time. Delayed frames
+arrive in the order of their arrival times, frames due at the same instant in the order
+they were sent (one queue for the whole network, as the discrete-event driver keeps):
+two adverts a node sends one after the other over one link arrive in that order.
 
 The network itself — links, seeded loss, crashes, partitions, who hears of whom — is a
 :class:`~fednode.p2p.netmodel.NetworkModel` (:attr:`MemoryNetwork.model`), the same model
@@ -18,6 +21,7 @@ not save).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -44,6 +48,10 @@ class MemoryNetwork:
         self._nodes: dict[str, MemoryTransport] = {}
         self._buffer = buffer
         self._nursery: trio.Nursery | None = None
+        #: frames in flight: (arrival time, send order, sender, receiver, frame)
+        self._due: list[tuple[float, int, str, MemoryTransport, Frame]] = []
+        self._sent = 0
+        self._sleeper: trio.CancelScope | None = None
 
     @property
     def sent_frames(self) -> int:
@@ -62,7 +70,31 @@ class MemoryNetwork:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            await self._deliver_due()
+
+    async def _deliver_due(self) -> None:
+        """Hand each frame in flight to its receiver when it is due, in (time, send order).
+
+        A receiver with a full inbox gets its frame from a task of its own (back-pressure
+        on that link only, as before); every other frame is handed over here."""
+        due = self._due
+        while True:
+            if not due or due[0][0] > trio.current_time():
+                with trio.CancelScope(deadline=due[0][0] if due else math.inf) as sleeper:
+                    self._sleeper = sleeper
+                    await trio.sleep_forever()
+                self._sleeper = None
+                continue
+            _t, _n, src, target, frame = heapq.heappop(due)
+            peer = target.local_peer
+            if not (self.model.reachable(src, peer) and self._nodes.get(peer) is target):
+                continue  # the receiver went down or away while the frame was in flight
+            inbound = Inbound(src, frame, trio.current_time())
+            if target._has_room():
+                target._deliver_nowait(inbound)
+            else:
+                assert self._nursery is not None
+                self._nursery.start_soon(target._deliver, inbound)
 
     # --- membership -------------------------------------------------------------------
     def attach(self, peer: str) -> MemoryTransport:
@@ -145,20 +177,18 @@ class MemoryNetwork:
         if delay is None:  # lost
             return None
         if later:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._deliver_later, delay, src, target, frame)
+            at = trio.current_time() + delay
+            self._sent += 1
+            heapq.heappush(self._due, (at, self._sent, src, target, frame))
+            sleeper = self._sleeper
+            if sleeper is not None and at < sleeper.deadline:
+                sleeper.deadline = at
             return None
         inbound = Inbound(src, frame, trio.current_time())
         if wait:
             return inbound
         target._deliver_nowait(inbound)
         return None
-
-    async def _deliver_later(self, delay: float, src: str, target: MemoryTransport, f: Frame):
-        await trio.sleep(delay)
-        peer = target.local_peer
-        if self.model.reachable(src, peer) and self._nodes.get(peer) is target:
-            await target._deliver(Inbound(src, f, trio.current_time()))
 
 
 class MemoryTransport(Transport):
