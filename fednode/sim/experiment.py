@@ -149,15 +149,17 @@ def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
         coord = next(v for v, r in topo.roles.items() if r == "coordinator")
         aggs = sorted(v for v, r in topo.roles.items() if r == "aggregator")
         clients = sorted(v for v, r in topo.roles.items() if r == "client")
+        rank = {v: j for j, v in enumerate(aggs)}
         sim, root = build_two_tier(
-            config, len(aggs), len(clients), train_cost_s=options.train_cost_s
+            config,
+            len(aggs),
+            len(clients),
+            train_cost_s=options.train_cost_s,
+            client_region=lambda i: rank[topo.parent[clients[i]]],  # the spec's parent
         )
         node_of = {coord: 0}
         node_of.update({v: 1 + j for j, v in enumerate(aggs)})
         node_of.update({v: 1 + len(aggs) + i for i, v in enumerate(clients)})
-        rank = {v: j for j, v in enumerate(aggs)}
-        for v in clients:  # the spec's parent decides the region (the builder's is i % A)
-            sim.nodes[node_of[v]].role.region = f"r{rank[topo.parent[v]]}"  # type: ignore[attr-defined]
         return Built(sim, root, node_of, {node_of[v]: topo.roles[v] for v in node_of})
     from ..config import GossipParams
     from .gossip import build_gossip, random_init

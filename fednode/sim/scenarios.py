@@ -14,10 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import NodeConfig
-from ..hierarchy.aggregator import RegionalAggregator
-from ..hierarchy.client import Client
-from ..hierarchy.factory import make_coordinator
+from ..config import NodeConfig, replace
+from ..hierarchy.factory import make_coordinator, make_role
 from ..p2p.netmodel import Link
 from ..role import Role
 from ..runner import InlineExecutor
@@ -61,16 +59,9 @@ def _add_clients(
     train_cost_s: float,
     region: Callable[[int], str] = lambda i: "",
 ) -> None:
+    client_config = replace(config, role="client")
     for i in range(num_clients):
-        client = Client(
-            model_size=size,
-            federation=config.net.federation,
-            task=config.data.task,
-            codec=config.wire.codec,
-            error_feedback=config.wire.error_feedback,
-            region=region(i),
-            tier=config.tier,
-        )
+        client = make_role(client_config, size, region=region(i))
         executor = InlineExecutor(
             client_task(config, i, num_clients),
             train_cost_s=train_cost_s,
@@ -118,11 +109,13 @@ def build_two_tier(
     slow: dict[int, float] | None = None,
     train_cost_s: float = 0.1,
     checkpoint_dir: str | Path | None = None,
+    client_region: Callable[[int], int] | None = None,
 ) -> tuple[Simulation, SimNode]:
     """Coordinator, ``num_aggregators`` regional aggregators, ``num_clients`` clients.
 
     ``assignment``: ``"region"`` labels aggregator j and client i with ``r{j}`` /
-    ``r{i % A}``, and clients join their region's aggregator from its advert;
+    ``r{client_region(i)}`` (default ``i % A``), and clients join their region's
+    aggregator from its advert;
     ``"coordinator"`` leaves everyone unlabelled and the coordinator places each client
     (``tier.placement``, least-loaded by default) with an ``Assign``.
     """
@@ -131,14 +124,9 @@ def build_two_tier(
     labelled = assignment == "region"
     sim = Simulation(seed=config.seed, link=link)
     root, size, _ = _add_root(sim, config, num_clients, checkpoint_dir)
+    aggregator_config = replace(config, role="aggregator")
     for j in range(num_aggregators):
-        agg = RegionalAggregator(
-            federation=config.net.federation,
-            task=config.data.task,
-            region=f"r{j}" if labelled else "",
-            tier=config.tier,
-            default_deadline_s=config.rounds.round_deadline_s,
-        )
+        agg = make_role(aggregator_config, size, region=f"r{j}" if labelled else "")
         sim.add(agg, InlineExecutor(client_task(config, 0, num_clients)), size)
     _add_clients(
         sim,
@@ -147,7 +135,9 @@ def build_two_tier(
         size,
         slow=slow,
         train_cost_s=train_cost_s,
-        region=(lambda i: f"r{i % num_aggregators}") if labelled else (lambda i: ""),
+        region=(lambda i: f"r{(client_region or (lambda c: c % num_aggregators))(i)}")
+        if labelled
+        else (lambda i: ""),
     )
     return sim, root
 
