@@ -475,3 +475,21 @@ def test_build_message_fills_every_field_from_the_header():
     assert built == dataclasses.replace(msg, payload=b"payload") and built.vector is vec
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.sender = "x"  # type: ignore[misc]
+
+
+def test_the_generated_copier_equals_dataclasses_replace():
+    import dataclasses
+
+    from fednode.wire._fast import copier
+
+    msg = m.Gossip(round=3, vector=np.arange(4, dtype=np.float32), codec="none")
+    copy = copier(m.Gossip, ("sender", "recipient", "timestamp"))
+    got = copy(msg, "a", "b", 7.5)
+    want = dataclasses.replace(msg, sender="a", recipient="b", timestamp=7.5)
+    assert type(got) is m.Gossip and got.sender == "a" and got.timestamp == 7.5
+    for f in dataclasses.fields(m.Gossip):
+        assert getattr(got, f.name) is getattr(want, f.name) or getattr(got, f.name) == getattr(
+            want, f.name
+        ), f.name
+    with pytest.raises(TypeError, match="no field"):
+        copier(m.Gossip, ("nonsense",))

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import AuthError, PayloadError, SchemaError
 from ..wire import messages as m
+from ..wire._fast import copier
 from ..wire.codecs import Codec, codec_for, parse_codec
 from ..wire.frames import Inbound
 from ..wire.tensors import all_finite, check_vector
@@ -56,17 +57,15 @@ def _setters(cls: type[m.Message]) -> tuple[tuple[str, Any, Any], ...]:
 _SLOTS = {cls: _setters(cls) for cls in m.MESSAGE_TYPES.values()}
 _BY_KIND = {int(kind): cls for kind, cls in m.MESSAGE_TYPES.items()}
 _TENSOR = frozenset(cls for cls in m.MESSAGE_TYPES.values() if cls.KIND in m.TENSOR_KINDS)
-_NEW = object.__new__
+#: per class: the fields :meth:`StampedFrame.pack` writes, in order (all but ``vector``)
+_PACKED = {cls: tuple(n for n, _s, _g in _SLOTS[cls] if n != "vector") for cls in _SLOTS}
 
 
-def _stamp(msg: m.Message, given: dict[str, Any]) -> m.Message:
-    """A copy of the validated ``msg`` with the ``given`` fields replaced (a frozen slots
-    message built without ``__init__``: its fields were validated when ``msg`` was)."""
-    cls = type(msg)
-    out = _NEW(cls)
-    for name, set_, get in _SLOTS[cls]:
-        set_(out, given[name] if name in given else get(msg))
-    return out
+#: per class: copy(msg, sender, recipient, timestamp[, payload, vector])
+_STAMP = {
+    cls: copier(cls, _STAMPED if cls in _TENSOR else _STAMPED[:3])
+    for cls in m.MESSAGE_TYPES.values()
+}
 
 
 class StampedFrame:
@@ -112,24 +111,20 @@ class UnsignedSealer:
 
     def seal(self, msg: m.Message, recipient: str) -> StampedFrame:
         cls = type(msg)
-        payload = msg.payload
-        given: dict[str, Any] = {
-            "sender": self.peer,
-            "recipient": recipient,
-            "timestamp": self.clock(),
-        }
         finite = True
         if cls in _TENSOR:
+            payload = msg.payload
             if not payload and msg.vector is not None:
                 codec = self._codecs.get(msg.codec)
                 if codec is None:
                     codec = self._codecs[msg.codec] = parse_codec(msg.codec)
                 payload = codec.encode(msg.vector)  # raises LocalProtocolError on NaN/Inf
-            given["payload"] = payload
-            given["vector"] = None
+            vector = None
             if payload:
-                given["vector"], finite = self.decode(payload, msg.codec)
-        out = _stamp(msg, given)
+                vector, finite = self.decode(payload, msg.codec)
+            out = _STAMP[cls](msg, self.peer, recipient, self.clock(), payload, vector)
+        else:
+            out = _STAMP[cls](msg, self.peer, recipient, self.clock())
         return StampedFrame(out, self._head(out) + _nbytes(out.payload), finite)
 
     def decode(self, payload: Any, spec: str) -> tuple[np.ndarray, bool]:
@@ -200,20 +195,11 @@ class UnsignedReceiver:
 def unpack(data: tuple[Any, ...], size: int) -> StampedFrame:
     """A :class:`StampedFrame` from :meth:`StampedFrame.pack` output (another process)."""
     cls = _BY_KIND[data[0]]
-    given: dict[str, Any] = {}
-    values = iter(data[2:])
-    for name, _set, _get in _SLOTS[cls]:
-        if name != "vector":
-            given[name] = next(values)
+    fields = dict(zip(_PACKED[cls], data[2:], strict=True))
     finite = True
-    if cls in _TENSOR:
-        given["vector"] = None
-        if given["payload"]:
-            given["vector"], finite = decode_payload(given["payload"], given["codec"], size)
-    out = _NEW(cls)
-    for name, set_, _get in _SLOTS[cls]:
-        set_(out, given[name])
-    return StampedFrame(out, data[1], finite)
+    if cls in _TENSOR and fields["payload"]:
+        fields["vector"], finite = decode_payload(fields["payload"], fields["codec"], size)
+    return StampedFrame(cls(**fields), data[1], finite)
 
 
 def _nbytes(payload: Any) -> int:

@@ -79,11 +79,39 @@ def install(cls: type) -> None:
         raise TypeError(f"{cls.__name__}: mixed positional and keyword-only fields")
     signature = ", ".join((["*"] if keyword_only and params else []) + params)
     source = "\n".join([f"def __init__(self, {signature}):", *lines, "    pass"])
-    exec(source, namespace)  # the source names only our own dataclass fields
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init = _compile(cls, source, namespace, "__init__")
     init.__annotations__ = dict(vars(cls)["__init__"].__annotations__)
     setattr(cls, "__init__", init)  # noqa: B010 (mypy refuses a direct assignment)
+
+
+def copier(cls: type, replaced: tuple[str, ...]) -> Callable[..., Any]:
+    """``copy(msg, *values)``: a new ``cls`` message with the fields ``replaced`` set to
+    ``values`` (in that order) and every other field taken from ``msg`` — the fields of
+    an already validated message, stored through their slots without ``__init__``
+    (about 1 µs against ~6 µs for ``dataclasses.replace``). For the unsigned sealer
+    (:mod:`fednode.crypto.unsigned`), which stamps sender, recipient and timestamp."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = set(replaced) - set(names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {sorted(unknown)}")
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    args = [f"v{j}" for j in range(len(replaced))]
+    lines = [f"def copy(msg, {', '.join(args)}):", "    out = new(cls)"]
+    for i, name in enumerate(names):
+        descriptor = slot_descriptor(cls, name)
+        namespace[f"set{i}"], namespace[f"get{i}"] = descriptor.__set__, descriptor.__get__
+        value = args[replaced.index(name)] if name in replaced else f"get{i}(msg)"
+        lines.append(f"    set{i}(out, {value})")
+    return _compile(cls, "\n".join([*lines, "    return out"]), namespace, "copy")
+
+
+def _compile(cls: type, source: str, namespace: dict[str, Any], name: str) -> Any:
+    """The one code generator of ``wire/``: ``source`` names only ``cls``'s own dataclass
+    fields and the helpers in ``namespace``."""
+    exec(source, namespace)
+    function = namespace[name]
+    function.__qualname__ = f"{cls.__qualname__}.{name}"
+    return function
 
 
 class _Raw:
