@@ -66,7 +66,7 @@ class Port(Protocol):
     def transmit(self, to: str, frame: Frame, addrs: tuple[str, ...], kind: str) -> None:
         """Send ``frame`` (a ``kind`` message) to ``to``, dialling ``addrs`` first if needed;
         count it with :meth:`NodeLoop.sent` once handed over, report a failure with
-        :meth:`NodeLoop.send_failed`."""
+        :meth:`NodeLoop.send_failed` and a refusal with :meth:`NodeLoop.refused`."""
 
     def run_job(self, job: TrainJob | EvalJob) -> None:
         """Start ``job``; its result comes back through :meth:`NodeLoop.on_result`."""
@@ -133,8 +133,13 @@ class NodeLoop:
 
     # --- inputs ---------------------------------------------------------------------------
     def start(self, now: float) -> None:
-        """Start the role (once, before any other input)."""
-        self._execute(self.role.start(now), now)
+        """Start the role (once, before any other input). A send that fails while the
+        start batch runs waits in the queue, as it would in any other batch."""
+        self._busy = True
+        try:
+            self._execute(self.role.start(now), now)
+        finally:
+            self._busy = False
         self._drain(now)
 
     def on_frame(self, inbound: Inbound, now: float) -> None:
@@ -166,6 +171,16 @@ class NodeLoop:
             self.peer, "send_failed", {"peer": to, "kind": kind, "error": type(error).__name__}
         )
         self._input(_FAILED, to, now)
+
+    def refused(self, to: str, kind: str, error: LocalProtocolError) -> None:
+        """This node may not send that frame (the sealer or the transport refused it:
+        a NaN vector, a frame over the size limit): counted and emitted, nothing sent."""
+        self.stats.refused[type(error).__name__] += 1
+        self.emit(
+            self.peer,
+            "send_refused",
+            {"peer": to, "kind": kind, "error": type(error).__name__, "detail": str(error)},
+        )
 
     def kill(self) -> None:
         """A crash: drop the queue; nothing more is done."""
@@ -246,26 +261,16 @@ class NodeLoop:
         assert port is not None, "NodeLoop.port must be set before the first input"
         for action in later:
             if type(action) is Send:
-                self._send(action, port, now)
+                self._send(action, port)
             else:
                 port.run_job(action.job)  # type: ignore[union-attr]
 
-    def _send(self, action: Send, port: Port, now: float) -> None:
+    def _send(self, action: Send, port: Port) -> None:
         to, msg = action.to, action.msg
         try:
             frame = self.sealer.seal(msg, to)
         except LocalProtocolError as exc:
-            self.stats.refused[type(exc).__name__] += 1
-            self.emit(
-                self.peer,
-                "send_refused",
-                {
-                    "peer": to,
-                    "kind": msg.KIND.name,
-                    "error": type(exc).__name__,
-                    "detail": str(exc),
-                },
-            )
+            self.refused(to, msg.KIND.name, exc)
             return
         port.transmit(to, frame, action.addrs, msg.KIND.name)
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import trio
 
 from .actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
-from .errors import PeerGone, TransportError
+from .errors import LocalProtocolError, PeerGone, TransportError
 from .loop import EventSink, NodeLoop, RunStats
 from .p2p.transport import Transport
 from .training.cancel import stoppable
@@ -176,6 +176,9 @@ async def run_role(
                 if transport.send_nowait(to, frame):
                     loop.sent(frame.nbytes)
                     return
+            except LocalProtocolError as exc:
+                loop.refused(to, kind, exc)
+                return
             except (PeerGone, TransportError) as exc:
                 loop.send_failed(to, kind, exc, trio.current_time())
                 return
@@ -193,6 +196,8 @@ async def run_role(
                     await transport.connect(to, addrs)
                 await transport.send(to, frame)
             loop.sent(frame.nbytes)
+        except LocalProtocolError as exc:
+            loop.refused(to, kind, exc)
         except (trio.TooSlowError, PeerGone, TransportError) as exc:
             loop.send_failed(to, kind, exc, trio.current_time())
             rearm()

@@ -299,3 +299,47 @@ def test_a_star_of_300_clients_on_the_trio_engine_starts_its_round_at_once() -> 
     assert res.stop is not None and res.stop.error is None
     assert [(r["round"], r["completed"]) for r in res.rounds] == [(1, n)]
     assert res.virtual_s < 0.5
+
+
+async def test_a_frame_the_transport_refuses_is_counted_and_the_node_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """libp2p refuses a frame it may not send (over the size limit) with
+    LocalProtocolError from send(): refused and counted like a sealer refusal."""
+    calls: list[int] = []
+
+    class Refusing:
+        """A's transport: the first frame is refused, the rest go through."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+            self.incoming, self.events = inner.incoming, inner.events
+            self.local_peer = inner.local_peer
+
+        def peers(self) -> frozenset[str]:
+            return self.inner.peers()
+
+        def send_nowait(self, peer: str, frame: Any) -> bool:
+            return False
+
+        async def send(self, peer: str, frame: Any) -> None:
+            calls.append(frame.nbytes)
+            if len(calls) == 1:
+                raise LocalProtocolError("frame is 99 MB, over the limit")
+            await self.inner.send(peer, frame)
+
+    vec = np.ones(N, dtype=np.float32)
+    sender = Script([Send(B.peer_id, update(vec)), Send(B.peer_id, update(vec))])
+    receiver = Script([], stop_after=1)
+    stats_a, _, events = await run_pair(sender, receiver, wrap=Refusing)
+    assert stats_a.refused == {"LocalProtocolError": 1} and stats_a.sent_frames == 1
+    assert len(receiver.got) == 1 and len(calls) == 2
+    refused = [data for event, data in events if event == "send_refused"]
+    assert refused == [
+        {
+            "peer": B.peer_id,
+            "kind": "UPDATE",
+            "error": "LocalProtocolError",
+            "detail": "frame is 99 MB, over the limit",
+        }
+    ]
