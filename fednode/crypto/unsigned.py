@@ -45,20 +45,13 @@ RAW_HEADER = 8  # the "none" codec's payload header (wire/codecs.py)
 _STAMPED = ("sender", "recipient", "timestamp", "payload", "vector")
 
 
-def _setters(cls: type[m.Message]) -> tuple[tuple[str, Any, Any], ...]:
-    """(name, set, get) of every slot field of ``cls``, in field order."""
-    out = []
-    for f in dataclasses.fields(cls):
-        descr = m.slot_descriptor(cls, f.name)
-        out.append((f.name, descr.__set__, descr.__get__))
-    return tuple(out)
-
-
-_SLOTS = {cls: _setters(cls) for cls in m.MESSAGE_TYPES.values()}
 _BY_KIND = {int(kind): cls for kind, cls in m.MESSAGE_TYPES.items()}
 _TENSOR = frozenset(cls for cls in m.MESSAGE_TYPES.values() if cls.KIND in m.TENSOR_KINDS)
 #: per class: the fields :meth:`StampedFrame.pack` writes, in order (all but ``vector``)
-_PACKED = {cls: tuple(n for n, _s, _g in _SLOTS[cls] if n != "vector") for cls in _SLOTS}
+_PACKED = {
+    cls: tuple(f.name for f in dataclasses.fields(cls) if f.name != "vector")
+    for cls in m.MESSAGE_TYPES.values()
+}
 
 
 #: per class: copy(msg, sender, recipient, timestamp[, payload, vector])
@@ -86,10 +79,8 @@ class StampedFrame:
         """``(kind, nbytes, field values...)`` as plain data (payload as bytes, no vector)."""
         msg = self.msg
         values: list[Any] = [int(msg.KIND), self.nbytes]
-        for name, _set, get in _SLOTS[type(msg)]:
-            if name == "vector":
-                continue
-            v = get(msg)
+        for name in _PACKED[type(msg)]:
+            v = getattr(msg, name)
             values.append(bytes(v) if name == "payload" else v)
         return tuple(values)
 
