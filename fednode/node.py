@@ -41,9 +41,10 @@ from .config import NodeConfig, replace
 from .crypto.envelope import Membership, Receiver, Sealer
 from .crypto.identity import Identity, load_or_create, public_key_from_peer_id
 from .errors import ConfigError, FednodeError
+from .loop import EventSink, NodeLoop, RunStats
 from .p2p.transport import PeerEvent, Transport
 from .role import Role
-from .runner import NodeLoop, RunStats, ThreadExecutor, run_role
+from .runner import ThreadExecutor, run_role
 from .training.task import Task, load_task
 from .wire.frames import Frame, Inbound
 
@@ -52,7 +53,6 @@ log = logging.getLogger("fednode.node")
 if TYPE_CHECKING:
     from .prometheus import NodeMetrics
 
-EventSink = Callable[[str, str, dict[str, Any]], None]
 
 #: bound on the whole goodbye (all Byes sent concurrently), shielded from cancellation
 GOODBYE_S = 2.0

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from .addresses import parse_metrics_listen
 from .errors import ConfigError
-from .runner import RunStats
+from .loop import RunStats
 
 log = logging.getLogger(__name__)
 

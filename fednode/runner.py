@@ -30,18 +30,15 @@ import trio
 
 from .actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
 from .errors import LocalProtocolError, PeerGone, TransportError
-from .loop import EventSink, NodeLoop, RunStats
+from .loop import NodeLoop
 from .p2p.transport import Transport
 from .training.cancel import stoppable
 from .training.task import Task
 from .wire.frames import Frame
 
 __all__ = [
-    "EventSink",
     "Executor",
     "InlineExecutor",
-    "NodeLoop",
-    "RunStats",
     "ThreadExecutor",
     "compute",
     "run_role",

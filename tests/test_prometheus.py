@@ -13,8 +13,8 @@ import trio
 from fednode.addresses import parse_metrics_listen
 from fednode.config import load_config
 from fednode.errors import ConfigError
+from fednode.loop import RunStats
 from fednode.prometheus import NodeMetrics, serve_metrics
-from fednode.runner import RunStats
 
 
 def _metrics() -> NodeMetrics:

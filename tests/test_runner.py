@@ -18,8 +18,9 @@ from fednode.actions import Action, Compute, Send, Stop, TrainJob, TrainResult
 from fednode.crypto.envelope import Membership, Receiver, Sealer
 from fednode.crypto.identity import Identity
 from fednode.errors import LocalProtocolError
+from fednode.loop import NodeLoop, RunStats
 from fednode.p2p.memory import MemoryNetwork
-from fednode.runner import NodeLoop, RunStats, run_role
+from fednode.runner import run_role
 from fednode.wire import messages as m
 
 N = 8

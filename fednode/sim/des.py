@@ -42,10 +42,10 @@ from ..actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
 from ..crypto.envelope import Membership
 from ..crypto.identity import Identity
 from ..errors import ConfigError, PeerGone
-from ..loop import NodeLoop
+from ..loop import NodeLoop, RunStats
 from ..p2p.netmodel import Link, NetStats, NetworkModel
 from ..role import Role
-from ..runner import InlineExecutor, RunStats
+from ..runner import InlineExecutor
 from ..wire.frames import Inbound
 from .batching import run_batch
 from .engine import (

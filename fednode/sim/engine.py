@@ -23,10 +23,11 @@ from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
 from ..crypto.unsigned import UnsignedReceiver, UnsignedSealer
 from ..errors import FednodeError
+from ..loop import NodeLoop, RunStats
 from ..p2p.memory import MemoryNetwork
 from ..p2p.netmodel import Link
 from ..role import Role
-from ..runner import Executor, NodeLoop, RunStats, run_role
+from ..runner import Executor, run_role
 from .netfaults import EventSink, NetworkFaults
 
 SIM_EPOCH = 1_800_000_000.0  # wall-clock seconds at virtual time 0 (replay window clock)
