@@ -42,7 +42,7 @@ from ..actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
 from ..crypto.envelope import Membership
 from ..crypto.identity import Identity
 from ..errors import ConfigError, PeerGone
-from ..loop import NodeLoop, RunStats
+from ..loop import EventSink, NodeLoop, RunStats
 from ..p2p.netmodel import Link, NetStats, NetworkModel
 from ..role import Role
 from ..runner import InlineExecutor
@@ -57,7 +57,7 @@ from .engine import (
     sealing,
     sim_identity,
 )
-from .netfaults import EventSink, NetworkFaults
+from .netfaults import NetworkFaults
 
 # event kinds; an event is (kind, node index, node epoch, a, b)
 DELIVER, RESULT, TIMER, PEER, CALL = range(5)
@@ -430,7 +430,7 @@ class DesSimulation(NetworkFaults):
     # --- what the loop asks for -----------------------------------------------------------
     def _emit(self, node: DesNode, event: str, data: dict[str, Any]) -> None:
         for listener in self.listeners:
-            listener(node.index, event, data, self._now)
+            listener(node.peer, event, data)
         keep = self.keep_events
         if keep is True or (keep is not False and event in keep):
             self.events.append(
@@ -441,7 +441,7 @@ class DesSimulation(NetworkFaults):
 
     def _record(self, index: int, event: str) -> None:
         for listener in self.listeners:
-            listener(index, event, {}, self._now)
+            listener(self.nodes[index].peer, event, {})
         if self.keep_events is not False and self._local(index):
             self.events.append({"t": round(self._now, 6), "node": index, "event": event})
 

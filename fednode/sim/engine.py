@@ -23,12 +23,12 @@ from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
 from ..crypto.unsigned import UnsignedReceiver, UnsignedSealer
 from ..errors import FednodeError
-from ..loop import NodeLoop, RunStats
+from ..loop import EventSink, NodeLoop, RunStats
 from ..p2p.memory import MemoryNetwork
 from ..p2p.netmodel import Link
 from ..role import Role
 from ..runner import Executor, run_role
-from .netfaults import EventSink, NetworkFaults
+from .netfaults import NetworkFaults
 
 SIM_EPOCH = 1_800_000_000.0  # wall-clock seconds at virtual time 0 (replay window clock)
 
@@ -183,7 +183,7 @@ class Simulation(NetworkFaults):
         for hook in self.fault_hooks:
             hook(self, peer, event, data)
         for listener in self.listeners:
-            listener(record["node"], event, data, trio.current_time())
+            listener(peer, event, data)
 
     # --- faults (NetworkFaults) -------------------------------------------------------------
     def _key(self, index: int) -> Hashable:

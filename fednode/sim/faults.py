@@ -100,13 +100,10 @@ class FaultSchedule:
         for f in self.faults:
             if isinstance(f, CrashFault) and f.restart_round is not None:
                 sim.prepare_restart(self.node_of[f.node])
-        sim.listeners.append(self._on_event)
+        sim.listeners.append(self._observe)
         sim.at_start(lambda: self.apply(self.boundary))
 
-    def _on_event(self, index: int, event: str, data: dict[str, Any], now: float) -> None:
-        self._observe(event, data)
-
-    def _observe(self, event: str, data: dict[str, Any]) -> None:
+    def _observe(self, peer: str, event: str, data: dict[str, Any]) -> None:
         if event == "round" or event == "gossip_round":
             reached = int(data.get("round", 0)) + 1
         elif event == "round_start":

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ..loop import EventSink
+
 #: models folded into the consensus sums per array operation (bounded extra memory)
 _FOLD_BATCH = 2048
 ROW_KEYS = ("neighbours", "degree", "distance", "train_loss", "missed", "model_version")
@@ -101,12 +103,14 @@ class Collector:
                 self._fold(0, i, x, 0, 0.0)
 
     # --- event input ------------------------------------------------------------------
-    def des_listener(self, des: Any) -> Callable[[int, str, dict[str, Any], float], None]:
+    def des_listener(self, des: Any) -> EventSink:
         nodes = des.nodes
 
-        def listen(index: int, event: str, data: dict[str, Any], now: float) -> None:
-            if event == "gossip_round" or (event == "round" and index == self.root_index):
-                self.on_event(nodes, index, event, data, now, des.net.sent_bytes)
+        def listen(peer: str, event: str, data: dict[str, Any]) -> None:
+            if event == "gossip_round" or event == "round":
+                index = des.node(peer).index
+                if event == "gossip_round" or index == self.root_index:
+                    self.on_event(nodes, index, event, data, des.now, des.net.sent_bytes)
 
         return listen
 

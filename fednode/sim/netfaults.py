@@ -16,11 +16,9 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from ..errors import ConfigError
+from ..loop import EventSink
 from ..p2p.netmodel import Link, NetworkModel
 from ..role import Role
-
-#: ``listener(node index, event, data, virtual now)``
-EventSink = Callable[[int, str, dict[str, Any], float], None]
 
 
 def fresh_copies(role: Role) -> Callable[[], Role]:
