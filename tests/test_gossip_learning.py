@@ -53,7 +53,7 @@ def test_gossip_learning_matches_star_fedavg(mode, partition, points, star_accur
     star = star_accuracy(partition)
     gossip = run_gossip(config(partition), exponential_graph(16), mode=mode)
     assert gossip.final_accuracy >= star - points, (gossip.final_accuracy, star)
-    reached = gossip.rounds_to("accuracy", at_least=star - points)
+    reached = gossip.rounds_to(star - points)
     assert reached is not None and reached <= ROUNDS
     assert all(r["peers"] == 16 for r in gossip.rounds)
 

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from fednode.config import load_config
-from fednode.sim.engine import SimResult
+from fednode.sim.engine import RunResult
 from fednode.sim.scenarios import run_star
 
 CLIENTS = 10
@@ -42,7 +42,7 @@ CODEC = "topk:0.01+int8"
 pytestmark = pytest.mark.slow
 
 
-def run(codec: str, error_feedback: bool, *, seed: int = 0, rounds: int = LONG) -> SimResult:
+def run(codec: str, error_feedback: bool, *, seed: int = 0, rounds: int = LONG) -> RunResult:
     config = load_config(
         overrides={
             "seed": seed,
@@ -55,11 +55,11 @@ def run(codec: str, error_feedback: bool, *, seed: int = 0, rounds: int = LONG) 
     return run_star(config, CLIENTS)
 
 
-def acc(result: SimResult, rounds: int) -> float:
+def acc(result: RunResult, rounds: int) -> float:
     return float(result.rounds[rounds - 1]["accuracy"])
 
 
-def mean_acc(result: SimResult, rounds: int) -> float:
+def mean_acc(result: RunResult, rounds: int) -> float:
     return sum(float(r["accuracy"]) for r in result.rounds[:rounds]) / rounds
 
 

@@ -191,7 +191,7 @@ def _demo_gossip(config: NodeConfig, args: argparse.Namespace, advance: DemoProg
     records = [r for r in result.rounds if r["round"] > 0]
     for r in records:
         advance(r["round"], r["accuracy"])
-    hit = result.rounds_to("accuracy", at_least=0.95)
+    hit = result.rounds_to(0.95)
     done = len(records) == config.rounds.rounds
     return DemoRun(
         "gossip",

@@ -17,8 +17,8 @@ axes. Spectral helpers predict how fast gossip mixes on a graph. ``docs/SIMULATI
 is the guide.
 """
 
-from .des import DesResult, DesSimulation
-from .engine import SimResult, Simulation
+from .des import DesSimulation
+from .engine import RunResult, Simulation
 from .experiment import ExperimentResult, SimOptions, run_experiment
 from .faults import FaultSchedule
 from .report import compare, write_folder
@@ -49,12 +49,11 @@ def mixing_time(graph: object, eps: float = 1e-3) -> float:
 
 
 __all__ = [
-    "DesResult",
     "DesSimulation",
     "ExperimentResult",
     "FaultSchedule",
+    "RunResult",
     "SimOptions",
-    "SimResult",
     "Simulation",
     "Topology",
     "build_topology",

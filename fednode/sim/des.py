@@ -103,13 +103,6 @@ class DesNode:
         return self.identity.peer_id
 
 
-@dataclass
-class DesResult(RunResult):
-    """What a run produced (``network``: its counters; ``nodes``: :class:`DesNode` s)."""
-
-    processed_events: int = 0
-
-
 class DesSimulation(NetworkFaults):
     """Build nodes with :meth:`add` (or :meth:`from_simulation`), then :meth:`run`.
 
@@ -328,16 +321,15 @@ class DesSimulation(NetworkFaults):
             else:
                 node.running = False  # runs in its own shard
 
-    def run(self, root: DesNode | None = None, *, max_virtual_s: float = 1e7) -> DesResult:
+    def run(self, root: DesNode | None = None, *, max_virtual_s: float = 1e7) -> RunResult:
         """Run until ``root`` stops (no root: until every node stopped or crashed), nothing
         is left to do, or ``max_virtual_s`` passes."""
         t0 = time.perf_counter()
         self.start(root)
-        before = self.processed
         self._loop(max_virtual_s, inclusive=True)
         if max_virtual_s < self.next_time < math.inf:  # stopped by the limit, work left
             self._now = max_virtual_s
-        return DesResult(
+        return RunResult(
             root_rounds(self.events, root.index if root is not None else None),
             self.events,
             root.stop if root is not None else None,
@@ -345,7 +337,6 @@ class DesSimulation(NetworkFaults):
             self._now,
             self.nodes,
             self.net,
-            self.processed - before,
         )
 
     def run_window(self, until: float) -> float:

@@ -22,7 +22,6 @@ from ..actions import Stop
 from ..crypto.envelope import Membership, Receiver, Sealer
 from ..crypto.identity import Identity
 from ..crypto.unsigned import UnsignedReceiver, UnsignedSealer
-from ..errors import FednodeError
 from ..loop import EventSink, NodeLoop, RunStats
 from ..p2p.memory import MemoryNetwork
 from ..p2p.netmodel import Link
@@ -69,8 +68,10 @@ class SimNode:
 
 @dataclass
 class RunResult:
-    """What a run produced (either driver): per-round records of the root role, all
-    events, timings, the nodes and the network (or its counters)."""
+    """What a run produced, for either driver and every topology: the per-round records
+    (star / two-tier: the root role's ``round`` events; gossip: the consensus tracker's
+    rows, round 0 = start), all events, timings, the nodes and the network (the trio
+    driver's :class:`MemoryNetwork`, the discrete-event driver's counters)."""
 
     rounds: list[dict[str, Any]]
     events: list[dict[str, Any]]
@@ -84,16 +85,17 @@ class RunResult:
     def final_accuracy(self) -> float:
         return float(self.rounds[-1]["accuracy"]) if self.rounds else float("nan")
 
-    def rounds_to(self, accuracy: float) -> int | None:
-        return next((int(r["round"]) for r in self.rounds if r["accuracy"] >= accuracy), None)
-
-
-@dataclass
-class SimResult(RunResult):
-    """A trio run's result (``network``: the :class:`MemoryNetwork`)."""
-
-    nodes: list[SimNode]
-    network: MemoryNetwork
+    def rounds_to(
+        self, at_least: float | None = None, *, key: str = "accuracy", at_most: float | None = None
+    ) -> int | None:
+        """First round after the start whose ``key`` is >= ``at_least`` (or <= ``at_most``)."""
+        for r in self.rounds:
+            v = r.get(key)
+            if v is None or r["round"] == 0:
+                continue
+            if (at_least is not None and v >= at_least) or (at_most is not None and v <= at_most):
+                return int(r["round"])
+        return None
 
 
 def root_rounds(events: list[dict[str, Any]], root: int | None) -> list[dict[str, Any]]:
@@ -279,7 +281,7 @@ class Simulation(NetworkFaults):
             node.scope = scope
             node.stop = await run_role(node.loop, transport, node.executor)
 
-    def run(self, root: SimNode, *, max_virtual_s: float = 1e7) -> SimResult:
+    def run(self, root: SimNode, *, max_virtual_s: float = 1e7) -> RunResult:
         """Run until ``root`` stops (or ``max_virtual_s`` of virtual time passes)."""
         t0 = time.perf_counter()
         clock = trio.testing.MockClock(autojump_threshold=0)
@@ -303,7 +305,7 @@ class Simulation(NetworkFaults):
             return trio.current_time()
 
         virtual = trio.run(main, clock=clock)
-        return SimResult(
+        return RunResult(
             root_rounds(self.events, root.index),
             self.events,
             root.stop,
@@ -339,9 +341,3 @@ def _seed_trio_scheduler(seed: int) -> None:
     if rng is not None:  # absent in a future trio without the shuffle
         rng.seed(seed)
 
-
-def raise_on_failure(result: SimResult) -> SimResult:
-    if result.stop is not None and result.stop.error is not None:
-        err = result.stop.error
-        raise err if isinstance(err, FednodeError) else FednodeError(str(err))
-    return result

@@ -3,7 +3,8 @@
 :func:`build_gossip` puts one :class:`~fednode.gossip.GossipPeer` on every node of a
 graph (its graph neighbours are its explicit neighbour set) over the memory transport,
 with the real runner, identities, signed frames and codecs. :func:`run_gossip` runs it
-until every peer has stopped and returns a :class:`GossipResult`.
+until every peer has stopped and returns a :class:`~.engine.RunResult` whose rounds are
+the tracker's records.
 
 The :class:`ConsensusTracker` is the omniscient observer a real deployment lacks: on
 every peer's ``gossip_round`` event it snapshots that peer's model, and once every live
@@ -32,51 +33,14 @@ import trio.testing
 
 from ..config import GossipParams, NodeConfig
 from ..gossip.peer import GossipPeer
-from ..p2p.memory import MemoryNetwork
 from ..p2p.netmodel import Link
 from ..runner import InlineExecutor
 from ..training.task import Task
-from .engine import SimNode, Simulation, _seed_trio_scheduler, sim_identity
+from .engine import RunResult, SimNode, Simulation, _seed_trio_scheduler, sim_identity
 from .scenarios import client_task
 
 Init = Callable[[int], np.ndarray]
 Callback = Callable[["GossipSimulation"], None]
-
-
-@dataclass
-class GossipResult:
-    """Per-round records of a gossip run (see :class:`ConsensusTracker`) and its nodes."""
-
-    rounds: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    wall_s: float
-    virtual_s: float
-    sim: GossipSimulation
-
-    @property
-    def network(self) -> MemoryNetwork:
-        return self.sim.network
-
-    @property
-    def final_accuracy(self) -> float:
-        return float(self.rounds[-1]["accuracy"]) if self.rounds else math.nan
-
-    def column(self, key: str) -> list[float]:
-        return [float(r[key]) for r in self.rounds if key in r]
-
-    def rounds_to(self, key: str, *, at_most: float | None = None, at_least: float | None = None):
-        """First round whose ``key`` is <= ``at_most`` (or >= ``at_least``), else None."""
-        for r in self.rounds:
-            v = r.get(key)
-            if v is None or r["round"] == 0:
-                continue
-            if (at_most is not None and v <= at_most) or (at_least is not None and v >= at_least):
-                return int(r["round"])
-        return None
-
-    def params(self, *, members_only: bool = True) -> dict[str, np.ndarray]:
-        """Current model of every node that ran and did not crash."""
-        return self.sim.current_params(members_only=members_only)
 
 
 class ConsensusTracker:
@@ -239,7 +203,7 @@ class GossipSimulation(Simulation):
             if self._all_done is not None and self.tracked <= self.stopped:
                 self._all_done.set()
 
-    def run_all(self, *, max_virtual_s: float = 1e5) -> GossipResult:
+    def run_all(self, *, max_virtual_s: float = 1e5) -> RunResult:
         """Run until every tracked peer has stopped or crashed; untracked ones are cancelled."""
         t0 = time.perf_counter()
         clock = trio.testing.MockClock(autojump_threshold=0)
@@ -267,8 +231,9 @@ class GossipSimulation(Simulation):
         virtual = trio.run(main, clock=clock)
         self._live = None
         self.tracker.advance(final=True)
-        return GossipResult(
-            self.tracker.records, self.events, time.perf_counter() - t0, virtual, self
+        wall = time.perf_counter() - t0
+        return RunResult(
+            self.tracker.records, self.events, None, wall, virtual, self.nodes, self.network
         )
 
 
@@ -445,7 +410,7 @@ def run_gossip(
     schedule: Schedule | None = None,
     max_virtual_s: float = 1e5,
     **kwargs: Any,
-) -> GossipResult:
+) -> RunResult:
     """Build with :func:`build_gossip`, apply ``schedule``, run until all peers stop."""
     sim, nodes = build_gossip(config, graph, **kwargs)
     if schedule is not None:

@@ -20,7 +20,7 @@ from ..p2p.netmodel import Link
 from ..role import Role
 from ..runner import InlineExecutor
 from ..training.task import Task, load_task
-from .engine import SimNode, SimResult, Simulation
+from .engine import RunResult, SimNode, Simulation
 
 
 def client_task(config: NodeConfig, index: int, num_clients: int) -> Task:
@@ -144,7 +144,7 @@ def build_two_tier(
 
 def run_two_tier(
     config: NodeConfig, num_aggregators: int, num_clients: int, **kwargs: Any
-) -> SimResult:
+) -> RunResult:
     sim, root = build_two_tier(config, num_aggregators, num_clients, **kwargs)
     return sim.run(root)
 
@@ -165,7 +165,7 @@ def crash_at_round(round_number: int, clients: Iterable[int]):
     return hook
 
 
-def run_star(config: NodeConfig, num_clients: int, **kwargs: Any) -> SimResult:
+def run_star(config: NodeConfig, num_clients: int, **kwargs: Any) -> RunResult:
     sim, root = build_star(config, num_clients, **kwargs)
     return sim.run(root)
 
@@ -179,7 +179,7 @@ def run_with_restart(
     make_root: Callable[[], Role],
     down_s: float = 1.0,
     max_virtual_s: float = 1e7,
-) -> SimResult:
+) -> RunResult:
     """Run; when round ``crash_round`` starts, crash the root, keep it down ``down_s``
     virtual seconds, then start ``make_root()`` (e.g. a coordinator resuming from its
     checkpoint) under the same identity, and run until that one stops."""
