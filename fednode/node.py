@@ -72,29 +72,20 @@ _TRANSPORT_REJECTS = {
 
 
 def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
-    """The role object for ``config.role`` — the same constructors the simulator uses."""
-    size = task.layout().size
-    if config.role == "peer":
-        from .gossip.core import WaitFor
-        from .gossip.peer import GossipPeer
+    """The role object for ``config.role``, from the factory the simulator uses too."""
+    from .factory import make_role
+    from .gossip.core import WaitFor
 
-        # a node holds its first round until its consortium is up and, unless told
-        # otherwise, tests its own model after every round (gossip_eval)
-        gossip = config.gossip
-        if gossip.eval_every < 0:
-            gossip = replace(gossip, eval_every=1)
-        rounds = config.rounds
-        return GossipPeer.from_config(
-            config,
-            me=peer_id,
-            params=task.init_params(config.seed),
-            gossip=gossip,
-            wait_for=WaitFor(rounds.min_available_clients - 1, rounds.wait_for_clients_s),
-        )
-    from .hierarchy.factory import make_role
-
-    params = task.init_params(config.seed) if config.role == "coordinator" else None
-    return make_role(config, size, params, resume_from=resume_source(config))
+    params = task.init_params(config.seed) if config.role in ("coordinator", "peer") else None
+    if config.role != "peer":
+        return make_role(config, task.layout().size, params, resume_from=resume_source(config))
+    # a node holds its first round until its consortium is up and, unless told
+    # otherwise, tests its own model after every round (gossip_eval)
+    if config.gossip.eval_every < 0:
+        config = replace(config, gossip=replace(config.gossip, eval_every=1))
+    rounds = config.rounds
+    wait_for = WaitFor(rounds.min_available_clients - 1, rounds.wait_for_clients_s)
+    return make_role(config, task.layout().size, params, me=peer_id, wait_for=wait_for)
 
 
 def resume_source(config: NodeConfig) -> Path | None:

@@ -354,8 +354,9 @@ def test_lossy_links_keep_model_copies_identical_on_both_sides(codec):
     np.testing.assert_array_equal(ab.theirs, ba.mine)
 
 
-def test_from_config_takes_consortium_members_codec_and_rounds_from_the_node_config():
+def test_factory_takes_consortium_members_codec_and_rounds_from_the_node_config():
     from fednode.config import load_config
+    from fednode.factory import make_role
 
     config = load_config(
         None,
@@ -368,7 +369,8 @@ def test_from_config_takes_consortium_members_codec_and_rounds_from_the_node_con
             "rounds.rounds": 7,
         },
     )
-    p = GossipPeer.from_config(config, me="me", params=vec(0.0))
+    p = make_role(config, 1, vec(0.0), me="me")
+    assert isinstance(p, GossipPeer)
     assert p.consortium == "lab" and p.members == {"p1", "p2", "me"}
     assert p.rounds == 7 and p.codec.codec.spec == "int8" and not p.codec.lossless
 

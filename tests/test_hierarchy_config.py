@@ -5,10 +5,10 @@ import pytest
 
 from fednode.config import load_config
 from fednode.errors import ConfigError
+from fednode.factory import make_role
 from fednode.hierarchy.aggregator import RegionalAggregator
 from fednode.hierarchy.client import Client
 from fednode.hierarchy.coordinator import Coordinator
-from fednode.hierarchy.factory import make_role
 from fednode.hierarchy.fedbuff import AsyncCoordinator
 from fednode.hierarchy.selection import PowerOfChoice
 from fednode.training.server_opt import FedYogi

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fednode.config import load_config
+from fednode.factory import make_role
 from fednode.hierarchy.checkpoint import load_checkpoint
-from fednode.hierarchy.factory import make_coordinator
 from fednode.sim.scenarios import (
     build_star,
     build_two_tier,
@@ -127,6 +127,7 @@ def test_coordinator_restart_resumes_from_its_checkpoint(tmp_path):
     cfg = load_config(
         None,
         {
+            "role": "coordinator",
             "rounds.rounds": 5,
             "rounds.min_available_clients": 10,
             "rounds.min_fit_clients": 5,
@@ -138,7 +139,7 @@ def test_coordinator_restart_resumes_from_its_checkpoint(tmp_path):
     resumed = []
 
     def restart():
-        coordinator = make_coordinator(cfg, init, checkpoint_dir=tmp_path, resume_from=tmp_path)
+        coordinator = make_role(cfg, init.size, init, checkpoint_dir=tmp_path, resume_from=tmp_path)
         resumed.append(coordinator)
         return coordinator
 

@@ -9,10 +9,10 @@ import pytest
 from fednode.actions import Send
 from fednode.config import load_config
 from fednode.control import handle_request
+from fednode.factory import make_role
 from fednode.gossip import GossipParams, GossipPeer
 from fednode.hierarchy.aggregator import RegionalAggregator
 from fednode.hierarchy.client import Client
-from fednode.hierarchy.factory import make_role
 from fednode.role import Role, byes
 from fednode.wire import messages as m
 
@@ -30,7 +30,7 @@ def roles() -> dict[str, Role]:
         ),
         "aggregator": make_role(load_config(None, {"role": "aggregator"}), SIZE),
         "client": make_role(load_config(None, {"role": "client"}), SIZE),
-        "peer": GossipPeer(me="p", params=params),
+        "peer": make_role(load_config(None, {"role": "peer"}), SIZE, params, me="p"),
     }
     return out
 

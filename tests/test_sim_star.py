@@ -127,7 +127,7 @@ def test_cli_config_error_names_field(capsys):
 def test_restarted_client_rejoins_and_trains_again():
     """Simulation.restart: a crashed client comes back as a new process (fresh role, same
     identity, new nonce stream) and is counted in the rounds after it returned."""
-    from fednode.hierarchy.factory import make_role
+    from fednode.factory import make_role
 
     config = star_config(
         **{

@@ -28,7 +28,8 @@ exchanges; averaging weights renormalise by themselves (each step uses the degre
 that step). Links lost to a peer-down event are reopened when the peer comes back (a
 healed partition), up to ``max_degree``.
 
-Waiting and evaluation (what a node sets up, :func:`fednode.node.build_role`): built with
+Waiting and evaluation (what a node sets up, :func:`fednode.node.build_role`; every node
+and simulator builds its peer with :func:`fednode.factory.make_role`): built with
 ``wait_for`` the peer starts in phase WAITING and holds its first round until enough
 members are up (``peers_ready``); with ``gossip.eval_every`` > 0 it asks for an
 evaluation of its model after every that many rounds and emits ``gossip_eval``, waiting
@@ -46,14 +47,11 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
-
 from ..actions import Action, Emit, EvalResult, Send, TrainResult
-from ..config import GossipParams, NodeConfig
 from ..errors import AuthError, LocalProtocolError, RemoteProtocolError
 from ..role import byes
 from ..wire import messages as m
-from .core import Averaging, PeerCore, WaitFor
+from .core import Averaging, PeerCore
 from .links import MAX_AHEAD, Link
 from .pairwise import PairwiseGossip
 from .states import Phase
@@ -80,38 +78,6 @@ class GossipPeer(PeerCore):
         if self.gossip.mode == "sync":
             return SyncRounds(self)
         return PairwiseGossip(self)
-
-    @classmethod
-    def from_config(
-        cls,
-        config: NodeConfig,
-        *,
-        me: str,
-        params: np.ndarray,
-        gossip: GossipParams | None = None,
-        neighbours: Iterable[str] | None = None,
-        bootstrap: bool = False,
-        wait_for: WaitFor | None = None,
-    ) -> GossipPeer:
-        """The peer a node with ``config`` runs (``--role peer``); the simulator builds the same.
-
-        Consortium = ``net.federation``; members = ``net.allow`` unless membership is open.
-        """
-        net = config.net
-        return cls(
-            me=me,
-            params=params,
-            gossip=config.gossip if gossip is None else gossip,
-            train=config.train,
-            rounds=config.rounds.rounds,
-            consortium=net.federation,
-            codec=config.wire.codec,
-            neighbours=neighbours,
-            members=None if net.open_membership else (*net.allow, me),
-            bootstrap=bootstrap,
-            seed=config.seed,
-            wait_for=wait_for,
-        )
 
     # --- what adapters ask (fednode.role.Role) ------------------------------------------
     def goodbye(self, peers: Iterable[str], reason: str) -> list[Send]:

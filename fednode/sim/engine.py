@@ -340,4 +340,3 @@ def _seed_trio_scheduler(seed: int) -> None:
     rng = getattr(run_mod, "_r", None)
     if rng is not None:  # absent in a future trio without the shuffle
         rng.seed(seed)
-

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,8 @@ import numpy as np
 import trio
 import trio.testing
 
-from ..config import GossipParams, NodeConfig
+from ..config import GossipParams, NodeConfig, replace
+from ..factory import make_role
 from ..gossip.peer import GossipPeer
 from ..p2p.netmodel import Link
 from ..runner import InlineExecutor
@@ -268,8 +269,7 @@ def build_gossip(
     gives node ``i``'s initial model (default: the task's, the same for all). Returns the
     simulation and the graph's nodes in ``list(graph)`` order.
     """
-    gp = GossipParams(**{**_params_dict(gossip), "mode": mode, "train": train})
-    gp.validate()
+    gp = replace(gossip or GossipParams(), mode=mode, train=train)
     order = list(graph)
     n = len(order)
     shards = n + spare
@@ -280,6 +280,10 @@ def build_gossip(
     members = [ident.peer_id for ident in identities]
     if allow_list:
         sim.allow = frozenset(members)
+    net = replace(
+        config.net, allow=tuple(members) if allow_list else (), open_membership=not allow_list
+    )
+    peer_config = replace(config, role="peer", gossip=gp, net=net)
     tasks: dict[int, Task] = {}
     default_params = eval_task.init_params(config.seed)  # every peer copies it (read-only)
 
@@ -296,25 +300,12 @@ def build_gossip(
         neighbours: Iterable[str] | None,
         bootstrap: bool,
         identity: Any = None,
-        consortium_members: Sequence[str] | None = None,
         tracked: bool = True,
     ) -> SimNode:
         ident = identity or identities[index]
         params = init(index) if init is not None else default_params
-        role = GossipPeer(
-            me=ident.peer_id,
-            params=params,
-            gossip=gp,
-            train=config.train,
-            rounds=config.rounds.rounds,
-            consortium=config.net.federation,
-            codec=config.wire.codec,
-            neighbours=neighbours,
-            members=consortium_members
-            if consortium_members is not None
-            else (members if allow_list else None),
-            bootstrap=bootstrap,
-            seed=config.seed,
+        role = make_role(
+            peer_config, size, params, me=ident.peer_id, neighbours=neighbours, bootstrap=bootstrap
         )
         executor = InlineExecutor(task_for(index % shards), train_cost_s=train_cost_s)
         node = sim.add(role, executor, size, identity=ident)
@@ -333,12 +324,6 @@ def build_gossip(
     return sim, nodes
 
 
-def _params_dict(gossip: GossipParams | None) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(gossip) if gossip is not None else {}
-
-
 def join(sim: GossipSimulation) -> SimNode:
     """Start the next spare peer: no explicit neighbours, bootstraps from a neighbour."""
     if not sim.spare or sim.make_peer is None:
@@ -355,7 +340,6 @@ def add_intruder(sim: GossipSimulation, targets: Iterable[str]) -> SimNode:
         neighbours=list(targets),
         bootstrap=False,
         identity=ident,
-        consortium_members=None,
         tracked=False,
     )
 

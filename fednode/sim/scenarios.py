@@ -2,7 +2,7 @@
 
 Each builder returns a :class:`Simulation` plus its root node, with the same role
 objects a deployed node would construct from the same :class:`NodeConfig`
-(:func:`fednode.hierarchy.factory.make_role`). Node indices: 0 is the coordinator; in a
+(:func:`fednode.factory.make_role`). Node indices: 0 is the coordinator; in a
 two-tier federation 1..A are the aggregators and A+1..A+N the clients.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import NodeConfig, replace
-from ..hierarchy.factory import make_coordinator, make_role
+from ..factory import make_role
 from ..p2p.netmodel import Link
 from ..role import Role
 from ..runner import InlineExecutor
@@ -43,8 +43,12 @@ def _add_root(
     eval_task = client_task(config, 0, num_clients)
     size = eval_task.layout().size
     params = eval_task.init_params(config.seed)
-    coordinator = make_coordinator(
-        config, params, checkpoint_dir=checkpoint_dir, resume_from=resume_from
+    coordinator = make_role(
+        replace(config, role="coordinator"),
+        size,
+        params,
+        checkpoint_dir=checkpoint_dir,
+        resume_from=resume_from,
     )
     return sim.add(coordinator, InlineExecutor(eval_task), size), size, params
 
