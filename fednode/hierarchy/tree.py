@@ -76,11 +76,6 @@ class Tree:
             out[agg] = sorted(self.direct[agg].children)
         return out
 
-    def parent_of(self, peer: str) -> str | None:
-        if peer in self.direct:
-            return self.me
-        return self.under.get(peer) or self.pending.get(peer)
-
     def settling(self, now: float) -> bool:
         for peer, until in list(self.promoting.items()):
             if now >= until:

@@ -95,11 +95,6 @@ class ExperimentResult(RoundTable):
             raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
         return pd.DataFrame(self.table()).set_index("round")
 
-    def nodes_to_pandas(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.node_rows)
-
     def summary(self) -> dict[str, Any]:
         hit = next((int(r) for r, a in zip(self.rounds, self.accuracy) if a >= 0.9), None)
         return {

@@ -84,9 +84,6 @@ class DigitsTask:
     def num_examples(self) -> int:
         return int(self._y.shape[0])
 
-    def label_counts(self) -> np.ndarray:
-        return np.bincount(self._y.numpy(), minlength=10)
-
     def layout(self) -> Layout:
         return self._layout
 
@@ -147,9 +144,3 @@ class DigitsTask:
         loss = float(self._loss(logits, self._y_test))
         acc = float((logits.argmax(1) == self._y_test).float().mean())
         return loss, int(self._y_test.shape[0]), {"accuracy": acc, "loss": loss}
-
-    @torch.no_grad()
-    def local_loss(self, params: np.ndarray) -> float:
-        """Loss on the local training data (used by power-of-choice selection)."""
-        self._set(params)
-        return float(self._loss(self._model(self._x), self._y))

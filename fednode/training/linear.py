@@ -164,9 +164,6 @@ class LinearTask:
     def num_examples(self) -> int:
         return int(self._y.shape[0])
 
-    def label_counts(self) -> np.ndarray:
-        return np.bincount(self._y, minlength=CLASSES)
-
     def layout(self) -> Layout:
         return LAYOUT
 
@@ -352,7 +349,3 @@ def load_linear_task(spec: str, **kwargs: Any) -> LinearTask:
             raise TaskError(f"task {spec!r}: expected synthetic:<samples per node>") from None
         return SyntheticTask(samples=samples, **kwargs)
     raise TaskError(f"task {spec!r}: expected 'digits:numpy' or 'synthetic[:<samples>]'")
-
-
-def is_linear_spec(spec: str) -> bool:
-    return spec == "digits:numpy" or spec == "synthetic" or spec.startswith("synthetic:")
