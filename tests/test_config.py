@@ -86,12 +86,14 @@ def test_config_is_frozen():
 def test_gossip_table_reaches_the_peer(tmp_path):
     import numpy as np
 
+    from fednode.factory import make_role
     from fednode.gossip import GossipPeer
 
     path = tmp_path / "peer.toml"
     path.write_text('role = "peer"\n[gossip]\nmode = "async"\ndegree = 3\nmax_degree = 6\n')
     config = load_config(path, {"gossip.exchanges_per_round": 2.0})
-    peer = GossipPeer.from_config(config, me="p0", params=np.zeros(4, np.float32))
+    peer = make_role(config, 4, np.zeros(4, np.float32), me="p0")
+    assert isinstance(peer, GossipPeer)
     assert peer.gossip.mode == "async" and peer.gossip.degree == 3
     assert peer.gossip.exchanges_per_round == 2.0
     with pytest.raises(ConfigError) as info:
