@@ -171,6 +171,10 @@ class Simulation(NetworkFaults):
     def node(self, peer: str) -> SimNode:
         return self._by_peer[peer]
 
+    @property
+    def now(self) -> float:
+        return trio.current_time()
+
     def clock(self) -> float:
         return SIM_EPOCH + trio.current_time()
 

@@ -299,7 +299,7 @@ def _run(
     if options.driver == "trio":
         sim = built.sim
         _apply_links(topo, built, sim)
-        sim.fault_hooks.insert(0, collector.trio_hook)  # first: rows see the round's state
+        sim.listeners.insert(0, collector.listener(sim))  # first: rows see the round's state
         _add_operator(schedule, topo, built, sim.nodes)
         schedule.install(sim)
         if isinstance(sim, GossipSimulation):
@@ -328,7 +328,7 @@ def _run(
             keep_events=frozenset({"round", "round_failed", "crashed", "restarted"}),
         )
         _apply_links(topo, built, des)
-        des.listeners.append(collector.des_listener(des))  # first: rows see the round's state
+        des.listeners.append(collector.listener(des))  # first: rows see the round's state
         _add_operator(schedule, topo, built, des.nodes)
         schedule.install(des)
         root = des.nodes[built.root.index] if built.root is not None else None

@@ -103,25 +103,17 @@ class Collector:
                 self._fold(0, i, x, 0, 0.0)
 
     # --- event input ------------------------------------------------------------------
-    def des_listener(self, des: Any) -> EventSink:
-        nodes = des.nodes
+    def listener(self, sim: Any) -> EventSink:
+        """What listens to ``sim`` (either driver; ``sim.listeners``)."""
+        nodes, stats = sim.nodes, sim.model.stats
 
         def listen(peer: str, event: str, data: dict[str, Any]) -> None:
             if event == "gossip_round" or event == "round":
-                index = des.node(peer).index
+                index = sim.node(peer).index
                 if event == "gossip_round" or index == self.root_index:
-                    self.on_event(nodes, index, event, data, des.now, des.net.sent_bytes)
+                    self.on_event(nodes, index, event, data, sim.now, stats.sent_bytes)
 
         return listen
-
-    def trio_hook(self, sim: Any, peer: str, event: str, data: dict[str, Any]) -> None:
-        import trio
-
-        index = sim.node(peer).index
-        if event == "gossip_round" or (event == "round" and index == self.root_index):
-            self.on_event(
-                sim.nodes, index, event, data, trio.current_time(), sim.network.sent_bytes
-            )
 
     def on_event(
         self, nodes: Any, index: int, event: str, data: dict[str, Any], now: float, sent: int

@@ -155,7 +155,7 @@ def run_sharded(
     des.min_latency = MIN_LOOKAHEAD_S
     des.owner = shard_nodes(topo, built.node_of, k)
     schedule.defer = True  # workers report the boundary; the parent says when it applies
-    des.listeners.append(collector.des_listener(des))
+    des.listeners.append(collector.listener(des))
     _add_operator(schedule, topo, built, des.nodes)
     schedule.install(des)
     root = des.nodes[built.root.index] if built.root is not None else None

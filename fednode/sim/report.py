@@ -20,10 +20,11 @@ byte-identical files. ``compare(results, out)`` puts several runs on shared axes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,13 +41,28 @@ ROLE_COLOURS = {
 }
 
 
-def _pyplot() -> Any:
+@contextlib.contextmanager
+def _figure(path: Path, ylabel: str = "", title: str = "", *, log: bool = False) -> Iterator[Any]:
+    """Axes to draw on (matplotlib, Agg backend), saved to ``path`` and closed after; with
+    a ``ylabel``, a plot per round: labelled, gridded, with a legend and ``title``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, ax = plt.subplots(figsize=(7, 4.2) if ylabel else (6, 6))
+    try:
+        yield ax
+        if ylabel:
+            ax.set_xlabel("round")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3, which="both" if log else "major")
+            ax.legend(fontsize=8)
+            ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -103,85 +119,60 @@ def _label(result: ExperimentResult, many: bool) -> str:
 
 
 def plot_accuracy(results: Sequence[ExperimentResult], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
     many = len(results) > 1
-    for res in results:
-        (line,) = ax.plot(res.rounds, res.accuracy, marker=".", label=_label(res, many))
-        if res.consensus is not None and not many:
-            ax.fill_between(
-                res.rounds,
-                res.accuracy_min,
-                res.accuracy_max,
-                alpha=0.2,
-                color=line.get_color(),
-                label="min-max over scored peers",
-            )
-            ax.plot(
-                res.rounds,
-                res.accuracy_of_mean,
-                "--",
-                color=line.get_color(),
-                label="average model",
-            )
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("accuracy vs round" + ("" if many else f": {results[0].name}"))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = "accuracy vs round" + ("" if many else f": {results[0].name}")
+    with _figure(path, "test accuracy", title) as ax:
+        ax.set_ylim(0, 1)
+        for res in results:
+            (line,) = ax.plot(res.rounds, res.accuracy, marker=".", label=_label(res, many))
+            if res.consensus is not None and not many:
+                ax.fill_between(
+                    res.rounds,
+                    res.accuracy_min,
+                    res.accuracy_max,
+                    alpha=0.2,
+                    color=line.get_color(),
+                    label="min-max over scored peers",
+                )
+                ax.plot(
+                    res.rounds,
+                    res.accuracy_of_mean,
+                    "--",
+                    color=line.get_color(),
+                    label="average model",
+                )
 
 
 def plot_consensus(results: Sequence[ExperimentResult], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
     many = len(results) > 1
-    for res in results:
-        if res.consensus is None:
-            continue
-        r = res.consensus_rounds
-        bound = res.bound
-        first = 0 if res.consensus[0] > 1e-12 else 1  # same start everywhere: from round 1
-        (line,) = ax.semilogy(
-            r[first:], np.maximum(res.consensus[first:], 1e-16), marker=".",
-            label=_label(res, many),
-        )  # fmt: skip
-        if bound is not None:
-            rho = res.spectral.get("rho", math.nan)
-            ax.semilogy(
-                r[first:],
-                np.maximum(bound[first:], 1e-16),
-                ":",
-                color=line.get_color(),
-                label=f"spectral rate rho^r (pure averaging), rho={rho:.3f}",
-            )
-    ax.set_xlabel("round")
-    ax.set_ylabel("consensus error  ||X - 1 xbar'|| / (sqrt(n) ||xbar||)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    ax.set_title("consensus error vs round")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ylabel = "consensus error  ||X - 1 xbar'|| / (sqrt(n) ||xbar||)"
+    with _figure(path, ylabel, "consensus error vs round", log=True) as ax:
+        for res in results:
+            if res.consensus is None:
+                continue
+            r = res.consensus_rounds
+            bound = res.bound
+            first = 0 if res.consensus[0] > 1e-12 else 1  # same start everywhere: from round 1
+            (line,) = ax.semilogy(
+                r[first:], np.maximum(res.consensus[first:], 1e-16), marker=".",
+                label=_label(res, many),
+            )  # fmt: skip
+            if bound is not None:
+                rho = res.spectral.get("rho", math.nan)
+                ax.semilogy(
+                    r[first:],
+                    np.maximum(bound[first:], 1e-16),
+                    ":",
+                    color=line.get_color(),
+                    label=f"spectral rate rho^r (pure averaging), rho={rho:.3f}",
+                )
 
 
 def plot_bytes(results: Sequence[ExperimentResult], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
     many = len(results) > 1
-    for res in results:
-        ax.plot(res.rounds, res.bytes / 1e6, marker=".", label=_label(res, many))
-    ax.set_xlabel("round")
-    ax.set_ylabel("MB on the wire per round (frames, all nodes)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("bytes vs round")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, "MB on the wire per round (frames, all nodes)", "bytes vs round") as ax:
+        for res in results:
+            ax.plot(res.rounds, res.bytes / 1e6, marker=".", label=_label(res, many))
 
 
 def draw_topology(result: ExperimentResult, path: Path) -> None:
@@ -189,8 +180,6 @@ def draw_topology(result: ExperimentResult, path: Path) -> None:
 
     topo = result.topology
     assert topo is not None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 6))
     g = topo.graph
     if topo.kind == "gossip":
         pos = nx.spring_layout(g, seed=0) if g.number_of_nodes() > 40 else nx.circular_layout(g)
@@ -198,21 +187,19 @@ def draw_topology(result: ExperimentResult, path: Path) -> None:
         pos = (
             nx.kamada_kawai_layout(g) if g.number_of_nodes() <= 200 else nx.spring_layout(g, seed=0)
         )
-    colours = [ROLE_COLOURS.get(topo.roles[v], "#7f7f7f") for v in g.nodes()]
-    size = max(20, min(300, 6000 // max(g.number_of_nodes(), 1)))
-    nx.draw_networkx_edges(g, pos, ax=ax, alpha=0.3)
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=size)
-    if g.number_of_nodes() <= 40:
-        nx.draw_networkx_labels(g, pos, ax=ax, font_size=7)
-    for role in sorted(set(topo.roles.values())):
-        ax.scatter([], [], color=ROLE_COLOURS.get(role, "#7f7f7f"), label=role)
-    rho = result.spectral.get("rho", math.nan)
-    ax.set_title(f"{topo.name}: {topo.kind}, n={topo.n}, rho={rho:.3f}")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path) as ax:
+        colours = [ROLE_COLOURS.get(topo.roles[v], "#7f7f7f") for v in g.nodes()]
+        size = max(20, min(300, 6000 // max(g.number_of_nodes(), 1)))
+        nx.draw_networkx_edges(g, pos, ax=ax, alpha=0.3)
+        nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=size)
+        if g.number_of_nodes() <= 40:
+            nx.draw_networkx_labels(g, pos, ax=ax, font_size=7)
+        for role in sorted(set(topo.roles.values())):
+            ax.scatter([], [], color=ROLE_COLOURS.get(role, "#7f7f7f"), label=role)
+        rho = result.spectral.get("rho", math.nan)
+        ax.set_title(f"{topo.name}: {topo.kind}, n={topo.n}, rho={rho:.3f}")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.axis("off")
 
 
 def compare(results: Sequence[ExperimentResult], out: Path) -> None:
