@@ -26,27 +26,11 @@ from .spectral import (
     metropolis_hastings_sparse,
     metropolis_hastings_weights,
     mixing_rho,
+    mixing_time,
     predicted_iterations,
     spectral_summary,
 )
 from .topology import Topology, build_topology, list_topologies, load_topology
-
-
-def mixing_time(graph: object, eps: float = 1e-3) -> float:
-    """Predicted synchronous gossip steps to shrink disagreement by ``eps`` on ``graph``:
-    ``log(eps) / log(rho)`` of its Metropolis-Hastings matrix (inf if disconnected)."""
-    import networkx as nx
-
-    assert isinstance(graph, nx.Graph)
-    n = graph.number_of_nodes()
-    if n > 2000:
-        rho = mixing_rho(metropolis_hastings_sparse(graph))
-    else:
-        rho = mixing_rho(metropolis_hastings_weights(graph)) if n else 0.0
-    if n > 1 and not nx.is_connected(graph):
-        rho = 1.0
-    return predicted_iterations(rho, eps)
-
 
 __all__ = [
     "DesSimulation",

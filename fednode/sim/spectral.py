@@ -134,6 +134,23 @@ def _diameter(g: nx.Graph) -> tuple[int, bool]:
     return int(nx.approximation.diameter(g, seed=0)), False
 
 
+def graph_rho(g: nx.Graph) -> float:
+    """:func:`mixing_rho` of ``g``'s Metropolis-Hastings matrix (dense or sparse by size);
+    exactly 1 (no mixing) for a disconnected graph, where the eigensolver would say
+    1 - 1e-16, and 0 for an empty one."""
+    n = g.number_of_nodes()
+    if not n or not nx.is_connected(g):
+        return 1.0 if n else 0.0
+    dense = n <= DENSE_MAX_N
+    return mixing_rho(metropolis_hastings_weights(g) if dense else metropolis_hastings_sparse(g))
+
+
+def mixing_time(graph: nx.Graph, eps: float = 1e-3) -> float:
+    """Predicted synchronous gossip steps to shrink disagreement by ``eps`` on ``graph``:
+    ``log(eps) / log(rho)`` of its Metropolis-Hastings matrix (inf if disconnected)."""
+    return predicted_iterations(graph_rho(graph), eps)
+
+
 def spectral_summary(g: nx.Graph) -> dict[str, Any]:
     """One row for tables and plots: size, degrees, MH mixing rate, diameter.
 
@@ -145,11 +162,7 @@ def spectral_summary(g: nx.Graph) -> dict[str, Any]:
     n = g.number_of_nodes()
     degrees = [d for _, d in g.degree()] or [0]
     connected = n > 0 and nx.is_connected(g)
-    if connected:
-        dense = n <= DENSE_MAX_N
-        rho = mixing_rho(metropolis_hastings_weights(g) if dense else metropolis_hastings_sparse(g))
-    else:  # exactly 1 (no mixing), where the eigensolver would say 1 - 1e-16
-        rho = 1.0 if n else 0.0
+    rho = graph_rho(g)
     diameter, exact = _diameter(g) if connected else (None, True)
     return {
         "n": n,
