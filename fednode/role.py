@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from .actions import Action, EvalResult, Send, TrainResult
 from .wire import messages as m
+from .wire.schema import MAX_STR_LEN
 
 #: control requests a role may be asked (``{"op": ...}``); ``status`` is :meth:`Role.status`
 CONTROL_OPS = ("status", "promote")
@@ -82,7 +83,7 @@ class Role(Protocol):
 def byes(peers: Iterable[str], reason: str, epoch: Mapping[str, int] | None = None) -> list[Send]:
     """A ``Bye`` to each peer; ``Bye.round`` is ``epoch[peer]`` (a gossip link's epoch,
     which tells the neighbour which link ends) or 0. The reason is cut to what fits."""
-    text = reason[: m.MAX_STR_LEN]
+    text = reason[:MAX_STR_LEN]
     epoch = epoch or {}
     return [Send(p, m.Bye(round=epoch.get(p, 0), reason=text)) for p in peers]
 

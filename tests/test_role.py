@@ -15,6 +15,7 @@ from fednode.hierarchy.aggregator import RegionalAggregator
 from fednode.hierarchy.client import Client
 from fednode.role import Role, byes
 from fednode.wire import messages as m
+from fednode.wire import schema
 
 SIZE = 4
 ADDRS = ("/ip4/127.0.0.1/tcp/4001/p2p/me",)
@@ -49,9 +50,9 @@ def test_every_role_answers_the_adapter_methods(kind):
 
 
 def test_byes_cut_the_reason_and_default_the_epoch_to_zero():
-    out = byes(["a", "b"], "x" * (m.MAX_STR_LEN + 5), {"b": 7})
+    out = byes(["a", "b"], "x" * (schema.MAX_STR_LEN + 5), {"b": 7})
     assert [(s.to, s.msg.round) for s in out] == [("a", 0), ("b", 7)]
-    assert len(out[0].msg.reason) == m.MAX_STR_LEN
+    assert len(out[0].msg.reason) == schema.MAX_STR_LEN
 
 
 def test_listen_addresses_go_into_the_adverts_of_clients_and_aggregators():

@@ -27,12 +27,12 @@ NONCE = bytes(16)
 def scalar(hint: Any) -> st.SearchStrategy[Any]:
     return {
         bool: st.booleans(),
-        int: st.integers(m.INT_MIN, m.INT_MAX),
+        int: st.integers(schema.INT_MIN, schema.INT_MAX),
         float: st.floats(allow_nan=False, allow_infinity=False),
         str: st.text(max_size=40),
         bytes: st.binary(max_size=40),
         Any: st.booleans()
-        | st.integers(m.INT_MIN, m.INT_MAX)
+        | st.integers(schema.INT_MIN, schema.INT_MAX)
         | st.floats(allow_nan=False, allow_infinity=False)
         | st.text(max_size=10),
     }[hint]
@@ -59,8 +59,8 @@ def messages(draw: st.DrawFn) -> m.Message:
     return cls(
         sender=draw(st.text(max_size=m.MAX_ID_LEN)),
         recipient=draw(st.text(max_size=m.MAX_ID_LEN)),
-        round=draw(st.integers(0, m.INT_MAX)),
-        model_version=draw(st.integers(0, m.INT_MAX)),
+        round=draw(st.integers(0, schema.INT_MAX)),
+        model_version=draw(st.integers(0, schema.INT_MAX)),
         timestamp=draw(st.floats(allow_nan=False, allow_infinity=False)),
         nonce=draw(st.binary(min_size=16, max_size=16)),
         codec=draw(st.sampled_from(["none", "fp16", "topk:0.01+int8"])) if tensor else "none",
@@ -93,13 +93,13 @@ def test_header_of_a_typical_update_is_small():
     [list[int], dict[int, str], tuple[str, int], float | str, set[str], dict[str, list[int]]],
 )
 def test_unsupported_body_annotations_are_refused(hint: Any):
-    assert not m.supported(hint)
+    assert not schema.supported(hint)
 
 
 def test_every_declared_body_field_is_supported():
     for cls in m.MESSAGE_TYPES.values():
         for name, hint in cls.body_fields().items():
-            assert m.supported(hint), f"{cls.__name__}.{name}"
+            assert schema.supported(hint), f"{cls.__name__}.{name}"
 
 
 @pytest.mark.parametrize(
@@ -122,13 +122,13 @@ def test_every_declared_body_field_is_supported():
 )
 def test_header_profile_rejections(raw: bytes, match: str):
     with pytest.raises(SchemaError, match=match):
-        m.scan_header(raw)
+        schema.scan_header(raw)
 
 
 def test_header_profile_accepts_what_the_encoder_writes():
     msg = m.Assign(nonce=NONCE, children=tuple(f"p{i}" for i in range(100)))
-    m.scan_header(m.encode_header(msg, 0, DIGEST))
-    m.scan_header(cbor2.dumps([None, True, False, 1.5, math.pi, {"a": [b"x", "y"]}]))
+    schema.scan_header(m.encode_header(msg, 0, DIGEST))
+    schema.scan_header(cbor2.dumps([None, True, False, 1.5, math.pi, {"a": [b"x", "y"]}]))
 
 
 def test_header_profile_refuses_too_many_items_before_walking_them():
@@ -136,11 +136,11 @@ def test_header_profile_refuses_too_many_items_before_walking_them():
     # ("indefinite"), so the item cap is what the scan saw: it decided from the count
     flat = b"\x99\xff\xff" + b"\xff" * 65_535
     with pytest.raises(SchemaError, match="more than 8192 items"):
-        m.scan_header(flat)
+        schema.scan_header(flat)
     nested = b"\x82" + b"\x99\x10\x00" + b"\x00" * 4096 + b"\x99\x10\x00" + b"\xff" * 4096
     with pytest.raises(SchemaError, match="more than 8192 items"):  # the counts add up
-        m.scan_header(nested)
-    m.scan_header(b"\x99\x1f\xfe" + b"\x00" * 8190)  # 8,191 items: within the cap
+        schema.scan_header(nested)
+    schema.scan_header(b"\x99\x1f\xfe" + b"\x00" * 8190)  # 8,191 items: within the cap
 
 
 @given(st.binary(max_size=2048))
@@ -261,17 +261,17 @@ def reference_header(msg: m.Message, payload_len: int) -> bytes:
 wide_floats = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
     [0.0, -0.0, 65504.0, 65520.0, 5.96e-8, 6.1e-5, 3.4028235e38, 3.4028236e38, 1e-45, 2.5]
 )
-wide_ints = st.integers(m.INT_MIN, m.INT_MAX) | st.sampled_from(
-    [23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, -24, -25, -256, -257, m.INT_MIN]
+wide_ints = st.integers(schema.INT_MIN, schema.INT_MAX) | st.sampled_from(
+    [23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, -24, -25, -256, -257, schema.INT_MIN]
 )
-wide_text = st.text(max_size=m.MAX_STR_LEN) | st.sampled_from(["a" * 23, "b" * 24, "é" * 200])
+wide_text = st.text(max_size=schema.MAX_STR_LEN) | st.sampled_from(["a" * 23, "b" * 24, "é" * 200])
 
 
 @settings(max_examples=400, deadline=None)
 @given(
     data=st.data(),
     timestamp=wide_floats,
-    payload_len=st.integers(0, m.INT_MAX),
+    payload_len=st.integers(0, schema.INT_MAX),
     children=st.lists(st.text(max_size=8), max_size=300).map(tuple),
 )
 def test_header_is_cbor2_canonical_of_the_normalised_fields(
@@ -378,14 +378,14 @@ def depth(value: Any) -> int:
 def test_what_the_scan_passes_is_one_plain_cbor_item(data: st.DataObject):
     raw = data.draw(st.binary(max_size=64) | valid_headers().map(lambda h: spoiled(h, data)))
     try:
-        m.scan_header(raw)
+        schema.scan_header(raw)
     except SchemaError:
         return
     try:  # a value cbor2 refuses for its own reasons (bad UTF-8, unhashable key) is fine
         value = cbor2.loads(raw)
     except (cbor2.CBORDecodeError, ValueError, TypeError):
         return
-    assert depth(value) <= m.MAX_HEADER_DEPTH
+    assert depth(value) <= schema.MAX_HEADER_DEPTH
     plain = (bool, int, float, str, bytes, list, dict, type(None))
     stack = [value]
     while stack:  # no tag objects, no undefined: only what the profile allows
@@ -398,15 +398,15 @@ def test_what_the_scan_passes_is_one_plain_cbor_item(data: st.DataObject):
 @settings(max_examples=300, deadline=None)
 @given(raw=valid_headers())
 def test_the_scan_passes_every_header_a_node_writes(raw: bytes):
-    m.scan_header(raw)
+    schema.scan_header(raw)
 
 
 def test_long_headers_are_scanned_like_short_ones():
     raw = cbor2.dumps(["x" * 100] * 90 + [b"y" * 70_000])  # 4- and 2-byte lengths
-    assert len(raw) > m.MAX_HEADER_ITEMS
-    m.scan_header(raw)
+    assert len(raw) > schema.MAX_HEADER_ITEMS
+    schema.scan_header(raw)
     with pytest.raises(SchemaError, match="string of 70000 bytes, only 69999 left"):
-        m.scan_header(raw[:-1])
+        schema.scan_header(raw[:-1])
 
 
 # ----------------------------------- message classes: the generated __init__ (_fast)

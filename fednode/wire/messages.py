@@ -50,17 +50,7 @@ import numpy as np
 
 from ..errors import FednodeError, FrameTooLarge, LocalProtocolError, SchemaError
 from ._fast import header_writer, install
-from ._fast import slot_descriptor as slot_descriptor  # re-exported (crypto/unsigned.py)
-from .schema import INT_MAX as INT_MAX  # re-exported: the limits are part of this module's API
-from .schema import INT_MIN as INT_MIN
-from .schema import MAX_BODY_ITEMS as MAX_BODY_ITEMS
-from .schema import MAX_HEADER_DEPTH as MAX_HEADER_DEPTH
-from .schema import MAX_HEADER_ITEMS as MAX_HEADER_ITEMS
-from .schema import MAX_STR_LEN as MAX_STR_LEN
-from .schema import MAX_TUPLE_ITEMS as MAX_TUPLE_ITEMS
-from .schema import Mismatch, checker, describe, names, short
-from .schema import scan_header as scan_header
-from .schema import supported as supported
+from .schema import MAX_HEADER_DEPTH, Mismatch, checker, describe, names, scan_header, short
 
 SCHEMA_VERSION = 1
 MAGIC = b"FN"
