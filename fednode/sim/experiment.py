@@ -43,7 +43,7 @@ from .gossip import GossipSimulation
 from .metrics import Collector, RoundTable
 from .result import ExperimentResult
 from .spectral import spectral_summary
-from .topology import TOPOLOGY_DIR, Topology, load_topology
+from .topology import Topology, load_topology
 from .wiring import Built, _add_operator, _apply_links, _clients_reachable, visibility
 
 
@@ -232,7 +232,7 @@ def run_experiment(
         name=topo.name,
         kind=topo.kind,
         n=topo.n,
-        config=_describe(topo, cfg, options, _source(topology)),
+        config=_describe(topo, cfg, options),
         spectral=spectral,
         node_rows=collector.node_rows,
         records=sorted(collector.root_rows, key=lambda r: r["round"]),
@@ -249,16 +249,6 @@ def run_experiment(
 
         write_folder(result, Path(out))
     return result
-
-
-def _source(topology: Topology | str | Path) -> str | None:
-    """The spec file a topology came from (None when built in code)."""
-    if isinstance(topology, Topology):
-        return None
-    path = Path(topology)
-    if not path.is_file() and len(path.parts) == 1:
-        path = TOPOLOGY_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
-    return str(path) if path.is_file() else None
 
 
 @contextlib.contextmanager
@@ -339,12 +329,10 @@ def _run(
     return virtual, messages, error
 
 
-def _describe(
-    topo: Topology, cfg: NodeConfig, options: SimOptions, source: str | None
-) -> dict[str, Any]:
+def _describe(topo: Topology, cfg: NodeConfig, options: SimOptions) -> dict[str, Any]:
     return {
         "topology": {
-            "source": source,
+            "source": topo.source,
             "name": topo.name,
             "kind": topo.kind,
             "n": topo.n,

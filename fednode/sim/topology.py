@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -105,6 +105,8 @@ class Topology:
     edge_links: dict[tuple[int, int], Link] = field(default_factory=dict)
     faults: tuple[Fault, ...] = ()
     description: str = ""
+    #: the spec file it was loaded from (None: built in code)
+    source: str | None = None
 
     @property
     def n(self) -> int:
@@ -469,7 +471,7 @@ def load_topology(
         spec["graph"] = {**graph, **overrides}
     topo = topology_from_dict(spec, name=path.stem, base_dir=path.parent)
     _need(n is None or n == topo.n, "n", n, f"{topo.n}: the edge list fixes the node count")
-    return topo
+    return replace(topo, source=str(path))
 
 
 def build_topology(
