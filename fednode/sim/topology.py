@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import networkx as nx
 
+from fednode.config.sections import check
 from fednode.errors import ConfigError
 from fednode.p2p.netmodel import Link
 
@@ -124,11 +125,6 @@ class Topology:
 # --------------------------------------------------------------------------- generators
 
 
-def _need(ok: bool, field_: str, value: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(field_, value, expected)
-
-
 def exponential_graph(n: int) -> nx.Graph:
     """Undirected static exponential graph: i -- (i + 2^k) mod n for all 2^k < n.
 
@@ -170,7 +166,7 @@ def _generate(gen: str, n: int, seed: int, p: dict[str, Any]) -> nx.Graph:
     """The generator's raw graph. Errors: ConfigError naming the parameter out of range."""
 
     def need(ok: bool, key: str, expected: str) -> None:
-        _need(ok, f"graph.{key}", n if key == "n" else p[key], f"{expected} for {gen}")
+        check(ok, f"graph.{key}", n if key == "n" else p[key], f"{expected} for {gen}")
 
     match gen:
         case "star":
@@ -216,10 +212,10 @@ def _generate(gen: str, n: int, seed: int, p: dict[str, Any]) -> nx.Graph:
 
 
 def _keys(table: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    _need(isinstance(table, dict), where or "spec", table, "a table")
+    check(isinstance(table, dict), where or "spec", table, "a table")
     for key in table:
         field_ = f"{where}.{key}" if where else key
-        _need(key in allowed, field_, table[key], f"one of {sorted(allowed)}")
+        check(key in allowed, field_, table[key], f"one of {sorted(allowed)}")
     return dict(table)
 
 
@@ -227,36 +223,36 @@ def _typed(value: Any, typ: type, where: str) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     ok = isinstance(value, typ) and (typ is bool or not isinstance(value, bool))
-    _need(ok, where, value, {int: "an int", float: "a number", bool: "a bool"}.get(typ, "a string"))
+    check(ok, where, value, {int: "an int", float: "a number", bool: "a bool"}.get(typ, "a string"))
     if typ is float:
-        _need(math.isfinite(value), where, value, "a finite number")
+        check(math.isfinite(value), where, value, "a finite number")
     return value
 
 
 def _node(value: Any, n: int, where: str) -> int:
     ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n
-    _need(ok, where, value, f"a node id in 0..{n - 1}")
+    check(ok, where, value, f"a node id in 0..{n - 1}")
     return int(value)
 
 
 def _nodes(value: Any, n: int, where: str) -> tuple[int, ...]:
-    _need(isinstance(value, list) and bool(value), where, value, "a non-empty list of node ids")
+    check(isinstance(value, list) and bool(value), where, value, "a non-empty list of node ids")
     ids = tuple(_node(v, n, f"{where}[{i}]") for i, v in enumerate(value))
-    _need(len(set(ids)) == len(ids), where, value, "distinct node ids")
+    check(len(set(ids)) == len(ids), where, value, "distinct node ids")
     return ids
 
 
 def _round(t: dict[str, Any], key: str, where: str, default: Any = ...) -> Any:
     if key not in t:
-        _need(default is not ..., f"{where}.{key}", None, "a round number")
+        check(default is not ..., f"{where}.{key}", None, "a round number")
         return default
     value = _typed(t[key], int, f"{where}.{key}")
-    _need(value >= 0, f"{where}.{key}", value, "a round >= 0")
+    check(value >= 0, f"{where}.{key}", value, "a round >= 0")
     return value
 
 
 def _read_edgelist(path: Path) -> nx.Graph:
-    _need(path.is_file(), "graph.edges", str(path), "an existing edge-list file")
+    check(path.is_file(), "graph.edges", str(path), "an existing edge-list file")
     g = nx.Graph()
     for lineno, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -266,35 +262,35 @@ def _read_edgelist(path: Path) -> nx.Graph:
         where = f"{path.name}:{lineno}: {raw.strip()}"
         ok = len(parts) == 2 and all(t.isascii() and t.isdigit() for t in parts)
         ok = ok and int(parts[0]) != int(parts[1])
-        _need(ok, "graph.edges", where, "'u v' with two different non-negative int node ids")
+        check(ok, "graph.edges", where, "'u v' with two different non-negative int node ids")
         g.add_edge(int(parts[0]), int(parts[1]))
-    _need(g.number_of_edges() > 0, "graph.edges", str(path), "at least one edge")
+    check(g.number_of_edges() > 0, "graph.edges", str(path), "at least one edge")
     g.add_nodes_from(range(max(g) + 1))  # ids are the file's labels; gaps are isolated nodes
     return g
 
 
 def _graph(t: Any, base_dir: Path) -> tuple[nx.Graph, dict[str, Any]]:
     """The canonical graph (ints 0..n-1, sorted edges) and the roles its generator implies."""
-    _need(isinstance(t, dict), "graph", t, "a [graph] table")
-    _need(("generator" in t) != ("edges" in t), "graph", t, "exactly one of generator / edges")
+    check(isinstance(t, dict), "graph", t, "a [graph] table")
+    check(("generator" in t) != ("edges" in t), "graph", t, "exactly one of generator / edges")
     defaults: dict[str, Any] = {}
     if "edges" in t:
         for key in ("n", "seed"):
-            _need(key not in t, f"graph.{key}", t.get(key), "no n/seed: the edges fix the graph")
+            check(key not in t, f"graph.{key}", t.get(key), "no n/seed: the edges fix the graph")
         t = _keys(t, {"edges"}, "graph")
         raw = _read_edgelist(base_dir / _typed(t["edges"], str, "graph.edges"))
     else:
         gen = _typed(t["generator"], str, "graph.generator")
-        _need(gen in GENERATORS, "graph.generator", gen, f"one of {sorted(GENERATORS)}")
+        check(gen in GENERATORS, "graph.generator", gen, f"one of {sorted(GENERATORS)}")
         spec = _PARAMS[gen]
         t = _keys(t, {"generator", "n", "seed", *spec}, "graph")
-        _need("n" in t, "graph.n", None, "a node count")
+        check("n" in t, "graph.n", None, "a node count")
         n = _typed(t["n"], int, "graph.n")
-        _need(n >= 1, "graph.n", n, "n >= 1")
+        check(n >= 1, "graph.n", n, "n >= 1")
         seed = _typed(t.get("seed", 0), int, "graph.seed")
         params = {}
         for key, typ in spec.items():
-            _need(
+            check(
                 key in t or key in _OPTIONAL, f"graph.{key}", None, f"a value ({gen} needs {key})"
             )
             params[key] = _typed(t[key], typ, f"graph.{key}") if key in t else _OPTIONAL[key]
@@ -316,18 +312,18 @@ def _roles(
 ) -> tuple[dict[int, str], dict[int, int]]:
     n = g.number_of_nodes()
     if kind == "gossip":
-        _need(isinstance(t, dict), "roles", t, "a table")
+        check(isinstance(t, dict), "roles", t, "a table")
         for key in t:
-            _need(False, f"roles.{key}", t[key], "no roles for gossip: every node is a peer")
+            check(False, f"roles.{key}", t[key], "no roles for gossip: every node is a peer")
         comps = nx.number_connected_components(g)
-        _need(comps == 1, "graph", f"{comps} components", "a connected graph for gossip")
+        check(comps == 1, "graph", f"{comps} components", "a connected graph for gossip")
         return {v: "peer" for v in range(n)}, {}
     t = _keys(t, {"coordinator", "aggregators"} if kind == "two-tier" else {"coordinator"}, "roles")
     coord = t.get("coordinator", defaults.get("coordinator"))
     if isinstance(coord, list):
-        _need(len(coord) == 1, "roles.coordinator", coord, "exactly one coordinator")
+        check(len(coord) == 1, "roles.coordinator", coord, "exactly one coordinator")
         coord = coord[0]
-    _need(coord is not None, "roles.coordinator", None, f"exactly one coordinator for {kind}")
+    check(coord is not None, "roles.coordinator", None, f"exactly one coordinator for {kind}")
     coord = _node(coord, n, "roles.coordinator")
     roles: dict[int, str] = dict.fromkeys(range(n), "client")
     parent: dict[int, int] = {}
@@ -335,17 +331,17 @@ def _roles(
     aggs: tuple[int, ...] = ()
     if kind == "two-tier":
         agg_raw = t.get("aggregators", defaults.get("aggregators"))
-        _need(agg_raw is not None, "roles.aggregators", None, "aggregator node ids for two-tier")
+        check(agg_raw is not None, "roles.aggregators", None, "aggregator node ids for two-tier")
         aggs = _nodes(agg_raw, n, "roles.aggregators")
-        _need(coord not in aggs, "roles.aggregators", agg_raw, "nodes other than the coordinator")
+        check(coord not in aggs, "roles.aggregators", agg_raw, "nodes other than the coordinator")
         for a in aggs:
-            _need(g.has_edge(a, coord), "roles.aggregators", a, f"adjacent to coordinator {coord}")
+            check(g.has_edge(a, coord), "roles.aggregators", a, f"adjacent to coordinator {coord}")
             roles[a], parent[a] = "aggregator", coord
     ups = set(aggs) if kind == "two-tier" else {coord}
     for c in (v for v in range(n) if roles[v] == "client"):
         cand = sorted(ups.intersection(g.neighbors(c)))
         up_role = "an aggregator" if kind == "two-tier" else "the coordinator"
-        _need(bool(cand), "roles", f"client {c}", f"every client adjacent to {up_role} (parent)")
+        check(bool(cand), "roles", f"client {c}", f"every client adjacent to {up_role} (parent)")
         parent[c] = cand[0]
     return roles, parent
 
@@ -353,13 +349,13 @@ def _roles(
 def _link(t: Any, where: str, base: Link, extra: tuple[str, ...] = ()) -> Link:
     t = _keys(t, {"latency_s", "bandwidth_Bps", "loss", *extra}, where)
     lat = _typed(t.get("latency_s", base.latency_s), float, f"{where}.latency_s")
-    _need(lat >= 0.0, f"{where}.latency_s", lat, "latency_s >= 0")
+    check(lat >= 0.0, f"{where}.latency_s", lat, "latency_s >= 0")
     bw = t.get("bandwidth_Bps", base.bandwidth_Bps)
     if bw is not None:
         bw = _typed(bw, float, f"{where}.bandwidth_Bps")
-        _need(bw > 0.0, f"{where}.bandwidth_Bps", bw, "bandwidth_Bps > 0 (omit for unlimited)")
+        check(bw > 0.0, f"{where}.bandwidth_Bps", bw, "bandwidth_Bps > 0 (omit for unlimited)")
     loss = _typed(t.get("loss", base.loss), float, f"{where}.loss")
-    _need(0.0 <= loss < 1.0, f"{where}.loss", loss, "loss in [0, 1)")
+    check(0.0 <= loss < 1.0, f"{where}.loss", loss, "loss in [0, 1)")
     return Link(lat, bw, loss)
 
 
@@ -367,25 +363,25 @@ def _links(t: Any, g: nx.Graph) -> tuple[Link, dict[tuple[int, int], Link]]:
     t = _keys(t, {"latency_s", "bandwidth_Bps", "loss", "edges"}, "links")
     edges = t.pop("edges", [])
     base = _link(t, "links", Link())
-    _need(isinstance(edges, list), "links.edges", edges, "an array of tables [[links.edges]]")
+    check(isinstance(edges, list), "links.edges", edges, "an array of tables [[links.edges]]")
     out: dict[tuple[int, int], Link] = {}
     for i, e in enumerate(edges):
         where = f"links.edges[{i}]"
-        _need(isinstance(e, dict) and "between" in e, f"{where}.between", None, "[a, b]")
+        check(isinstance(e, dict) and "between" in e, f"{where}.between", None, "[a, b]")
         pair = _nodes(e["between"], g.number_of_nodes(), f"{where}.between")
-        _need(len(pair) == 2 and g.has_edge(*pair), f"{where}.between", list(pair), "a graph edge")
+        check(len(pair) == 2 and g.has_edge(*pair), f"{where}.between", list(pair), "a graph edge")
         key = (min(pair), max(pair))
-        _need(key not in out, f"{where}.between", list(pair), "one override per edge")
+        check(key not in out, f"{where}.between", list(pair), "one override per edge")
         out[key] = _link(e, where, base, ("between",))
     return base, out
 
 
 def _fault(t: Any, i: int, n: int) -> Fault:
     where = f"faults[{i}]"
-    _need(isinstance(t, dict), where, t, "a table [[faults]]")
+    check(isinstance(t, dict), where, t, "a table [[faults]]")
     kinds = ("crash", "partition", "loss", "straggler")
     ftype = t.get("type")
-    _need(ftype in kinds, f"{where}.type", ftype, f"one of {list(kinds)}")
+    check(ftype in kinds, f"{where}.type", ftype, f"one of {list(kinds)}")
     win = {"from_round", "to_round"}
     allowed = {
         "crash": {"node", "round", "restart_round"},
@@ -398,27 +394,27 @@ def _fault(t: Any, i: int, n: int) -> Fault:
         node = _node(t.get("node"), n, f"{where}.node")
         rnd = _round(t, "round", where)
         restart = _round(t, "restart_round", where, None)
-        _need(restart is None or restart > rnd, f"{where}.restart_round", restart, "> round")
+        check(restart is None or restart > rnd, f"{where}.restart_round", restart, "> round")
         return CrashFault(node, rnd, restart)
     lo, hi = _round(t, "from_round", where, 0), _round(t, "to_round", where, None)
-    _need(hi is None or hi > lo, f"{where}.to_round", hi, f"> from_round = {lo}")
+    check(hi is None or hi > lo, f"{where}.to_round", hi, f"> from_round = {lo}")
     if ftype == "partition":
         raw = t.get("groups")
         if raw == "halves":
             raw = [list(range(n // 2)), list(range(n // 2, n))]
         ok = isinstance(raw, list) and len(raw) >= 2
-        _need(ok, f"{where}.groups", raw, '>= 2 groups of node ids, or "halves"')
+        check(ok, f"{where}.groups", raw, '>= 2 groups of node ids, or "halves"')
         groups = tuple(_nodes(grp, n, f"{where}.groups[{j}]") for j, grp in enumerate(raw))
         flat = sorted(v for grp in groups for v in grp)
-        _need(flat == list(range(n)), f"{where}.groups", raw, f"groups covering 0..{n - 1} once")
+        check(flat == list(range(n)), f"{where}.groups", raw, f"groups covering 0..{n - 1} once")
         return PartitionFault(lo, hi, groups)
     if ftype == "loss":
         rate = _typed(t.get("rate"), float, f"{where}.rate")
-        _need(0.0 <= rate < 1.0, f"{where}.rate", rate, "rate in [0, 1)")
+        check(0.0 <= rate < 1.0, f"{where}.rate", rate, "rate in [0, 1)")
         return LossFault(lo, hi, rate)
     nodes = _nodes(t.get("nodes"), n, f"{where}.nodes")
     slow = _typed(t.get("slowdown"), float, f"{where}.slowdown")
-    _need(slow >= 1.0, f"{where}.slowdown", slow, "slowdown >= 1")
+    check(slow >= 1.0, f"{where}.slowdown", slow, "slowdown >= 1")
     return StragglerFault(lo, hi, nodes, slow)
 
 
@@ -429,13 +425,13 @@ def topology_from_dict(spec: dict[str, Any], *, name: str, base_dir: Path) -> To
     """Validate a parsed spec (the TOML document as a dict). ``base_dir`` anchors ``edges``."""
     spec = _keys(spec, {"name", "description", "kind", "graph", "roles", "links", "faults"}, "")
     kind = spec.get("kind", "")
-    _need(kind in KINDS, "kind", spec.get("kind"), f"one of {list(KINDS)}")
-    _need("graph" in spec, "graph", None, "a [graph] table")
+    check(kind in KINDS, "kind", spec.get("kind"), f"one of {list(KINDS)}")
+    check("graph" in spec, "graph", None, "a [graph] table")
     g, defaults = _graph(spec["graph"], base_dir)
     roles, parent = _roles(kind, g, spec.get("roles", {}), defaults)
     links, edge_links = _links(spec.get("links", {}), g)
     faults_raw = spec.get("faults", [])
-    _need(isinstance(faults_raw, list), "faults", faults_raw, "an array of tables [[faults]]")
+    check(isinstance(faults_raw, list), "faults", faults_raw, "an array of tables [[faults]]")
     faults = tuple(_fault(f, i, g.number_of_nodes()) for i, f in enumerate(faults_raw))
     name = _typed(spec.get("name", name), str, "name")
     description = _typed(spec.get("description", ""), str, "description")
@@ -460,7 +456,7 @@ def load_topology(
     if not path.is_file() and len(path.parts) == 1:  # a bare name: look in topologies/
         path = TOPOLOGY_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
     expected = f"a .toml file or one of {list_topologies()}"
-    _need(path.is_file(), "topology", str(path_or_name), expected)
+    check(path.is_file(), "topology", str(path_or_name), expected)
     try:
         spec = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -470,7 +466,7 @@ def load_topology(
         overrides = {k: v for k, v in (("n", n), ("seed", seed)) if v is not None}
         spec["graph"] = {**graph, **overrides}
     topo = topology_from_dict(spec, name=path.stem, base_dir=path.parent)
-    _need(n is None or n == topo.n, "n", n, f"{topo.n}: the edge list fixes the node count")
+    check(n is None or n == topo.n, "n", n, f"{topo.n}: the edge list fixes the node count")
     return replace(topo, source=str(path))
 
 
