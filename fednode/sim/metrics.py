@@ -55,11 +55,17 @@ def sample_indices(n: int, limit: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, limit)})
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
+def json_safe(v: Any) -> Any:
+    """``v`` as JSON holds it: numpy scalars as Python numbers, NaN / Inf as None,
+    dicts, lists and tuples walked."""
     if isinstance(v, np.floating | np.integer):
-        return _clean(v.item())
+        v = v.item()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
     return v
 
 
@@ -157,7 +163,7 @@ class Collector:
         row["alive"] = bool(getattr(node, "alive", True))
         for key in ROW_KEYS:
             if key in data:
-                row[key] = _clean(data[key])
+                row[key] = json_safe(data[key])
         self.node_rows.append(row)
 
     def _fold(self, rnd: int, index: int, x: np.ndarray, nbytes: int, now: float) -> None:

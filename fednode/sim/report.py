@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .metrics import json_safe
+
 if TYPE_CHECKING:
     from .result import ExperimentResult
 
@@ -83,7 +85,7 @@ def write_folder(result: ExperimentResult, out: Path) -> None:
     _jsonl(out / "rounds.jsonl", result.table())
     _jsonl(out / "nodes.jsonl", result.node_rows)
     (out / "summary.json").write_text(
-        json.dumps(_finite(result.summary()), indent=2, sort_keys=True) + "\n"
+        json.dumps(json_safe(result.summary()), indent=2, sort_keys=True) + "\n"
     )
     plot_accuracy([result], out / "accuracy.png")
     if result.consensus is not None:
@@ -102,16 +104,6 @@ def _copy_edgelist(spec: Path, out: Path) -> None:
         target = out / edges
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(spec.parent / edges, target)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _label(result: ExperimentResult, many: bool) -> str:
@@ -209,5 +201,5 @@ def compare(results: Sequence[ExperimentResult], out: Path) -> None:
     if any(r.consensus is not None for r in results):
         plot_consensus(results, out / "consensus.png")
     plot_bytes(results, out / "bytes.png")
-    summaries = [_finite(r.summary()) for r in results]
+    summaries = [json_safe(r.summary()) for r in results]
     (out / "compare.json").write_text(json.dumps(summaries, indent=2, sort_keys=True) + "\n")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import RoundTable
+from .metrics import RoundTable, json_safe
 from .topology import Topology
 
 
@@ -68,10 +68,10 @@ class ExperimentResult(RoundTable):
         for i, r in enumerate(self.rounds):
             row: dict[str, Any] = {
                 "round": int(r),
-                "accuracy": _num(self.accuracy[i]),
-                "loss": _num(self.loss[i]),
+                "accuracy": json_safe(self.accuracy[i]),
+                "loss": json_safe(self.loss[i]),
                 "bytes": int(self.bytes[i]),
-                "time_s": _num(self.time_s[i]),
+                "time_s": json_safe(self.time_s[i]),
             }
             if i < len(self.records):
                 rec = self.records[i]
@@ -79,11 +79,11 @@ class ExperimentResult(RoundTable):
                     row[key] = rec.get(key)
             if self.consensus is not None:
                 row["consensus_error"] = (
-                    _num(self.consensus[int(r)]) if int(r) < len(self.consensus) else None
+                    json_safe(self.consensus[int(r)]) if int(r) < len(self.consensus) else None
                 )
-                row["accuracy_min"] = _num(self.accuracy_min[i])
-                row["accuracy_max"] = _num(self.accuracy_max[i])
-                row["accuracy_of_mean"] = _num(self.accuracy_of_mean[i])
+                row["accuracy_min"] = json_safe(self.accuracy_min[i])
+                row["accuracy_max"] = json_safe(self.accuracy_max[i])
+                row["accuracy_of_mean"] = json_safe(self.accuracy_of_mean[i])
             out.append(row)
         return out
 
@@ -102,9 +102,9 @@ class ExperimentResult(RoundTable):
             "kind": self.kind,
             "nodes": self.n,
             "rounds": len(self.rounds),
-            "final_accuracy": _num(self.final_accuracy),
+            "final_accuracy": json_safe(self.final_accuracy),
             "rounds_to_90": hit,
-            "final_consensus_error": _num(self.consensus[-1])
+            "final_consensus_error": json_safe(self.consensus[-1])
             if self.consensus is not None and len(self.consensus)
             else None,
             "total_bytes": int(self.bytes.sum()) if len(self.bytes) else 0,
@@ -117,8 +117,3 @@ class ExperimentResult(RoundTable):
             "notes": self.notes,
             **self.extra_summary,
         }
-
-
-def _num(x: Any) -> float | None:
-    v = float(x)
-    return None if math.isnan(v) else v
