@@ -42,7 +42,7 @@ from ..actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
 from ..crypto.envelope import Membership
 from ..crypto.identity import Identity
 from ..errors import ConfigError, PeerGone
-from ..loop import EventSink, NodeLoop, RunStats
+from ..loop import EventSink, NodeLoop
 from ..p2p.netmodel import Link, NetStats, NetworkModel
 from ..role import Role
 from ..runner import InlineExecutor
@@ -50,6 +50,7 @@ from ..wire.frames import Inbound
 from .batching import run_batch
 from .engine import (
     SIM_EPOCH,
+    BaseNode,
     RunResult,
     Simulation,
     _seeded_nonces,
@@ -66,25 +67,17 @@ _SPIN_LIMIT = 10_000  # deadline polls at one instant before we call the role br
 
 
 @dataclass
-class DesNode:
-    """One simulated node: its role, compute model and counters. ``index`` is its id; the
-    node is also its loop's port (:meth:`transmit`, :meth:`run_job`)."""
+class DesNode(BaseNode):
+    """A node of the discrete-event driver; also its loop's port (:meth:`transmit`,
+    :meth:`run_job`)."""
 
-    index: int
-    identity: Identity
-    role: Role
     executor: InlineExecutor
-    model_size: int
-    stats: RunStats = field(default_factory=RunStats)
-    stop: Stop | None = None
     running: bool = True
     epoch: int = 0
     timer: float | None = None
     slowdown: float = 1.0
     spins: int = 0
     spin_t: float = -1.0
-    loop: NodeLoop | None = field(default=None, repr=False)
-    fresh: Callable[[], Role] | None = field(default=None, repr=False)  # for restarts
     sim: DesSimulation | None = field(default=None, repr=False)
 
     @property
@@ -97,10 +90,6 @@ class DesNode:
 
     def run_job(self, job: TrainJob | EvalJob) -> None:
         self.sim._compute(self, job)  # type: ignore[union-attr]
-
-    @property
-    def peer(self) -> str:
-        return self.identity.peer_id
 
 
 class DesSimulation(NetworkFaults):

@@ -40,30 +40,38 @@ def sim_identity(seed: int, index: int) -> Identity:
 
 
 @dataclass
-class SimNode:
+class BaseNode:
+    """What a simulated node is on either driver: its id, role, compute model, counters."""
+
     index: int
     identity: Identity
     role: Role
     executor: Executor
     model_size: int
     stats: RunStats = field(default_factory=RunStats)
-    scope: trio.CancelScope | None = None
-    loop: NodeLoop | None = None
+    loop: NodeLoop | None = field(default=None, repr=False)
     stop: Stop | None = None
-    #: how many times the node was restarted (each incarnation has its own nonce stream)
-    incarnation: int = 0
-    #: its loop task is alive (possibly cancelled by a crash and about to return)
+    #: its loop is alive (trio: its task, possibly cancelled by a crash and about to return)
     running: bool = False
-    #: ``(delay_s, make_role)`` of a restart asked for while the old incarnation unwinds
-    pending_restart: tuple[float, Callable[[], Role]] | None = None
-    #: the executor's slowdown before any straggler fault (:meth:`Simulation.set_slowdown`)
-    base_slowdown: float | None = None
-    #: builds the role of a restart (:meth:`Simulation.prepare_restart`)
+    #: builds the role of a restart (:meth:`~.netfaults.NetworkFaults.prepare_restart`)
     fresh: Callable[[], Role] | None = field(default=None, repr=False)
 
     @property
     def peer(self) -> str:
         return self.identity.peer_id
+
+
+@dataclass
+class SimNode(BaseNode):
+    """A node of the trio simulator."""
+
+    scope: trio.CancelScope | None = None
+    #: how many times the node was restarted (each incarnation has its own nonce stream)
+    incarnation: int = 0
+    #: ``(delay_s, make_role)`` of a restart asked for while the old incarnation unwinds
+    pending_restart: tuple[float, Callable[[], Role]] | None = None
+    #: the executor's slowdown before any straggler fault (:meth:`Simulation.set_slowdown`)
+    base_slowdown: float | None = None
 
 
 @dataclass
