@@ -2,19 +2,10 @@
 
 A node has four kinds of input — a frame from a peer, a peer going up or down, a finished
 compute job, a passed deadline — and one policy for them, which lives here and nowhere
-else. :class:`NodeLoop` is sans-IO (it imports neither trio nor a transport): drivers feed
-it inputs with the current time and carry out what it asks through a :class:`Port`:
-
-* :func:`fednode.runner.run_role` — the trio driver of every real node and of the trio
-  simulator (:mod:`fednode.sim.engine`): sockets or the memory transport, threads or
-  inline compute, trio's clock;
-* :class:`fednode.sim.des.DesSimulation` — the discrete-event driver: one event queue in
-  plain Python, virtual time, 10,000s of nodes.
-
-The drivers differ in their clock and scheduler, not in this loop: the same frames are
-sealed and opened by the same :class:`~fednode.crypto.envelope.Sealer` and
-:class:`~fednode.crypto.envelope.Receiver` (or, in a run that asks for it, the unsigned
-pair of :mod:`fednode.crypto.unsigned`, plugged into the same two places).
+else. :class:`NodeLoop` is sans-IO (it imports neither trio nor a transport): drivers
+(:func:`fednode.runner.run_role`, :class:`fednode.sim.des.DesSimulation`; see
+``docs/ARCHITECTURE.md``) feed it inputs with the current time and carry out what it asks
+through a :class:`Port`.
 
 The policy, per input: hand it to the role (a frame is opened first; what the receiver
 rejects never reaches the role), then ``poll`` the role; run the actions in order —

@@ -6,7 +6,7 @@ Every role — :class:`~fednode.hierarchy.coordinator.Coordinator`,
 :class:`~fednode.hierarchy.client.Client`, :class:`~fednode.gossip.peer.GossipPeer` — is
 a :class:`Role`. Two kinds of caller use it:
 
-* **the loop** (:func:`fednode.runner.run_role`, the simulator's drivers) feeds it inputs
+* **the loop** (:class:`fednode.loop.NodeLoop`, on every driver) feeds it inputs
   with the time they happen — ``start``, ``handle``, ``on_peer``, ``on_result``,
   ``poll`` — and executes the actions it returns (:mod:`fednode.actions`); it asks
   ``next_deadline`` when to poll next;

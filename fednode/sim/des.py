@@ -1,10 +1,9 @@
 """Discrete-event driver: the node loop of every real node, under a plain-Python scheduler.
 
-Each simulated node is a :class:`~fednode.loop.NodeLoop` — the very object
-:func:`fednode.runner.run_role` drives on a real node — around the same role objects the
-trio simulator (:mod:`fednode.sim.engine`) builds. What differs is only the clock and the
-scheduler: instead of trio tasks, one event queue (a heap of the instants that have
-events, a FIFO of events per instant) feeds the loops
+Each simulated node is a :class:`~fednode.loop.NodeLoop` around the same role objects the
+trio simulator (:mod:`fednode.sim.engine`) builds; only the clock and the scheduler differ
+(``docs/ARCHITECTURE.md``): one event queue (a heap of the instants that have events, a
+FIFO of events per instant) feeds the loops
 
 * **deliveries** at ``send time + latency + bytes / bandwidth`` of the link, as the
   :class:`~fednode.p2p.netmodel.NetworkModel` it shares with the memory transport says
@@ -13,9 +12,8 @@ events, a FIFO of events per instant) feeds the loops
   :class:`~fednode.runner.InlineExecutor` charge);
 * **role deadlines**, **peer up/down events** and scheduled **calls**.
 
-Frames are sealed and opened by each node's real sealer and receiver (signed and
-verified: the default), or by the unsigned pair of :mod:`fednode.crypto.unsigned`
-(``unsigned=True``; membership, recipient, shape and finiteness still checked).
+Frames are sealed and opened by each node's real sealer and receiver, or by the unsigned
+pair of :mod:`fednode.crypto.unsigned` (``unsigned=True``).
 
 Differences from ``run_role`` over the memory transport (``docs/SIMULATION.md``): FIFO
 order at one instant (trio shuffles, seeded); a stopped non-root node drops what it is
