@@ -37,14 +37,13 @@ from threadpoolctl import threadpool_limits
 
 from ..config import NodeConfig, load_config
 from ..errors import ConfigError
-from .des import DesSimulation
 from .faults import FaultSchedule
 from .gossip import GossipSimulation
 from .metrics import Collector, RoundTable
 from .result import ExperimentResult
 from .spectral import spectral_summary
 from .topology import Topology, load_topology
-from .wiring import Built, _add_operator, _apply_links, _clients_reachable, visibility
+from .wiring import Built, _clients_reachable, des_of, follow
 
 
 @dataclass(frozen=True)
@@ -288,10 +287,7 @@ def _run(
     """Run the built federation with the chosen driver: (virtual s, messages, error)."""
     if options.driver == "trio":
         sim = built.sim
-        _apply_links(topo, built, sim)
-        sim.listeners.insert(0, collector.listener(sim))  # first: rows see the round's state
-        _add_operator(schedule, topo, built, sim.nodes)
-        schedule.install(sim)
+        follow(topo, built, sim, schedule, collector)
         if isinstance(sim, GossipSimulation):
             virtual = sim.run_all(max_virtual_s=options.max_virtual_s).virtual_s
             error = None
@@ -304,24 +300,14 @@ def _run(
     elif options.workers > 1:
         from .parallel import run_sharded
 
-        vis = visibility(topo, built.node_of)
-        outcome = run_sharded(built, topo, schedule, collector, options, vis)
+        outcome = run_sharded(built, topo, schedule, collector, options)
         virtual, messages, error = outcome.virtual_s, outcome.messages, outcome.error
         notes += outcome.notes
     else:
-        vis = visibility(topo, built.node_of)
-        des = DesSimulation.from_simulation(
-            built.sim,
-            hooks=topo.kind != "gossip",
-            unsigned=options.unsigned,
-            visible=vis.__getitem__,
-            keep_events=frozenset({"round", "round_failed", "crashed", "restarted"}),
+        des = des_of(
+            topo, built, options, frozenset({"round", "round_failed", "crashed", "restarted"})
         )
-        _apply_links(topo, built, des)
-        des.listeners.append(collector.listener(des))  # first: rows see the round's state
-        _add_operator(schedule, topo, built, des.nodes)
-        schedule.install(des)
-        root = des.nodes[built.root.index] if built.root is not None else None
+        root = follow(topo, built, des, schedule, collector)
         res = des.run(root, max_virtual_s=options.max_virtual_s)
         virtual, messages = res.virtual_s, res.network.sent_frames
         error = res.stop.reason if res.stop and res.stop.error else None

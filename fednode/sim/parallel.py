@@ -135,30 +135,19 @@ def run_sharded(
     schedule: FaultSchedule,
     collector: Collector,
     options: Any,
-    visible: list[list[int]],
 ) -> ShardOutcome:
     """Run ``built`` on ``options.workers`` processes; merge the metrics into ``collector``."""
-    from .wiring import _add_operator, _apply_links
+    from .wiring import des_of, follow
 
     k = options.workers
     if "fork" not in mp.get_all_start_methods():
         raise ConfigError("workers", k, "1 on this platform (sharding needs os.fork)")
-    des = DesSimulation.from_simulation(
-        built.sim,
-        hooks=topo.kind != "gossip",
-        unsigned=options.unsigned,
-        visible=visible.__getitem__,
-        keep_events=frozenset({"round", "round_failed"}),
-    )
-    _apply_links(topo, built, des)
-    lookahead = max(MIN_LOOKAHEAD_S, min(lp.latency_s for lp in des.links()))
+    des = des_of(topo, built, options, frozenset({"round", "round_failed"}))
     des.min_latency = MIN_LOOKAHEAD_S
     des.owner = shard_nodes(topo, built.node_of, k)
     schedule.defer = True  # workers report the boundary; the parent says when it applies
-    des.listeners.append(collector.listener(des))
-    _add_operator(schedule, topo, built, des.nodes)
-    schedule.install(des)
-    root = des.nodes[built.root.index] if built.root is not None else None
+    root = follow(topo, built, des, schedule, collector)
+    lookahead = max(MIN_LOOKAHEAD_S, min(lp.latency_s for lp in des.links()))
     # Move everything built so far out of the collector's sight: a full collection in a
     # worker would otherwise walk (and so copy-on-write) every object of the parent.
     gc.collect()

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .des import DesSimulation
 from .engine import Simulation
 from .faults import FaultSchedule
 from .netfaults import NetworkFaults
@@ -95,3 +96,26 @@ def _apply_links(topo: Topology, built: Built, sim: NetworkFaults) -> None:
     sim.default_link = topo.links
     for (a, b), link in topo.edge_links.items():
         sim.set_link(built.node_of[a], built.node_of[b], link)
+
+
+def follow(topo: Topology, built: Built, sim: Any, schedule: FaultSchedule, collector: Any) -> Any:
+    """Put the spec on ``sim`` (either driver): its links, the collector (the first
+    listener: rows see a round's state before a fault changes it), the operator and the
+    faults. Returns ``sim``'s root node (None for gossip)."""
+    _apply_links(topo, built, sim)
+    sim.listeners.append(collector.listener(sim))
+    _add_operator(schedule, topo, built, sim.nodes)
+    schedule.install(sim)
+    return sim.nodes[built.root.index] if built.root is not None else None
+
+
+def des_of(topo: Topology, built: Built, options: Any, keep: frozenset[str]) -> DesSimulation:
+    """The discrete-event form of ``built`` (gossip: without the trio tracker's hook),
+    keeping the events named in ``keep``."""
+    return DesSimulation.from_simulation(
+        built.sim,
+        hooks=topo.kind != "gossip",
+        unsigned=options.unsigned,
+        visible=visibility(topo, built.node_of).__getitem__,
+        keep_events=keep,
+    )
