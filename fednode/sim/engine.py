@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,27 +296,17 @@ class Simulation(NetworkFaults):
     def run(self, root: SimNode, *, max_virtual_s: float = 1e7) -> RunResult:
         """Run until ``root`` stops (or ``max_virtual_s`` of virtual time passes)."""
         t0 = time.perf_counter()
-        clock = trio.testing.MockClock(autojump_threshold=0)
 
-        async def main() -> float:
-            _seed_trio_scheduler(self.seed)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await nursery.start(self.network.run)
-                with trio.move_on_after(max_virtual_s):
-                    async with trio.open_nursery() as nodes:
-                        self._nodes_nursery = nodes
-                        for node in self.nodes:
-                            if node is not root:
-                                nodes.start_soon(self._run_incarnations, node)
-                        self._started()
-                        await self._run_incarnations(root)
-                        self._nodes_nursery = None
-                        nodes.cancel_scope.cancel()
-                nursery.cancel_scope.cancel()
-            return trio.current_time()
+        async def until_root_stops(nodes: trio.Nursery) -> None:
+            self._nodes_nursery = nodes
+            for node in self.nodes:
+                if node is not root:
+                    nodes.start_soon(self._run_incarnations, node)
+            self._started()
+            await self._run_incarnations(root)
+            self._nodes_nursery = None
 
-        virtual = trio.run(main, clock=clock)
+        virtual = self._drive(until_root_stops, max_virtual_s)
         return RunResult(
             root_rounds(self.events, root.index),
             self.events,
@@ -326,6 +316,25 @@ class Simulation(NetworkFaults):
             self.nodes,
             self.network,
         )
+
+    def _drive(
+        self, body: Callable[[trio.Nursery], Awaitable[None]], max_virtual_s: float
+    ) -> float:
+        """Run ``body(nodes)`` in virtual time with the network up, until it returns (the
+        nodes' nursery is then cancelled) or ``max_virtual_s`` passes; the time at the end."""
+
+        async def main() -> float:
+            _seed_trio_scheduler(self.seed)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.network.run)
+                with trio.move_on_after(max_virtual_s):
+                    async with trio.open_nursery() as nodes:
+                        await body(nodes)
+                        nodes.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+            return trio.current_time()
+
+        return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def _seeded_nonces(seed: int, index: int, incarnation: int = 0) -> Callable[[int], bytes]:

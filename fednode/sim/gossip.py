@@ -29,7 +29,6 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import trio
-import trio.testing
 
 from ..config import GossipParams, NodeConfig, replace
 from ..factory import make_role
@@ -37,7 +36,7 @@ from ..gossip.peer import GossipPeer
 from ..p2p.netmodel import Link
 from ..runner import InlineExecutor
 from ..training.task import Task
-from .engine import RunResult, SimNode, Simulation, _seed_trio_scheduler, sim_identity
+from .engine import RunResult, SimNode, Simulation, sim_identity
 from .scenarios import client_task
 
 Init = Callable[[int], np.ndarray]
@@ -207,29 +206,20 @@ class GossipSimulation(Simulation):
     def run_all(self, *, max_virtual_s: float = 1e5) -> RunResult:
         """Run until every tracked peer has stopped or crashed; untracked ones are cancelled."""
         t0 = time.perf_counter()
-        clock = trio.testing.MockClock(autojump_threshold=0)
         self.tracker.record_start(
             {n.peer: n.role.params for n in self.pending if n.peer in self.tracked}  # type: ignore[attr-defined]
         )
 
-        async def main() -> float:
-            _seed_trio_scheduler(self.seed)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.network.run)
-                with trio.move_on_after(max_virtual_s):
-                    async with trio.open_nursery() as live:
-                        self._live = live
-                        self._all_done = trio.Event()
-                        pending, self.pending = self.pending, []
-                        for node in pending:
-                            self._start(node)
-                        self._started()
-                        await self._all_done.wait()
-                        live.cancel_scope.cancel()
-                nursery.cancel_scope.cancel()
-            return trio.current_time()
+        async def until_all_stop(live: trio.Nursery) -> None:
+            self._live = live
+            self._all_done = trio.Event()
+            pending, self.pending = self.pending, []
+            for node in pending:
+                self._start(node)
+            self._started()
+            await self._all_done.wait()
 
-        virtual = trio.run(main, clock=clock)
+        virtual = self._drive(until_all_stop, max_virtual_s)
         self._live = None
         self.tracker.advance(final=True)
         wall = time.perf_counter() - t0
