@@ -42,7 +42,6 @@ log = logging.getLogger("fednode.control")
 
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT_S = 5.0
-OPS = CONTROL_OPS
 
 
 def handle_request(role: Role, request: Any) -> dict[str, Any]:
@@ -51,8 +50,8 @@ def handle_request(role: Role, request: Any) -> dict[str, Any]:
     The shape is checked here; what the request means is the role's
     (:meth:`~fednode.role.Role.status`, :meth:`~fednode.role.Role.control`).
     """
-    if not isinstance(request, dict) or request.get("op") not in OPS:
-        return {"ok": False, "error": f"expected {{'op': one of {', '.join(OPS)}}}"}
+    if not isinstance(request, dict) or request.get("op") not in CONTROL_OPS:
+        return {"ok": False, "error": f"expected {{'op': one of {', '.join(CONTROL_OPS)}}}"}
     if request["op"] == "status":
         return {"ok": True, **role.status()}
     reply = role.control(request)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 
+from ..loop import EventSink
 from .common import add_common, config_of, console, human
 
 
@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if stop.error is None else 1
 
 
-def _human_events() -> Callable[[str, str, dict[str, Any]], None]:
+def _human_events() -> EventSink:
     def sink(peer: str, event: str, data: dict[str, Any]) -> None:
         if event == "round":
             console.print(
