@@ -48,8 +48,8 @@ class MemoryNetwork:
         self._nodes: dict[str, MemoryTransport] = {}
         self._buffer = buffer
         self._nursery: trio.Nursery | None = None
-        #: frames in flight: (arrival time, send order, sender, receiver, frame)
-        self._due: list[tuple[float, int, str, MemoryTransport, Frame]] = []
+        #: frames in flight: (arrival time, sender, send order, receiver, frame)
+        self._due: list[tuple[float, str, int, MemoryTransport, Frame]] = []
         self._sent = 0
         self._sleeper: trio.CancelScope | None = None
 
@@ -85,7 +85,7 @@ class MemoryNetwork:
                     await trio.sleep_forever()
                 self._sleeper = None
                 continue
-            _t, _n, src, target, frame = heapq.heappop(due)
+            _t, src, _n, target, frame = heapq.heappop(due)
             peer = target.local_peer
             if not (self.model.reachable(src, peer) and self._nodes.get(peer) is target):
                 continue  # the receiver went down or away while the frame was in flight
@@ -179,7 +179,7 @@ class MemoryNetwork:
         if later:
             at = trio.current_time() + delay
             self._sent += 1
-            heapq.heappush(self._due, (at, self._sent, src, target, frame))
+            heapq.heappush(self._due, (at, src, self._sent, target, frame))
             sleeper = self._sleeper
             if sleeper is not None and at < sleeper.deadline:
                 sleeper.deadline = at

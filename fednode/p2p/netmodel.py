@@ -9,9 +9,13 @@ have one semantics by construction:
 * a frame from ``a`` to ``b`` needs both alive and on the same side of a partition
   (:meth:`NetworkModel.reachable`); otherwise the send fails at once;
 * a sent frame is counted, then lost with the link's loss combined with the global extra
-  loss (one draw of the seeded RNG per frame on a lossy link, none on a loss-free one),
-  else delivered after ``latency + nbytes / bandwidth`` (:meth:`NetworkModel.transfer`;
-  transfers do not queue behind each other);
+  loss, else delivered after ``latency + nbytes / bandwidth`` (:meth:`NetworkModel.transfer`;
+  transfers do not queue behind each other). The loss draw is counter-based: the n-th
+  frame sent from ``a`` to ``b`` while that link is lossy is lost iff
+  ``blake2b(n, key=blake2b(seed, name(a), name(b))) / 2**64 < p`` (:func:`loss_draw`). It
+  depends on the seed, the two names and that count only — not on how the sends of
+  different links interleave — so two drivers that order same-instant sends differently
+  lose the same frames, and so does a sharded run. A loss-free link draws nothing;
 * :meth:`~NetworkModel.join` (attach, restart), :meth:`~NetworkModel.crash`,
   :meth:`~NetworkModel.partition` and :meth:`~NetworkModel.heal` change the state and
   return the peer up/down events to announce, as data: ``(observer, peer, up)`` for every
@@ -19,15 +23,16 @@ have one semantics by construction:
   ``visible(observer)`` (default: every node, in the order they were first added).
 
 Nodes are named by any hashable key: the memory transport uses peer ids, the discrete-event
-driver node indices.
+driver node indices (with ``name`` mapping an index to its peer id, so that both drivers
+draw loss from the same names).
 """
 
 from __future__ import annotations
 
-import random
+import hashlib
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -55,11 +60,28 @@ class NetStats:
     dropped_frames: int = 0
 
 
+_DRAW_SCALE = 1.0 / 2**64
+
+
+def link_key(seed: int, a: str, b: str) -> bytes:
+    """The loss-draw key of the directed link ``a -> b`` under ``seed``."""
+    text = f"fednode/loss\0{seed}\0{a}\0{b}".encode()
+    return hashlib.blake2b(text, digest_size=16).digest()
+
+
+def loss_draw(key: bytes, n: int) -> float:
+    """A uniform number in [0, 1) for the ``n``-th lossy frame of the link ``key`` names;
+    the same in every process (no Python ``hash``, no RNG state)."""
+    digest = hashlib.blake2b(n.to_bytes(8, "little"), digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "little") * _DRAW_SCALE
+
+
 class NetworkModel(Generic[K]):
     """Links, loss, liveness and partition groups of one simulated network.
 
     ``extra_loss`` is an independent drop rate on every link on top of its own (a loss
     fault). ``visible(k)`` names the nodes whose up/down events ``k`` gets (None: all).
+    ``name(k)`` is the node's name in the loss draw (default: ``str(k)``).
     """
 
     def __init__(
@@ -68,13 +90,17 @@ class NetworkModel(Generic[K]):
         seed: int = 0,
         default: Link | None = None,
         visible: Callable[[K], Iterable[K]] | None = None,
+        name: Callable[[K], str] = str,
     ) -> None:
+        self.seed = seed
+        self.name = name
         self.default = default or Link()
         self.visible = visible
         self.extra_loss = 0.0
         self.stats = NetStats()
         self._links: dict[tuple[K, K], Link] = {}
-        self._rng = random.Random(seed)
+        #: per directed link: its loss-draw key and how many lossy frames it carried
+        self._draws: dict[tuple[K, K], list[Any]] = {}
         #: every known node, in the order first added: its partition group if up, else None
         #: (so that reachability is one comparison on the per-frame path)
         self._side: dict[K, int | None] = {}
@@ -106,10 +132,19 @@ class NetworkModel(Generic[K]):
         loss = link.loss
         if self.extra_loss:
             loss = 1.0 - (1.0 - loss) * (1.0 - self.extra_loss)
-        if loss and self._rng.random() < loss:
+        if loss and self._lost(a, b, loss):
             stats.dropped_frames += 1
             return None
         return link.transfer_time(nbytes)
+
+    def _lost(self, a: K, b: K, loss: float) -> bool:
+        draws = self._draws.get((a, b))
+        if draws is None:
+            key = link_key(self.seed, self.name(a), self.name(b))
+            draws = self._draws[(a, b)] = [key, 0]
+        n = draws[1]
+        draws[1] = n + 1
+        return loss_draw(draws[0], n) < loss
 
     # --- who reaches whom -----------------------------------------------------------------
     def add(self, k: K) -> None:

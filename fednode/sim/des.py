@@ -24,7 +24,7 @@ sent; up/down events go to *visible* pairs only (default: all); lazy, batched tr
 
 Sharding (:mod:`fednode.sim.parallel`): with ``owner`` set, this process runs only the
 nodes of ``shard``; sends to other shards go to :attr:`outbox`, and :meth:`run_window`
-advances in the windows the parallel driver grants. Determinism: seeded loss RNG, FIFO
+advances in the windows the parallel driver grants. Determinism: counter-based loss draws, FIFO
 ties, sorted iteration — the same build, seed and shard count give the same results.
 """
 
@@ -133,12 +133,15 @@ class DesSimulation(NetworkFaults):
         lazy_compute: bool = True,
     ) -> None:
         self.seed = seed
-        self.model: NetworkModel[int] = NetworkModel(seed=seed, default=link, visible=visible)
+        self.nodes: list[DesNode] = []
+        #: node indices, named by peer id in the loss draw (as the memory transport names them)
+        self.model: NetworkModel[int] = NetworkModel(
+            seed=seed, default=link, visible=visible, name=lambda i: self.nodes[i].peer
+        )
         self.unsigned = unsigned
         self.membership = membership or Membership(open=True)
         self.keep_events = keep_events
         self.lazy_compute = lazy_compute
-        self.nodes: list[DesNode] = []
         self.events: list[dict[str, Any]] = []
         self.fault_hooks: list[Callable[[Any, str, str, dict[str, Any]], None]] = []
         self.listeners: list[EventSink] = []
@@ -359,6 +362,7 @@ class DesSimulation(NetworkFaults):
 
     def _loop(self, limit: float, *, inclusive: bool) -> None:
         times, at, nodes, reachable = self._times, self._at, self.nodes, self.model.reachable
+        ordered = -math.inf  # the instant whose deliveries are in canonical order
         while times and self._halt is None:
             t = times[0]
             if t > limit or (t == limit and not inclusive):
@@ -368,6 +372,9 @@ class DesSimulation(NetworkFaults):
                 heapq.heappop(times)
                 del at[t]
                 continue
+            if t != ordered:
+                ordered = t
+                self._order_deliveries(bucket)
             kind, idx, epoch, a, b = bucket.popleft()
             self._now = t
             self.processed += 1
@@ -403,6 +410,25 @@ class DesSimulation(NetworkFaults):
             else:  # PEER
                 loop.on_peer(a, b, t)
             self._settle(node, epoch)
+
+    def _order_deliveries(self, bucket: deque[Event]) -> None:
+        """Put the frames due at one instant in the memory transport's order: by sender
+        peer id, each sender's in the order it sent them (a stable sort); the other events
+        keep their places. Frames sent at this very instant (zero delay) come after."""
+        events = list(bucket)
+        slots = [i for i, event in enumerate(events) if event[0] == DELIVER]
+        if len(slots) < 2:
+            return
+        nodes = self.nodes
+        keys = [nodes[events[i][4]].peer for i in slots]
+        if all(a <= b for a, b in zip(keys, keys[1:])):
+            return  # in order already (e.g. all from one sender)
+        ranked = sorted(range(len(slots)), key=keys.__getitem__)
+        frames = [events[i] for i in slots]
+        for i, r in zip(slots, ranked, strict=True):
+            events[i] = frames[r]
+        bucket.clear()
+        bucket.extend(events)
 
     def _settle(self, node: DesNode, epoch: int) -> None:
         """After an input: note a Stop, or arm the node's next deadline."""

@@ -34,6 +34,7 @@ from ..config import GossipParams, NodeConfig
 from ..gossip.peer import GossipPeer
 from ..p2p.memory import MemoryNetwork
 from ..p2p.netmodel import Link
+from ..role import Role
 from ..runner import InlineExecutor
 from ..training.task import Task
 from .engine import SimNode, Simulation, _seed_trio_scheduler, sim_identity
@@ -209,6 +210,21 @@ class GossipSimulation(Simulation):
         self.crashed.add(peer)
         super().crash(peer)
 
+    def restart(
+        self, peer: str, make_role: Callable[[], Role] | None = None, *, after_s: float = 0.0
+    ) -> None:
+        """Start a crashed peer again, tracked again (see :meth:`Simulation.restart`)."""
+        node = self.node(peer)
+        if node.running and not (node.scope is not None and node.scope.cancel_called):
+            raise ValueError(f"node {node.index} is running: crash it before restarting it")
+        if self._live is None:
+            raise RuntimeError("GossipSimulation.restart is only possible while it runs")
+        node.pending_restart = (after_s, make_role or self._fresh(node.index))
+        self.crashed.discard(peer)
+        self.stopped.discard(peer)
+        if not node.running:  # its old task already returned: start a new one
+            self._start(node)
+
     def running(self) -> list[SimNode]:
         return [
             n
@@ -232,7 +248,7 @@ class GossipSimulation(Simulation):
 
     async def _run_tracked(self, node: SimNode) -> None:
         try:
-            await self._run_node(node)
+            await self._run_incarnations(node)
         finally:
             self.stopped.add(node.peer)
             self.tracker.advance()
@@ -421,12 +437,12 @@ class Schedule:
 
         def split(groups: list[list[int]]) -> Callback:
             def fire(s: GossipSimulation) -> None:
-                s.network.partition([[nodes[i].peer for i in group] for group in groups])
+                s.partition([[nodes[i].index for i in group] for group in groups])
 
             return fire
 
         def heal(s: GossipSimulation) -> None:
-            s.network.heal()
+            s.heal()
 
         for r, victims in self.crash.items():
             sim.at_round(r, crash(victims))
