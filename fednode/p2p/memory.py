@@ -30,8 +30,16 @@ import trio
 
 from ..errors import PeerGone, TransportError
 from ..wire.frames import Frame, Inbound
-from .netmodel import Link, NetworkModel
+from .netmodel import ANNOUNCE_S, Link, NetworkModel
 from .transport import PeerEvent, Transport
+
+
+def _now() -> float:
+    """trio's clock (-inf outside a run: a node attached before the run starts)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return -math.inf
 
 
 class MemoryNetwork:
@@ -44,12 +52,14 @@ class MemoryNetwork:
     """
 
     def __init__(self, *, seed: int = 0, default: Link | None = None, buffer: int = 256):
-        self.model: NetworkModel[str] = NetworkModel(seed=seed, default=default)
+        self.model: NetworkModel[str] = NetworkModel(seed=seed, default=default, clock=_now)
         self._nodes: dict[str, MemoryTransport] = {}
         self._buffer = buffer
         self._nursery: trio.Nursery | None = None
-        #: frames in flight: (arrival time, sender, send order, receiver, frame)
-        self._due: list[tuple[float, str, int, MemoryTransport, Frame]] = []
+        #: frames in flight and peer events to announce: (due time, sender or the peer the
+        #: event is about, order of scheduling, receiver, frame or event); frames and events
+        #: due at one instant go in the order of that name (the discrete-event driver's)
+        self._due: list[tuple[float, str, int, MemoryTransport, Frame | PeerEvent]] = []
         self._sent = 0
         self._sleeper: trio.CancelScope | None = None
 
@@ -85,9 +95,12 @@ class MemoryNetwork:
                     await trio.sleep_forever()
                 self._sleeper = None
                 continue
-            _t, src, _n, target, frame = heapq.heappop(due)
+            t, src, _n, target, frame = heapq.heappop(due)
             peer = target.local_peer
-            if not (self.model.reachable(src, peer) and self._nodes.get(peer) is target):
+            if isinstance(frame, PeerEvent):
+                target._event(frame)  # nothing if the observer went down meanwhile
+                continue
+            if not (self.model.arrives(src, peer, t) and self._nodes.get(peer) is target):
                 continue  # the receiver went down or away while the frame was in flight
             inbound = Inbound(src, frame, trio.current_time())
             if target._has_room():
@@ -136,8 +149,26 @@ class MemoryNetwork:
         self._announce(self.model.heal())
 
     def _announce(self, events: list[tuple[str, str, bool]]) -> None:
+        """Hand the model's peer events to the observers: :data:`ANNOUNCE_S` from now, in
+        the order of the due frames (outside :meth:`run`: at once)."""
+        nodes = self._nodes
+        at = trio.current_time() + ANNOUNCE_S if self._nursery is not None else None
         for observer, peer, up in events:
-            self._nodes[observer]._event(PeerEvent(peer, up, (f"mem/{peer}",) if up else ()))
+            event = PeerEvent(peer, up, (f"mem/{peer}",) if up else ())
+            if at is None:
+                nodes[observer]._event(event)
+            else:
+                self._enqueue(at, peer, nodes[observer], event)
+
+    def _enqueue(
+        self, at: float, key: str, target: MemoryTransport, item: Frame | PeerEvent
+    ) -> None:
+        """Hand ``item`` (a frame from ``key``, an event about ``key``) over at ``at``."""
+        self._sent += 1
+        heapq.heappush(self._due, (at, key, self._sent, target, item))
+        sleeper = self._sleeper
+        if sleeper is not None and at < sleeper.deadline:
+            sleeper.deadline = at
 
     def is_alive(self, peer: str) -> bool:
         return self.model.alive(peer)
@@ -177,12 +208,7 @@ class MemoryNetwork:
         if delay is None:  # lost
             return None
         if later:
-            at = trio.current_time() + delay
-            self._sent += 1
-            heapq.heappush(self._due, (at, src, self._sent, target, frame))
-            sleeper = self._sleeper
-            if sleeper is not None and at < sleeper.deadline:
-                sleeper.deadline = at
+            self._enqueue(trio.current_time() + delay, src, target, frame)
             return None
         inbound = Inbound(src, frame, trio.current_time())
         if wait:

@@ -30,6 +30,7 @@ draw loss from the same names).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -62,6 +63,11 @@ class NetStats:
 
 _DRAW_SCALE = 1.0 / 2**64
 
+#: how long after a change its peer up/down events reach the nodes (both drivers): every
+#: frame due at the instant of the change is handled before them, whichever node's event
+#: made the change, so the drivers' different orders within one instant do not matter
+ANNOUNCE_S = 1e-9
+
 
 def link_key(seed: int, a: str, b: str) -> bytes:
     """The loss-draw key of the directed link ``a -> b`` under ``seed``."""
@@ -91,9 +97,11 @@ class NetworkModel(Generic[K]):
         default: Link | None = None,
         visible: Callable[[K], Iterable[K]] | None = None,
         name: Callable[[K], str] = str,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.seed = seed
         self.name = name
+        self.clock = clock
         self.default = default or Link()
         self.visible = visible
         self.extra_loss = 0.0
@@ -105,6 +113,10 @@ class NetworkModel(Generic[K]):
         #: (so that reachability is one comparison on the per-frame path)
         self._side: dict[K, int | None] = {}
         self._group: dict[K, int] = {}  # partition group, up or down; absent: 0
+        #: the instant of the last change and ``_side`` as it was before that instant's
+        #: first change (what frames due at that instant see: :meth:`arrives`)
+        self._changed_at = -math.inf
+        self._before: dict[K, int | None] = {}
 
     # --- links ----------------------------------------------------------------------------
     def set_link(self, a: K, b: K, link: Link, *, both_ways: bool = True) -> None:
@@ -153,6 +165,7 @@ class NetworkModel(Generic[K]):
 
     def remove(self, k: K) -> None:
         """Forget ``k`` (call :meth:`crash` first to announce it); a later join re-adds it."""
+        self._changing()
         self._side.pop(k, None)
 
     def alive(self, k: K) -> bool:
@@ -161,6 +174,16 @@ class NetworkModel(Generic[K]):
     def reachable(self, a: K, b: K) -> bool:
         side = self._side.get(a)
         return side is not None and side == self._side.get(b)
+
+    def arrives(self, a: K, b: K, t: float) -> bool:
+        """May a frame from ``a`` in flight to ``b`` be delivered at ``t``? As
+        :meth:`reachable`, but a change made at the instant ``t`` itself (by whichever
+        node's event came first) does not touch the frames due at ``t``: they see the
+        network as it was when the instant began. So the drivers, which order the events
+        of one instant differently, deliver the same frames."""
+        side = self._before if t == self._changed_at else self._side
+        s = side.get(a)
+        return s is not None and s == side.get(b)
 
     def reachable_from(self, k: K) -> list[K]:
         return [p for p in self._side if p != k and self.reachable(k, p)]
@@ -171,6 +194,7 @@ class NetworkModel(Generic[K]):
         peer hears of ``k`` and ``k`` hears of the peer. Nothing if ``k`` is up already."""
         if self.alive(k):
             return []
+        self._changing()
         self._side[k] = self._group.get(k, 0)
         out: list[tuple[K, K, bool]] = []
         for other in self._peers(k):
@@ -184,6 +208,7 @@ class NetworkModel(Generic[K]):
         if not self.alive(k):
             return []
         out = [(o, k, False) for o in self._peers(k) if o != k and self.reachable(k, o)]
+        self._changing()
         self._side[k] = None
         return out
 
@@ -201,7 +226,16 @@ class NetworkModel(Generic[K]):
     def _peers(self, k: K) -> Iterable[K]:
         return self._side if self.visible is None else self.visible(k)
 
+    def _changing(self) -> None:
+        """Keep the state of the instant's start before its first change (see :meth:`arrives`)."""
+        if self.clock is not None:
+            now = self.clock()
+            if now != self._changed_at:
+                self._changed_at = now
+                self._before = dict(self._side)
+
     def _changes(self, before: dict[K, int]) -> list[tuple[K, K, bool]]:
+        self._changing()
         side, group = self._side, self._group
         for k, was in side.items():
             if was is not None:

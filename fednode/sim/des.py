@@ -43,7 +43,7 @@ from ..crypto.envelope import Membership
 from ..crypto.identity import Identity
 from ..errors import ConfigError, PeerGone
 from ..loop import NodeLoop, RunStats
-from ..p2p.netmodel import Link, NetStats, NetworkModel
+from ..p2p.netmodel import ANNOUNCE_S, Link, NetStats, NetworkModel
 from ..role import Role
 from ..runner import InlineExecutor
 from ..wire.frames import Inbound
@@ -136,7 +136,11 @@ class DesSimulation(NetworkFaults):
         self.nodes: list[DesNode] = []
         #: node indices, named by peer id in the loss draw (as the memory transport names them)
         self.model: NetworkModel[int] = NetworkModel(
-            seed=seed, default=link, visible=visible, name=lambda i: self.nodes[i].peer
+            seed=seed,
+            default=link,
+            visible=visible,
+            name=lambda i: self.nodes[i].peer,
+            clock=lambda: self._now,
         )
         self.unsigned = unsigned
         self.membership = membership or Membership(open=True)
@@ -266,10 +270,10 @@ class DesSimulation(NetworkFaults):
         return index
 
     def _tell(self, events: list[tuple[Any, Any, bool]]) -> None:
-        """Queue the model's peer up/down events, now."""
-        nodes, now = self.nodes, self._now
+        """Queue the model's peer up/down events, :data:`ANNOUNCE_S` from now."""
+        nodes, at = self.nodes, self._now + ANNOUNCE_S
         for i, j, up in events:
-            self._push(now, PEER, i, nodes[i].epoch, nodes[j].peer, up)
+            self._push(at, PEER, i, nodes[i].epoch, nodes[j].peer, up)
 
     def _down(self, node: DesNode) -> None:
         """``node`` stopped or crashed; without a root the run ends with the last one."""
@@ -361,7 +365,7 @@ class DesSimulation(NetworkFaults):
         return self._halt
 
     def _loop(self, limit: float, *, inclusive: bool) -> None:
-        times, at, nodes, reachable = self._times, self._at, self.nodes, self.model.reachable
+        times, at, nodes, arrives = self._times, self._at, self.nodes, self.model.arrives
         ordered = -math.inf  # the instant whose deliveries are in canonical order
         while times and self._halt is None:
             t = times[0]
@@ -388,7 +392,7 @@ class DesSimulation(NetworkFaults):
             loop = node.loop
             assert loop is not None
             if kind == DELIVER:
-                if not reachable(b, idx):
+                if not arrives(b, idx, t):
                     continue  # in flight when its sender crashed or the network split
                 loop.on_frame(Inbound(nodes[b].peer, a, t), t)
             elif kind == RESULT:
@@ -412,15 +416,18 @@ class DesSimulation(NetworkFaults):
             self._settle(node, epoch)
 
     def _order_deliveries(self, bucket: deque[Event]) -> None:
-        """Put the frames due at one instant in the memory transport's order: by sender
-        peer id, each sender's in the order it sent them (a stable sort); the other events
-        keep their places. Frames sent at this very instant (zero delay) come after."""
+        """Put the frames and peer events due at one instant in the memory transport's
+        order: by the peer id of the sender (of the peer an event is about), each in the
+        order it was scheduled (a stable sort); the other events keep their places. What is
+        scheduled for this very instant while it runs (zero delay) comes after."""
         events = list(bucket)
-        slots = [i for i, event in enumerate(events) if event[0] == DELIVER]
+        slots = [i for i, event in enumerate(events) if event[0] == DELIVER or event[0] == PEER]
         if len(slots) < 2:
             return
         nodes = self.nodes
-        keys = [nodes[events[i][4]].peer for i in slots]
+        keys = [
+            nodes[events[i][4]].peer if events[i][0] == DELIVER else events[i][3] for i in slots
+        ]
         if all(a <= b for a, b in zip(keys, keys[1:])):
             return  # in order already (e.g. all from one sender)
         ranked = sorted(range(len(slots)), key=keys.__getitem__)
