@@ -56,10 +56,10 @@ class MemoryNetwork:
         self._nodes: dict[str, MemoryTransport] = {}
         self._buffer = buffer
         self._nursery: trio.Nursery | None = None
-        #: frames in flight and peer events to announce: (due time, sender or the peer the
-        #: event is about, order of scheduling, receiver, frame or event); frames and events
-        #: due at one instant go in the order of that name (the discrete-event driver's)
-        self._due: list[tuple[float, str, int, MemoryTransport, Frame | PeerEvent]] = []
+        #: frames in flight and peer events to announce: (due time, rank of the sender or
+        #: of the peer the event is about, order of scheduling, receiver, frame or event):
+        #: what is due at one instant goes in that rank (as on the discrete-event driver)
+        self._due: list[tuple[float, int, int, MemoryTransport, tuple[str, Frame] | PeerEvent]] = []
         self._sent = 0
         self._sleeper: trio.CancelScope | None = None
 
@@ -95,11 +95,12 @@ class MemoryNetwork:
                     await trio.sleep_forever()
                 self._sleeper = None
                 continue
-            t, src, _n, target, frame = heapq.heappop(due)
-            peer = target.local_peer
-            if isinstance(frame, PeerEvent):
-                target._event(frame)  # nothing if the observer went down meanwhile
+            t, _rank, _n, target, item = heapq.heappop(due)
+            if isinstance(item, PeerEvent):
+                target._event(item)  # nothing if the observer went down meanwhile
                 continue
+            src, frame = item
+            peer = target.local_peer
             if not (self.model.arrives(src, peer, t) and self._nodes.get(peer) is target):
                 continue  # the receiver went down or away while the frame was in flight
             inbound = Inbound(src, frame, trio.current_time())
@@ -151,21 +152,26 @@ class MemoryNetwork:
     def _announce(self, events: list[tuple[str, str, bool]]) -> None:
         """Hand the model's peer events to the observers: :data:`ANNOUNCE_S` from now, in
         the order of the due frames (outside :meth:`run`: at once)."""
-        nodes = self._nodes
+        nodes, rank = self._nodes, self.model.rank
         at = trio.current_time() + ANNOUNCE_S if self._nursery is not None else None
         for observer, peer, up in events:
             event = PeerEvent(peer, up, (f"mem/{peer}",) if up else ())
             if at is None:
                 nodes[observer]._event(event)
             else:
-                self._enqueue(at, peer, nodes[observer], event)
+                self._enqueue(at, rank(peer), nodes[observer], event)
 
     def _enqueue(
-        self, at: float, key: str, target: MemoryTransport, item: Frame | PeerEvent
+        self,
+        at: float,
+        rank: int,
+        target: MemoryTransport,
+        item: tuple[str, Frame] | PeerEvent,
     ) -> None:
-        """Hand ``item`` (a frame from ``key``, an event about ``key``) over at ``at``."""
+        """Hand ``item`` (a frame, an event) over at ``at``; ``rank``: the model's rank
+        of its sender (of the peer the event is about)."""
         self._sent += 1
-        heapq.heappush(self._due, (at, key, self._sent, target, item))
+        heapq.heappush(self._due, (at, rank, self._sent, target, item))
         sleeper = self._sleeper
         if sleeper is not None and at < sleeper.deadline:
             sleeper.deadline = at
@@ -208,7 +214,7 @@ class MemoryNetwork:
         if delay is None:  # lost
             return None
         if later:
-            self._enqueue(trio.current_time() + delay, src, target, frame)
+            self._enqueue(trio.current_time() + delay, model.rank(src), target, (src, frame))
             return None
         inbound = Inbound(src, frame, trio.current_time())
         if wait:

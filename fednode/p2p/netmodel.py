@@ -113,6 +113,7 @@ class NetworkModel(Generic[K]):
         #: (so that reachability is one comparison on the per-frame path)
         self._side: dict[K, int | None] = {}
         self._group: dict[K, int] = {}  # partition group, up or down; absent: 0
+        self._rank: dict[K, int] = {}  # every node ever known: its place in the order
         #: the instant of the last change and ``_side`` as it was before that instant's
         #: first change (what frames due at that instant see: :meth:`arrives`)
         self._changed_at = -math.inf
@@ -162,6 +163,14 @@ class NetworkModel(Generic[K]):
     def add(self, k: K) -> None:
         """Know ``k`` (down until it :meth:`join` s), so it keeps its place in the order."""
         self._side.setdefault(k, None)
+        self._rank.setdefault(k, len(self._rank))
+
+    def rank(self, k: K) -> int:
+        """``k``'s place in the order nodes were first known (added or joined): frames and
+        peer events due at one instant go to each node in the rank of their sender (of the
+        peer they are about), on both drivers."""
+        rank = self._rank.get(k)
+        return len(self._rank) if rank is None else rank
 
     def remove(self, k: K) -> None:
         """Forget ``k`` (call :meth:`crash` first to announce it); a later join re-adds it."""
@@ -196,6 +205,7 @@ class NetworkModel(Generic[K]):
             return []
         self._changing()
         self._side[k] = self._group.get(k, 0)
+        self._rank.setdefault(k, len(self._rank))
         out: list[tuple[K, K, bool]] = []
         for other in self._peers(k):
             if other != k and self.reachable(k, other):

@@ -227,6 +227,9 @@ class DesSimulation(NetworkFaults):
         """Run ``fn(now)`` at virtual time ``t`` (fault schedules, probes)."""
         self._push(max(t, self._now), CALL, -1, 0, fn, None)
 
+    def after(self, delay_s: float, fn: Callable[[], None]) -> None:
+        self.call_at(self._now + delay_s, lambda now: fn())
+
     def at_start(self, fn: Callable[[], None]) -> None:
         """Run ``fn()`` at virtual time 0, after the nodes started."""
         self.call_at(0.0, lambda now: fn())
@@ -417,17 +420,16 @@ class DesSimulation(NetworkFaults):
 
     def _order_deliveries(self, bucket: deque[Event]) -> None:
         """Put the frames and peer events due at one instant in the memory transport's
-        order: by the peer id of the sender (of the peer an event is about), each in the
-        order it was scheduled (a stable sort); the other events keep their places. What is
-        scheduled for this very instant while it runs (zero delay) comes after."""
+        order: by the index (the model's rank) of the sender (of the peer an event is
+        about), each in the order it was scheduled (a stable sort); the other events keep
+        their places. What is scheduled for this very instant while it runs (zero delay)
+        comes after."""
         events = list(bucket)
         slots = [i for i, event in enumerate(events) if event[0] == DELIVER or event[0] == PEER]
         if len(slots) < 2:
             return
-        nodes = self.nodes
-        keys = [
-            nodes[events[i][4]].peer if events[i][0] == DELIVER else events[i][3] for i in slots
-        ]
+        by_peer = self._by_peer
+        keys = [events[i][4] if events[i][0] == DELIVER else by_peer[events[i][3]] for i in slots]
         if all(a <= b for a, b in zip(keys, keys[1:])):
             return  # in order already (e.g. all from one sender)
         ranked = sorted(range(len(slots)), key=keys.__getitem__)

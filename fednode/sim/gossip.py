@@ -269,7 +269,7 @@ class GossipSimulation(Simulation):
                 await nursery.start(self.network.run)
                 with trio.move_on_after(max_virtual_s):
                     async with trio.open_nursery() as live:
-                        self._live = live
+                        self._live = self._nodes_nursery = live
                         self._all_done = trio.Event()
                         pending, self.pending = self.pending, []
                         for node in pending:
@@ -281,7 +281,7 @@ class GossipSimulation(Simulation):
             return trio.current_time()
 
         virtual = trio.run(main, clock=clock)
-        self._live = None
+        self._live = self._nodes_nursery = None
         self.tracker.advance(final=True)
         return GossipResult(
             self.tracker.records, self.events, time.perf_counter() - t0, virtual, self
