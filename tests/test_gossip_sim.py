@@ -14,7 +14,7 @@ import pytest
 
 from fednode.config import load_config
 from fednode.gossip import GossipPeer
-from fednode.p2p.netmodel import ANNOUNCE_S
+from fednode.p2p.netmodel import ANNOUNCE_S, Link
 from fednode.sim.gossip import Schedule, add_intruder, build_gossip, random_init, run_gossip
 from fednode.sim.topology import exponential_graph
 
@@ -128,6 +128,9 @@ def test_partition_then_heal_reconverges_within_bound():
         train=False,
         init=random_init(2, SIZE),
         schedule=Schedule(partition={2: halves}, heal=[heal]),
+        # rounds that take time: peers hear of a heal (ANNOUNCE_S after it), and of each
+        # other again, before the rounds of a zero-latency network would all be over
+        link=Link(latency_s=0.001),
     )
     e = {r["round"]: r["rel_error"] for r in result.rounds}
     # while split, each half agrees internally but the halves do not: the error stalls
