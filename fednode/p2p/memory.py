@@ -4,9 +4,14 @@ A :class:`MemoryNetwork` is the switch; each node gets a :class:`MemoryTransport
 :meth:`MemoryNetwork.attach`. Frames are handed over by reference (the payload buffer is
 never copied), after a delay of ``latency + nbytes / bandwidth`` in trio time — with
 ``trio.testing.MockClock(autojump_threshold=0)`` that costs no wall time. Delayed frames
-arrive in the order of their arrival times, frames due at the same instant in the order
-they were sent (one queue for the whole network, as the discrete-event driver keeps):
-two adverts a node sends one after the other over one link arrive in that order.
+and peer events wait in one queue for the whole network and are handed over in the order
+of their due times; what is due at one instant goes in the model's rank of the sender (of
+the peer an event is about), each sender's in the order it was sent — the order the
+discrete-event driver keeps — so two adverts a node sends one after the other over one
+link arrive in that order. Inside :meth:`MemoryNetwork.run`, peer events are due
+:data:`~fednode.p2p.netmodel.ANNOUNCE_S` after the change that caused them (outside it, at
+once); a frame due at the instant of a change sees the network as it was when that
+instant began (:meth:`~fednode.p2p.netmodel.NetworkModel.arrives`).
 
 The network itself — links, seeded loss, crashes, partitions, who hears of whom — is a
 :class:`~fednode.p2p.netmodel.NetworkModel` (:attr:`MemoryNetwork.model`), the same model
@@ -32,6 +37,9 @@ from ..errors import PeerGone, TransportError
 from ..wire.frames import Frame, Inbound
 from .netmodel import ANNOUNCE_S, Link, NetworkModel
 from .transport import PeerEvent, Transport
+
+#: what waits in the queue: a frame with its sender, or a peer event
+_Due = tuple[str, Frame] | PeerEvent
 
 
 def _now() -> float:
@@ -59,7 +67,7 @@ class MemoryNetwork:
         #: frames in flight and peer events to announce: (due time, rank of the sender or
         #: of the peer the event is about, order of scheduling, receiver, frame or event):
         #: what is due at one instant goes in that rank (as on the discrete-event driver)
-        self._due: list[tuple[float, int, int, MemoryTransport, tuple[str, Frame] | PeerEvent]] = []
+        self._due: list[tuple[float, int, int, MemoryTransport, _Due]] = []
         self._sent = 0
         self._sleeper: trio.CancelScope | None = None
 
@@ -166,7 +174,7 @@ class MemoryNetwork:
         at: float,
         rank: int,
         target: MemoryTransport,
-        item: tuple[str, Frame] | PeerEvent,
+        item: _Due,
     ) -> None:
         """Hand ``item`` (a frame, an event) over at ``at``; ``rank``: the model's rank
         of its sender (of the peer the event is about)."""
@@ -207,11 +215,12 @@ class MemoryNetwork:
             raise PeerGone(f"cannot reach {dst!r} from {src!r}", peer=dst)
         nbytes = frame.nbytes
         target = self._nodes[dst]
-        later = self._nursery is not None and model.delay(src, dst, nbytes) > 0
+        link = model.link(src, dst)
+        delay = link.transfer_time(nbytes)  # once per frame
+        later = self._nursery is not None and delay > 0
         if not wait and not later and not target._has_room():
             return Inbound(src, frame, trio.current_time())
-        delay = model.transfer(src, dst, nbytes)
-        if delay is None:  # lost
+        if not model.carry(src, dst, nbytes, link):  # counted, then lost
             return None
         if later:
             self._enqueue(trio.current_time() + delay, model.rank(src), target, (src, frame))

@@ -138,17 +138,22 @@ class NetworkModel(Generic[K]):
     def transfer(self, a: K, b: K, nbytes: int) -> float | None:
         """Count a frame of ``nbytes`` sent from ``a`` to ``b``; its delivery delay, or
         None when the link loses it. (Reachability is the caller's check, before.)"""
+        link = self._links.get((a, b), self.default) if self._links else self.default
+        return link.transfer_time(nbytes) if self.carry(a, b, nbytes, link) else None
+
+    def carry(self, a: K, b: K, nbytes: int, link: Link) -> bool:
+        """Count a frame of ``nbytes`` sent over ``link`` (``self.link(a, b)``, which the
+        caller looked up for its delay) and draw its loss: False when it is lost."""
         stats = self.stats
         stats.sent_frames += 1
         stats.sent_bytes += nbytes
-        link = self._links.get((a, b), self.default) if self._links else self.default
         loss = link.loss
         if self.extra_loss:
             loss = 1.0 - (1.0 - loss) * (1.0 - self.extra_loss)
         if loss and self._lost(a, b, loss):
             stats.dropped_frames += 1
-            return None
-        return link.transfer_time(nbytes)
+            return False
+        return True
 
     def _lost(self, a: K, b: K, loss: float) -> bool:
         draws = self._draws.get((a, b))

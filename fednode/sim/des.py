@@ -2,9 +2,8 @@
 
 Each simulated node is a :class:`~fednode.loop.NodeLoop` — the very object
 :func:`fednode.runner.run_role` drives on a real node — around the same role objects the
-trio simulator (:mod:`fednode.sim.engine`) builds. What differs is only the clock and the
-scheduler: instead of trio tasks, one event queue (a heap of the instants that have
-events, a FIFO of events per instant) feeds the loops
+trio simulator (:mod:`fednode.sim.engine`) builds. Only the clock and the scheduler
+differ: one event queue (:mod:`fednode.sim.instants`) feeds the loops
 
 * **deliveries** at ``send time + latency + bytes / bandwidth`` of the link, as the
   :class:`~fednode.p2p.netmodel.NetworkModel` it shares with the memory transport says
@@ -18,14 +17,15 @@ verified: the default), or by the unsigned pair of :mod:`fednode.crypto.unsigned
 (``unsigned=True``; membership, recipient, shape and finiteness still checked).
 
 Differences from ``run_role`` over the memory transport (``docs/SIMULATION.md``): FIFO
-order at one instant (trio shuffles, seeded); a stopped non-root node drops what it is
-sent; up/down events go to *visible* pairs only (default: all); lazy, batched training
+order at one instant (trio shuffles, seeded) but for frames and peer events, which go in
+the transport's order (:mod:`fednode.sim.ties`); a stopped non-root node drops what it is
+sent; up/down events go to *visible* pairs only; lazy, batched training
 (:mod:`fednode.sim.batching`; the role must not modify a job's params in place).
 
 Sharding (:mod:`fednode.sim.parallel`): with ``owner`` set, this process runs only the
 nodes of ``shard``; sends to other shards go to :attr:`outbox`, and :meth:`run_window`
-advances in the windows the parallel driver grants. Determinism: counter-based loss draws, FIFO
-ties, sorted iteration — the same build, seed and shard count give the same results.
+advances in the windows the parallel driver grants. Deterministic for a build, seed and
+shard count (counter-based loss draws, ordered ties, sorted iteration).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +56,7 @@ from .engine import (
     sealing,
     sim_identity,
 )
+from .instants import Instants, order_instant
 from .netfaults import EventSink, NetworkFaults
 
 # event kinds; an event is (kind, node index, node epoch, a, b)
@@ -132,20 +132,13 @@ class DesSimulation(NetworkFaults):
         keep_events: bool | frozenset[str] = True,
         lazy_compute: bool = True,
     ) -> None:
-        self.seed = seed
+        self.seed, self._now = seed, 0.0
         self.nodes: list[DesNode] = []
         #: node indices, named by peer id in the loss draw (as the memory transport names them)
-        self.model: NetworkModel[int] = NetworkModel(
-            seed=seed,
-            default=link,
-            visible=visible,
-            name=lambda i: self.nodes[i].peer,
-            clock=lambda: self._now,
-        )
-        self.unsigned = unsigned
+        name, clock, model = (lambda i: self.nodes[i].peer), (lambda: self._now), NetworkModel[int]
+        self.model = model(seed=seed, default=link, visible=visible, name=name, clock=clock)
+        self.unsigned, self.keep_events, self.lazy_compute = unsigned, keep_events, lazy_compute
         self.membership = membership or Membership(open=True)
-        self.keep_events = keep_events
-        self.lazy_compute = lazy_compute
         self.events: list[dict[str, Any]] = []
         self.fault_hooks: list[Callable[[Any, str, str, dict[str, Any]], None]] = []
         self.listeners: list[EventSink] = []
@@ -160,12 +153,8 @@ class DesSimulation(NetworkFaults):
         #: virtual time of the last event that reached a role
         self.last_active = 0.0
         self._by_peer: dict[str, int] = {}
-        #: the event queue: a heap of the distinct times that have events, and per time
-        #: its events in the order they were scheduled (FIFO ties, no per-event heap work:
-        #: with equal link latencies most events share a few instants)
-        self._times: list[float] = []
-        self._at: dict[float, deque[Event]] = {}
-        self._now = 0.0
+        self._queue = Instants()
+        self._schedule = self._queue.schedule
         self._started = False
         self._halt: Stop | None = None
         self._running = 0
@@ -292,17 +281,10 @@ class DesSimulation(NetworkFaults):
             return  # events for nodes of other shards happen there
         self._schedule(t, (kind, idx, epoch, a, b))
 
-    def _schedule(self, t: float, event: Event) -> None:
-        bucket = self._at.get(t)
-        if bucket is None:
-            bucket = self._at[t] = deque()
-            heapq.heappush(self._times, t)
-        bucket.append(event)
-
     @property
     def next_time(self) -> float:
         """Virtual time of the next pending event (inf: none, or the run halted)."""
-        return self._times[0] if self._times and self._halt is None else math.inf
+        return self._queue.next_time if self._halt is None else math.inf
 
     def _make_loop(self, node: DesNode) -> NodeLoop:
         """A fresh :class:`NodeLoop` for ``node``'s current role and incarnation (each
@@ -368,8 +350,13 @@ class DesSimulation(NetworkFaults):
         return self._halt
 
     def _loop(self, limit: float, *, inclusive: bool) -> None:
-        times, at, nodes, arrives = self._times, self._at, self.nodes, self.model.arrives
-        ordered = -math.inf  # the instant whose deliveries are in canonical order
+        times, at, nodes, by_peer = self._queue.times, self._queue.at, self.nodes, self._by_peer
+        arrives, ordered = self.model.arrives, -math.inf  # ordered: the instant last sorted
+
+        def rank(event: Event) -> int | None:  # a frame's sender, a peer event's peer
+            kind = event[0]
+            return event[4] if kind == DELIVER else by_peer[event[3]] if kind == PEER else None
+
         while times and self._halt is None:
             t = times[0]
             if t > limit or (t == limit and not inclusive):
@@ -379,9 +366,9 @@ class DesSimulation(NetworkFaults):
                 heapq.heappop(times)
                 del at[t]
                 continue
-            if t != ordered:
+            if t != ordered:  # the memory transport's order of frames and peer events
                 ordered = t
-                self._order_deliveries(bucket)
+                order_instant(bucket, rank)
             kind, idx, epoch, a, b = bucket.popleft()
             self._now = t
             self.processed += 1
@@ -417,27 +404,6 @@ class DesSimulation(NetworkFaults):
             else:  # PEER
                 loop.on_peer(a, b, t)
             self._settle(node, epoch)
-
-    def _order_deliveries(self, bucket: deque[Event]) -> None:
-        """Put the frames and peer events due at one instant in the memory transport's
-        order: by the index (the model's rank) of the sender (of the peer an event is
-        about), each in the order it was scheduled (a stable sort); the other events keep
-        their places. What is scheduled for this very instant while it runs (zero delay)
-        comes after."""
-        events = list(bucket)
-        slots = [i for i, event in enumerate(events) if event[0] == DELIVER or event[0] == PEER]
-        if len(slots) < 2:
-            return
-        by_peer = self._by_peer
-        keys = [events[i][4] if events[i][0] == DELIVER else by_peer[events[i][3]] for i in slots]
-        if all(a <= b for a, b in zip(keys, keys[1:])):
-            return  # in order already (e.g. all from one sender)
-        ranked = sorted(range(len(slots)), key=keys.__getitem__)
-        frames = [events[i] for i in slots]
-        for i, r in zip(slots, ranked, strict=True):
-            events[i] = frames[r]
-        bucket.clear()
-        bucket.extend(events)
 
     def _settle(self, node: DesNode, epoch: int) -> None:
         """After an input: note a Stop, or arm the node's next deadline."""

@@ -15,7 +15,9 @@ the spec asks for at that round: crash or restart nodes, split or heal the netwo
 the extra loss rate and each node's slowdown. A fault therefore takes effect before the
 first message of its round is delivered (the coordinator's ``round`` event of ``r - 1``
 comes before its ``Fit`` sends for ``r``) — in the star and two-tier roles exactly at the
-boundary; in gossip, when the fastest peer gets there.
+boundary; in gossip, :data:`~fednode.p2p.netmodel.ANNOUNCE_S` after the fastest peer gets
+there, so that the peers finishing the round at that same instant (its neighbours, in
+step) all finish it first, whichever order a driver runs them in.
 
 Both drivers take every fault type through the interface they share
 (:class:`~fednode.sim.netfaults.NetworkFaults`, backed by one
