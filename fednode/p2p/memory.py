@@ -91,7 +91,7 @@ class MemoryNetwork:
             await self._deliver_due()
 
     async def _deliver_due(self) -> None:
-        """Hand each frame in flight to its receiver when it is due, in (time, send order).
+        """Hand each frame in flight to its receiver when it is due, in (time, rank, send order).
 
         A receiver with a full inbox gets its frame from a task of its own (back-pressure
         on that link only, as before); every other frame is handed over here."""
