@@ -1,10 +1,12 @@
 """The network model both simulator drivers share (fednode.p2p.netmodel): pure, no trio."""
 
-import random
+import os
+import subprocess
+import sys
 
 import pytest
 
-from fednode.p2p.netmodel import Link, NetworkModel
+from fednode.p2p.netmodel import Link, NetworkModel, link_key, loss_draw
 
 
 def joined(*keys, **kwargs):
@@ -78,27 +80,99 @@ def test_visible_limits_who_hears_of_whom():
     assert model.reachable(0, 2)  # visibility is about events, not reachability
 
 
-def test_loss_draws_one_seeded_number_per_frame_on_a_lossy_link_only():
-    model = joined("a", "b", "c", seed=7)
-    model.set_link("a", "b", Link(loss=0.5))
-    rng = random.Random(7)
-    outcomes = [model.transfer("a", "b", 10) for _ in range(20)]
-    assert [d is None for d in outcomes] == [rng.random() < 0.5 for _ in range(20)]
-    assert model.transfer("a", "c", 10) == 0.0  # loss-free: no draw
-    last = model.transfer("a", "b", 10)
-    assert (last is None) == (rng.random() < 0.5)
-    stats = model.stats
-    assert (stats.sent_frames, stats.sent_bytes) == (22, 220)
-    assert stats.dropped_frames == sum(d is None for d in [*outcomes, last])
+def lost(model, a, b, n):
+    return [model.transfer(a, b, 10) is None for _ in range(n)]
+
+
+def test_loss_is_a_counter_based_draw_per_link_whatever_other_links_send():
+    """The n-th lossy frame of a link is lost or not whatever the other links sent in
+    between: the drivers order same-instant sends of different nodes differently."""
+    alone = joined("a", "b", "c", seed=7)
+    alone.set_link("a", "b", Link(loss=0.5))
+    expected = lost(alone, "a", "b", 40)
+    assert 5 < sum(expected) < 35  # a real draw: some frames lost, some not
+    assert expected == [loss_draw(link_key(7, "a", "b"), n) < 0.5 for n in range(40)]
+
+    mixed = joined("a", "b", "c", seed=7)
+    mixed.set_link("a", "b", Link(loss=0.5))
+    mixed.set_link("c", "b", Link(loss=0.5))
+    outcomes = []
+    for _ in range(40):
+        lost(mixed, "c", "b", 3)  # another lossy link sends in between
+        outcomes.append(mixed.transfer("a", "b", 10) is None)
+        assert mixed.transfer("a", "c", 10) == 0.0  # loss-free: no draw, no count
+    assert outcomes == expected
+    stats = mixed.stats
+    assert (stats.sent_frames, stats.sent_bytes) == (40 * 5, 40 * 5 * 10)
+    assert stats.dropped_frames == sum(expected) + sum(
+        loss_draw(link_key(7, "c", "b"), n) < 0.5 for n in range(120)
+    )
+
+
+def test_the_draw_depends_on_the_seed_the_direction_and_the_names():
+    def run(seed, a, b):
+        model = joined(a, b, seed=seed)
+        model.set_link(a, b, Link(loss=0.5))
+        return lost(model, a, b, 64)
+
+    base = run(7, "a", "b")
+    assert run(7, "a", "b") == base
+    assert run(8, "a", "b") != base
+    assert run(7, "b", "a") != base
+    assert run(7, "a", "x") != base
+
+
+def test_named_keys_draw_as_their_names():
+    """The discrete-event driver keys nodes by index and names them by peer id: it then
+    draws what the memory transport, keyed by peer id, draws."""
+    by_id = joined("pa", "pb", seed=3)
+    by_id.set_link("pa", "pb", Link(loss=0.3))
+    by_index = joined(0, 1, seed=3, name=["pa", "pb"].__getitem__)
+    by_index.set_link(0, 1, Link(loss=0.3))
+    assert lost(by_index, 0, 1, 64) == lost(by_id, "pa", "pb", 64)
+
+
+def test_the_draw_is_the_same_in_another_process():
+    code = (
+        "from fednode.p2p.netmodel import loss_draw, link_key;"
+        "print([round(loss_draw(link_key(5, 'a', 'b'), n), 12) for n in range(8)])"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert out.strip() == str([round(loss_draw(link_key(5, "a", "b"), n), 12) for n in range(8)])
+
+
+def test_the_loss_rate_is_the_link_rate():
+    model = joined("a", "b", seed=1)
+    model.set_link("a", "b", Link(loss=0.3))
+    rate = sum(lost(model, "a", "b", 4000)) / 4000
+    assert 0.27 < rate < 0.33
 
 
 def test_extra_loss_combines_independently_with_the_link_loss():
     model = joined("a", "b", seed=3)
     model.set_link("a", "b", Link(loss=0.5))
     model.extra_loss = 0.5
-    rng = random.Random(3)
-    lost = [model.transfer("a", "b", 1) is None for _ in range(50)]
-    assert lost == [rng.random() < 0.75 for _ in range(50)]
+    key = link_key(3, "a", "b")
+    assert lost(model, "a", "b", 50) == [loss_draw(key, n) < 0.75 for n in range(50)]
+
+
+def test_frames_due_at_the_instant_of_a_change_see_the_network_of_its_start():
+    now = [1.0]
+    model = joined("a", "b", clock=lambda: now[0])
+    now[0] = 2.0
+    model.partition([["a"], ["b"]])
+    assert not model.reachable("a", "b")
+    assert model.arrives("a", "b", 2.0)  # due at the instant of the split: delivered
+    assert not model.arrives("a", "b", 2.5)
+    model.heal()  # a second change at the same instant: still the instant's start
+    assert model.arrives("a", "b", 2.0) and model.reachable("a", "b")
+    now[0] = 3.0
+    model.crash("b")
+    assert model.arrives("a", "b", 3.0) and not model.arrives("a", "b", 3.5)
+    assert not joined("a", "b").arrives("a", "c", 0.0)  # without a clock: as reachable
 
 
 def test_a_delivered_frame_reports_its_delay():

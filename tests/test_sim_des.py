@@ -6,7 +6,7 @@ import pytest
 from fednode.actions import Send, Stop
 from fednode.config import load_config
 from fednode.errors import ConfigError
-from fednode.p2p.netmodel import Link
+from fednode.p2p.netmodel import ANNOUNCE_S, Link
 from fednode.role import RoleDefaults
 from fednode.sim.des import DesSimulation
 from fednode.sim.gossip import build_gossip
@@ -142,7 +142,8 @@ def test_partition_sends_down_events_and_sends_fail():
     # a believes b came back and advertises to it: the send fails at once
     des.call_at(0.7, lambda now: a.loop.on_peer(b.peer, True, now))
     result = des.run(a)
-    assert ("peer", False, 0.5) in a.role.log and ("peer", False, 0.5) in b.role.log
+    down = ("peer", False, 0.5 + ANNOUNCE_S)  # peer events come ANNOUNCE_S after the change
+    assert down in a.role.log and down in b.role.log
     failed = [e for e in result.events if e["event"] == "send_failed"]
     assert failed and failed[0]["t"] == 0.7 and failed[0]["error"] == "PeerGone"
 
@@ -153,8 +154,9 @@ def test_crash_then_restart_runs_a_fresh_copy_of_the_role():
     des.call_at(0.2, lambda now: des.crash(b.peer))
     des.call_at(0.4, lambda now: des.restart(b.peer))
     des.run(a)
-    assert ("peer", False, 0.2) in a.role.log and ("peer", True, 0.4) in a.role.log
-    assert b.role.log == [("peer", True, 0.4), ("msg", "ADVERT", 0.4)]  # the old log is gone
+    up, down = 0.4 + ANNOUNCE_S, 0.2 + ANNOUNCE_S  # peer events: ANNOUNCE_S after the change
+    assert ("peer", False, down) in a.role.log and ("peer", True, up) in a.role.log
+    assert b.role.log == [("peer", True, up), ("msg", "ADVERT", up)]  # the old log is gone
     assert b.epoch == 2
 
 

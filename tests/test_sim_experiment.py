@@ -72,9 +72,14 @@ def test_partition_raises_consensus_error_and_run_completes():
     faulty = run_experiment(split, overrides=overrides)
     assert faulty.error is None and list(faulty.rounds) == list(range(1, 15))
     assert [f["fault"] for f in faulty.faults] == ["partition", "heal"]
-    # same until the split (it starts when the fastest peer is done with round 3)
-    assert np.array_equal(healthy.consensus[:3], faulty.consensus[:3])
-    assert faulty.consensus[9] > 1.2 * healthy.consensus[9]  # halves drift apart
+    # same until the split (just after the fastest peer is done with round 3: every
+    # peer finishing round 3 at that instant finishes it unsplit)
+    assert np.array_equal(healthy.consensus[:4], faulty.consensus[:4])
+    grew, grew_healthy = np.diff(faulty.consensus)[3:9], np.diff(healthy.consensus)[3:9]
+    assert np.all(grew > grew_healthy)  # split, the halves drift apart faster, every round
+    assert grew.sum() > 1.3 * grew_healthy.sum()
+    assert faulty.consensus[10] < faulty.consensus[9]  # healed, they pull together again
+    assert healthy.consensus[10] > healthy.consensus[9]
 
 
 def test_crash_and_restart_show_in_round_records_and_bytes():

@@ -4,9 +4,14 @@ A :class:`MemoryNetwork` is the switch; each node gets a :class:`MemoryTransport
 :meth:`MemoryNetwork.attach`. Frames are handed over by reference (the payload buffer is
 never copied), after a delay of ``latency + nbytes / bandwidth`` in trio time — with
 ``trio.testing.MockClock(autojump_threshold=0)`` that costs no wall time. Delayed frames
-arrive in the order of their arrival times, frames due at the same instant in the order
-they were sent (one queue for the whole network, as the discrete-event driver keeps):
-two adverts a node sends one after the other over one link arrive in that order.
+and peer events wait in one queue for the whole network and are handed over in the order
+of their due times; what is due at one instant goes in the model's rank of the sender (of
+the peer an event is about), each sender's in the order it was sent — the order the
+discrete-event driver keeps — so two adverts a node sends one after the other over one
+link arrive in that order. Inside :meth:`MemoryNetwork.run`, peer events are due
+:data:`~fednode.p2p.netmodel.ANNOUNCE_S` after the change that caused them (outside it, at
+once); a frame due at the instant of a change sees the network as it was when that
+instant began (:meth:`~fednode.p2p.netmodel.NetworkModel.arrives`).
 
 The network itself — links, seeded loss, crashes, partitions, who hears of whom — is a
 :class:`~fednode.p2p.netmodel.NetworkModel` (:attr:`MemoryNetwork.model`), the same model
@@ -30,8 +35,19 @@ import trio
 
 from ..errors import PeerGone, TransportError
 from ..wire.frames import Frame, Inbound
-from .netmodel import Link, NetworkModel
+from .netmodel import ANNOUNCE_S, Link, NetworkModel
 from .transport import PeerEvent, Transport
+
+#: what waits in the queue: a frame with its sender, or a peer event
+_Due = tuple[str, Frame] | PeerEvent
+
+
+def _now() -> float:
+    """trio's clock (-inf outside a run: a node attached before the run starts)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return -math.inf
 
 
 class MemoryNetwork:
@@ -44,12 +60,14 @@ class MemoryNetwork:
     """
 
     def __init__(self, *, seed: int = 0, default: Link | None = None, buffer: int = 256):
-        self.model: NetworkModel[str] = NetworkModel(seed=seed, default=default)
+        self.model: NetworkModel[str] = NetworkModel(seed=seed, default=default, clock=_now)
         self._nodes: dict[str, MemoryTransport] = {}
         self._buffer = buffer
         self._nursery: trio.Nursery | None = None
-        #: frames in flight: (arrival time, send order, sender, receiver, frame)
-        self._due: list[tuple[float, int, str, MemoryTransport, Frame]] = []
+        #: frames in flight and peer events to announce: (due time, rank of the sender or
+        #: of the peer the event is about, order of scheduling, receiver, frame or event):
+        #: what is due at one instant goes in that rank (as on the discrete-event driver)
+        self._due: list[tuple[float, int, int, MemoryTransport, _Due]] = []
         self._sent = 0
         self._sleeper: trio.CancelScope | None = None
 
@@ -73,7 +91,7 @@ class MemoryNetwork:
             await self._deliver_due()
 
     async def _deliver_due(self) -> None:
-        """Hand each frame in flight to its receiver when it is due, in (time, send order).
+        """Hand each frame in flight to its receiver when it is due, in (time, rank, send order).
 
         A receiver with a full inbox gets its frame from a task of its own (back-pressure
         on that link only, as before); every other frame is handed over here."""
@@ -85,9 +103,13 @@ class MemoryNetwork:
                     await trio.sleep_forever()
                 self._sleeper = None
                 continue
-            _t, _n, src, target, frame = heapq.heappop(due)
+            t, _rank, _n, target, item = heapq.heappop(due)
+            if isinstance(item, PeerEvent):
+                target._event(item)  # nothing if the observer went down meanwhile
+                continue
+            src, frame = item
             peer = target.local_peer
-            if not (self.model.reachable(src, peer) and self._nodes.get(peer) is target):
+            if not (self.model.arrives(src, peer, t) and self._nodes.get(peer) is target):
                 continue  # the receiver went down or away while the frame was in flight
             inbound = Inbound(src, frame, trio.current_time())
             if target._has_room():
@@ -136,8 +158,31 @@ class MemoryNetwork:
         self._announce(self.model.heal())
 
     def _announce(self, events: list[tuple[str, str, bool]]) -> None:
+        """Hand the model's peer events to the observers: :data:`ANNOUNCE_S` from now, in
+        the order of the due frames (outside :meth:`run`: at once)."""
+        nodes, rank = self._nodes, self.model.rank
+        at = trio.current_time() + ANNOUNCE_S if self._nursery is not None else None
         for observer, peer, up in events:
-            self._nodes[observer]._event(PeerEvent(peer, up, (f"mem/{peer}",) if up else ()))
+            event = PeerEvent(peer, up, (f"mem/{peer}",) if up else ())
+            if at is None:
+                nodes[observer]._event(event)
+            else:
+                self._enqueue(at, rank(peer), nodes[observer], event)
+
+    def _enqueue(
+        self,
+        at: float,
+        rank: int,
+        target: MemoryTransport,
+        item: _Due,
+    ) -> None:
+        """Hand ``item`` (a frame, an event) over at ``at``; ``rank``: the model's rank
+        of its sender (of the peer the event is about)."""
+        self._sent += 1
+        heapq.heappush(self._due, (at, rank, self._sent, target, item))
+        sleeper = self._sleeper
+        if sleeper is not None and at < sleeper.deadline:
+            sleeper.deadline = at
 
     def is_alive(self, peer: str) -> bool:
         return self.model.alive(peer)
@@ -170,19 +215,15 @@ class MemoryNetwork:
             raise PeerGone(f"cannot reach {dst!r} from {src!r}", peer=dst)
         nbytes = frame.nbytes
         target = self._nodes[dst]
-        later = self._nursery is not None and model.delay(src, dst, nbytes) > 0
+        link = model.link(src, dst)
+        delay = link.transfer_time(nbytes)  # once per frame
+        later = self._nursery is not None and delay > 0
         if not wait and not later and not target._has_room():
             return Inbound(src, frame, trio.current_time())
-        delay = model.transfer(src, dst, nbytes)
-        if delay is None:  # lost
+        if not model.carry(src, dst, nbytes, link):  # counted, then lost
             return None
         if later:
-            at = trio.current_time() + delay
-            self._sent += 1
-            heapq.heappush(self._due, (at, self._sent, src, target, frame))
-            sleeper = self._sleeper
-            if sleeper is not None and at < sleeper.deadline:
-                sleeper.deadline = at
+            self._enqueue(trio.current_time() + delay, model.rank(src), target, (src, frame))
             return None
         inbound = Inbound(src, frame, trio.current_time())
         if wait:

@@ -1,9 +1,16 @@
 """Discrete-event driver: the node loop of every real node, under a plain-Python scheduler.
 
+<<<<<<< HEAD
 Each simulated node is a :class:`~fednode.loop.NodeLoop` around the same role objects the
 trio simulator (:mod:`fednode.sim.engine`) builds; only the clock and the scheduler differ
 (``docs/ARCHITECTURE.md``): one event queue (a heap of the instants that have events, a
 FIFO of events per instant) feeds the loops
+=======
+Each simulated node is a :class:`~fednode.loop.NodeLoop` — the very object
+:func:`fednode.runner.run_role` drives on a real node — around the same role objects the
+trio simulator (:mod:`fednode.sim.engine`) builds. Only the clock and the scheduler
+differ: one event queue (:mod:`fednode.sim.instants`) feeds the loops
+>>>>>>> parity
 
 * **deliveries** at ``send time + latency + bytes / bandwidth`` of the link, as the
   :class:`~fednode.p2p.netmodel.NetworkModel` it shares with the memory transport says
@@ -16,14 +23,15 @@ Frames are sealed and opened by each node's real sealer and receiver, or by the 
 pair of :mod:`fednode.crypto.unsigned` (``unsigned=True``).
 
 Differences from ``run_role`` over the memory transport (``docs/SIMULATION.md``): FIFO
-order at one instant (trio shuffles, seeded); a stopped non-root node drops what it is
-sent; up/down events go to *visible* pairs only (default: all); lazy, batched training
+order at one instant (trio shuffles, seeded) but for frames and peer events, which go in
+the transport's order (:mod:`fednode.sim.ties`); a stopped non-root node drops what it is
+sent; up/down events go to *visible* pairs only; lazy, batched training
 (:mod:`fednode.sim.batching`; the role must not modify a job's params in place).
 
 Sharding (:mod:`fednode.sim.parallel`): with ``owner`` set, this process runs only the
 nodes of ``shard``; sends to other shards go to :attr:`outbox`, and :meth:`run_window`
-advances in the windows the parallel driver grants. Determinism: seeded loss RNG, FIFO
-ties, sorted iteration — the same build, seed and shard count give the same results.
+advances in the windows the parallel driver grants. Deterministic for a build, seed and
+shard count (counter-based loss draws, ordered ties, sorted iteration).
 """
 
 from __future__ import annotations
@@ -31,7 +39,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +47,13 @@ from ..actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
 from ..crypto.envelope import Membership
 from ..crypto.identity import Identity
 from ..errors import ConfigError, PeerGone
+<<<<<<< HEAD
 from ..loop import EventSink, NodeLoop
 from ..p2p.netmodel import Link, NetStats, NetworkModel
+=======
+from ..loop import NodeLoop, RunStats
+from ..p2p.netmodel import ANNOUNCE_S, Link, NetStats, NetworkModel
+>>>>>>> parity
 from ..role import Role
 from ..runner import InlineExecutor
 from ..wire.frames import Inbound
@@ -56,7 +68,12 @@ from .engine import (
     sealing,
     sim_identity,
 )
+<<<<<<< HEAD
 from .netfaults import NetworkFaults
+=======
+from .instants import Instants, order_instant
+from .netfaults import EventSink, NetworkFaults
+>>>>>>> parity
 
 # event kinds; an event is (kind, node index, node epoch, a, b)
 DELIVER, RESULT, TIMER, PEER, CALL = range(5)
@@ -112,13 +129,13 @@ class DesSimulation(NetworkFaults):
         keep_events: bool | frozenset[str] = True,
         lazy_compute: bool = True,
     ) -> None:
-        self.seed = seed
-        self.model: NetworkModel[int] = NetworkModel(seed=seed, default=link, visible=visible)
-        self.unsigned = unsigned
-        self.membership = membership or Membership(open=True)
-        self.keep_events = keep_events
-        self.lazy_compute = lazy_compute
+        self.seed, self._now = seed, 0.0
         self.nodes: list[DesNode] = []
+        #: node indices, named by peer id in the loss draw (as the memory transport names them)
+        name, clock, model = (lambda i: self.nodes[i].peer), (lambda: self._now), NetworkModel[int]
+        self.model = model(seed=seed, default=link, visible=visible, name=name, clock=clock)
+        self.unsigned, self.keep_events, self.lazy_compute = unsigned, keep_events, lazy_compute
+        self.membership = membership or Membership(open=True)
         self.events: list[dict[str, Any]] = []
         self.fault_hooks: list[Callable[[Any, str, str, dict[str, Any]], None]] = []
         self.listeners: list[EventSink] = []
@@ -133,12 +150,8 @@ class DesSimulation(NetworkFaults):
         #: virtual time of the last event that reached a role
         self.last_active = 0.0
         self._by_peer: dict[str, int] = {}
-        #: the event queue: a heap of the distinct times that have events, and per time
-        #: its events in the order they were scheduled (FIFO ties, no per-event heap work:
-        #: with equal link latencies most events share a few instants)
-        self._times: list[float] = []
-        self._at: dict[float, deque[Event]] = {}
-        self._now = 0.0
+        self._queue = Instants()
+        self._schedule = self._queue.schedule
         self._started = False
         self._halt: Stop | None = None
         self._running = 0
@@ -200,6 +213,9 @@ class DesSimulation(NetworkFaults):
         """Run ``fn(now)`` at virtual time ``t`` (fault schedules, probes)."""
         self._push(max(t, self._now), CALL, -1, 0, fn, None)
 
+    def after(self, delay_s: float, fn: Callable[[], None]) -> None:
+        self.call_at(self._now + delay_s, lambda now: fn())
+
     def at_start(self, fn: Callable[[], None]) -> None:
         """Run ``fn()`` at virtual time 0, after the nodes started."""
         self.call_at(0.0, lambda now: fn())
@@ -243,10 +259,10 @@ class DesSimulation(NetworkFaults):
         return index
 
     def _tell(self, events: list[tuple[Any, Any, bool]]) -> None:
-        """Queue the model's peer up/down events, now."""
-        nodes, now = self.nodes, self._now
+        """Queue the model's peer up/down events, :data:`ANNOUNCE_S` from now."""
+        nodes, at = self.nodes, self._now + ANNOUNCE_S
         for i, j, up in events:
-            self._push(now, PEER, i, nodes[i].epoch, nodes[j].peer, up)
+            self._push(at, PEER, i, nodes[i].epoch, nodes[j].peer, up)
 
     def _down(self, node: DesNode) -> None:
         """``node`` stopped or crashed; without a root the run ends with the last one."""
@@ -262,17 +278,10 @@ class DesSimulation(NetworkFaults):
             return  # events for nodes of other shards happen there
         self._schedule(t, (kind, idx, epoch, a, b))
 
-    def _schedule(self, t: float, event: Event) -> None:
-        bucket = self._at.get(t)
-        if bucket is None:
-            bucket = self._at[t] = deque()
-            heapq.heappush(self._times, t)
-        bucket.append(event)
-
     @property
     def next_time(self) -> float:
         """Virtual time of the next pending event (inf: none, or the run halted)."""
-        return self._times[0] if self._times and self._halt is None else math.inf
+        return self._queue.next_time if self._halt is None else math.inf
 
     def _make_loop(self, node: DesNode) -> NodeLoop:
         """A fresh :class:`NodeLoop` for ``node``'s current role and incarnation (each
@@ -336,7 +345,13 @@ class DesSimulation(NetworkFaults):
         return self._halt
 
     def _loop(self, limit: float, *, inclusive: bool) -> None:
-        times, at, nodes, reachable = self._times, self._at, self.nodes, self.model.reachable
+        times, at, nodes, by_peer = self._queue.times, self._queue.at, self.nodes, self._by_peer
+        arrives, ordered = self.model.arrives, -math.inf  # ordered: the instant last sorted
+
+        def rank(event: Event) -> int | None:  # a frame's sender, a peer event's peer
+            kind = event[0]
+            return event[4] if kind == DELIVER else by_peer[event[3]] if kind == PEER else None
+
         while times and self._halt is None:
             t = times[0]
             if t > limit or (t == limit and not inclusive):
@@ -346,6 +361,9 @@ class DesSimulation(NetworkFaults):
                 heapq.heappop(times)
                 del at[t]
                 continue
+            if t != ordered:  # the memory transport's order of frames and peer events
+                ordered = t
+                order_instant(bucket, rank)
             kind, idx, epoch, a, b = bucket.popleft()
             self._now = t
             self.processed += 1
@@ -359,7 +377,7 @@ class DesSimulation(NetworkFaults):
             loop = node.loop
             assert loop is not None
             if kind == DELIVER:
-                if not reachable(b, idx):
+                if not arrives(b, idx, t):
                     continue  # in flight when its sender crashed or the network split
                 loop.on_frame(Inbound(nodes[b].peer, a, t), t)
             elif kind == RESULT:

@@ -174,6 +174,7 @@ class Simulation(NetworkFaults):
         )
         self.nodes.append(node)
         self._by_peer[node.peer] = node
+        self.network.model.add(node.peer)  # its rank is its index, as on the des driver
         return node
 
     def node(self, peer: str) -> SimNode:
@@ -208,6 +209,19 @@ class Simulation(NetworkFaults):
         of them has run: the discrete-event driver's :meth:`call_at` at 0 runs at the
         same point of its start-up)."""
         self._at_start.append(fn)
+
+    def after(self, delay_s: float, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` ``delay_s`` virtual seconds from now, in a task of the nodes'
+        nursery (inside a run)."""
+        nursery = self._nodes_nursery
+        if nursery is None:
+            raise RuntimeError("Simulation.after is only possible while the simulation runs")
+
+        async def later() -> None:
+            await trio.sleep(delay_s)
+            fn()
+
+        nursery.start_soon(later)
 
     def _started(self) -> None:
         for fn in self._at_start:

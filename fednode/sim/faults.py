@@ -15,7 +15,9 @@ the spec asks for at that round: crash or restart nodes, split or heal the netwo
 the extra loss rate and each node's slowdown. A fault therefore takes effect before the
 first message of its round is delivered (the coordinator's ``round`` event of ``r - 1``
 comes before its ``Fit`` sends for ``r``) — in the star and two-tier roles exactly at the
-boundary; in gossip, when the fastest peer gets there.
+boundary; in gossip, :data:`~fednode.p2p.netmodel.ANNOUNCE_S` after the fastest peer gets
+there, so that the peers finishing the round at that same instant (its neighbours, in
+step) all finish it first, whichever order a driver runs them in.
 
 Both drivers take every fault type through the interface they share
 (:class:`~fednode.sim.netfaults.NetworkFaults`, backed by one
@@ -34,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from ..p2p.netmodel import ANNOUNCE_S
 from .netfaults import NetworkFaults
 from .topology import CrashFault, Fault, LossFault, PartitionFault, StragglerFault
 
@@ -112,7 +115,14 @@ class FaultSchedule:
             return
         if reached > self.boundary:
             self.boundary = reached
-            if not self.defer:
+            if self.defer:
+                return
+            if event == "gossip_round":
+                # the fastest peer's neighbours finish the round at the same instant: let
+                # them, whichever the driver runs first, and apply just after it
+                assert self._sim is not None
+                self._sim.after(ANNOUNCE_S, lambda: self.apply(self.boundary))
+            else:
                 self.apply(reached)
 
     def advance(self, boundary: int) -> None:

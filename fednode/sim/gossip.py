@@ -34,6 +34,7 @@ from ..config import GossipParams, NodeConfig, replace
 from ..factory import make_role
 from ..gossip.peer import GossipPeer
 from ..p2p.netmodel import Link
+from ..role import Role
 from ..runner import InlineExecutor
 from ..training.task import Task
 from .engine import RunResult, SimNode, Simulation, sim_identity
@@ -173,6 +174,21 @@ class GossipSimulation(Simulation):
         self.crashed.add(peer)
         super().crash(peer)
 
+    def restart(
+        self, peer: str, make_role: Callable[[], Role] | None = None, *, after_s: float = 0.0
+    ) -> None:
+        """Start a crashed peer again, tracked again (see :meth:`Simulation.restart`)."""
+        node = self.node(peer)
+        if node.running and not (node.scope is not None and node.scope.cancel_called):
+            raise ValueError(f"node {node.index} is running: crash it before restarting it")
+        if self._live is None:
+            raise RuntimeError("GossipSimulation.restart is only possible while it runs")
+        node.pending_restart = (after_s, make_role or self._fresh(node.index))
+        self.crashed.discard(peer)
+        self.stopped.discard(peer)
+        if not node.running:  # its old task already returned: start a new one
+            self._start(node)
+
     def running(self) -> list[SimNode]:
         return [
             n
@@ -196,7 +212,7 @@ class GossipSimulation(Simulation):
 
     async def _run_tracked(self, node: SimNode) -> None:
         try:
-            await self._run_node(node)
+            await self._run_incarnations(node)
         finally:
             self.stopped.add(node.peer)
             self.tracker.advance()
@@ -211,7 +227,7 @@ class GossipSimulation(Simulation):
         )
 
         async def until_all_stop(live: trio.Nursery) -> None:
-            self._live = live
+            self._live = self._nodes_nursery = live
             self._all_done = trio.Event()
             pending, self.pending = self.pending, []
             for node in pending:
@@ -220,7 +236,7 @@ class GossipSimulation(Simulation):
             await self._all_done.wait()
 
         virtual = self._drive(until_all_stop, max_virtual_s)
-        self._live = None
+        self._live = self._nodes_nursery = None
         self.tracker.advance(final=True)
         wall = time.perf_counter() - t0
         return RunResult(
@@ -360,12 +376,12 @@ class Schedule:
 
         def split(groups: list[list[int]]) -> Callback:
             def fire(s: GossipSimulation) -> None:
-                s.network.partition([[nodes[i].peer for i in group] for group in groups])
+                s.partition([[nodes[i].index for i in group] for group in groups])
 
             return fire
 
         def heal(s: GossipSimulation) -> None:
-            s.network.heal()
+            s.heal()
 
         for r, victims in self.crash.items():
             sim.at_round(r, crash(victims))

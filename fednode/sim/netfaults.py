@@ -56,6 +56,10 @@ class NetworkFaults(abc.ABC):
     def at_start(self, fn: Callable[[], None]) -> None: ...
 
     @abc.abstractmethod
+    def after(self, delay_s: float, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` ``delay_s`` virtual seconds from now (inside a run)."""
+
+    @abc.abstractmethod
     def crash(self, peer: str) -> None: ...
 
     @abc.abstractmethod
