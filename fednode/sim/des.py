@@ -1,16 +1,8 @@
 """Discrete-event driver: the node loop of every real node, under a plain-Python scheduler.
 
-<<<<<<< HEAD
 Each simulated node is a :class:`~fednode.loop.NodeLoop` around the same role objects the
 trio simulator (:mod:`fednode.sim.engine`) builds; only the clock and the scheduler differ
-(``docs/ARCHITECTURE.md``): one event queue (a heap of the instants that have events, a
-FIFO of events per instant) feeds the loops
-=======
-Each simulated node is a :class:`~fednode.loop.NodeLoop` — the very object
-:func:`fednode.runner.run_role` drives on a real node — around the same role objects the
-trio simulator (:mod:`fednode.sim.engine`) builds. Only the clock and the scheduler
-differ: one event queue (:mod:`fednode.sim.instants`) feeds the loops
->>>>>>> parity
+(``docs/ARCHITECTURE.md``): one event queue (:mod:`fednode.sim.instants`) feeds the loops:
 
 * **deliveries** at ``send time + latency + bytes / bandwidth`` of the link, as the
   :class:`~fednode.p2p.netmodel.NetworkModel` it shares with the memory transport says
@@ -24,7 +16,7 @@ pair of :mod:`fednode.crypto.unsigned` (``unsigned=True``).
 
 Differences from ``run_role`` over the memory transport (``docs/SIMULATION.md``): FIFO
 order at one instant (trio shuffles, seeded) but for frames and peer events, which go in
-the transport's order (:mod:`fednode.sim.ties`); a stopped non-root node drops what it is
+the transport's order (:mod:`fednode.sim.instants`); a stopped non-root node drops what it is
 sent; up/down events go to *visible* pairs only; lazy, batched training
 (:mod:`fednode.sim.batching`; the role must not modify a job's params in place).
 
@@ -47,13 +39,8 @@ from ..actions import EvalJob, EvalResult, Stop, TrainJob, TrainResult
 from ..crypto.envelope import Membership
 from ..crypto.identity import Identity
 from ..errors import ConfigError, PeerGone
-<<<<<<< HEAD
 from ..loop import EventSink, NodeLoop
-from ..p2p.netmodel import Link, NetStats, NetworkModel
-=======
-from ..loop import NodeLoop, RunStats
 from ..p2p.netmodel import ANNOUNCE_S, Link, NetStats, NetworkModel
->>>>>>> parity
 from ..role import Role
 from ..runner import InlineExecutor
 from ..wire.frames import Inbound
@@ -68,12 +55,8 @@ from .engine import (
     sealing,
     sim_identity,
 )
-<<<<<<< HEAD
-from .netfaults import NetworkFaults
-=======
 from .instants import Instants, order_instant
-from .netfaults import EventSink, NetworkFaults
->>>>>>> parity
+from .netfaults import NetworkFaults
 
 # event kinds; an event is (kind, node index, node epoch, a, b)
 DELIVER, RESULT, TIMER, PEER, CALL = range(5)
