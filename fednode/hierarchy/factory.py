@@ -8,12 +8,17 @@ checkpoint store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from ..config import NodeConfig
+from ..config import AggregationParams, NodeConfig
 from ..errors import ConfigError
+from ..training.aggregate import Aggregator
+from ..training.buffered import make_aggregator
+from ..training.claims import ClaimLimits
 from ..training.server_opt import make_server_optimizer
 from .aggregator import RegionalAggregator
 from .checkpoint import DirectoryCheckpoints
@@ -21,6 +26,16 @@ from .client import Client
 from .coordinator import Coordinator
 from .fedbuff import AsyncCoordinator
 from .selection import make_selection
+
+
+def aggregator_factory(
+    params: AggregationParams, *, root: bool = False
+) -> Callable[[], Aggregator]:
+    """Builds the aggregator of ``[aggregation]``: ``root_rule`` (or ``rule``) for the
+    coordinator, ``rule`` for a regional aggregator (a promoted client builds its own)."""
+    rule = (params.root_rule or params.rule) if root else params.rule
+    limits = ClaimLimits(params.max_examples, params.max_examples_ratio, params.flag_norm_ratio)
+    return partial(make_aggregator, rule, limits)
 
 
 def make_coordinator(
@@ -40,6 +55,7 @@ def make_coordinator(
         train=config.train,
         federation=config.net.federation,
         task=config.data.task,
+        aggregator=aggregator_factory(config.aggregation, root=True)(),
         selection=make_selection(config.selection, budget),
         seed=config.seed,
         server_update=make_server_optimizer(
@@ -82,6 +98,7 @@ def make_role(
             parent=parent,
             tier=config.tier,
             default_deadline_s=config.rounds.round_deadline_s,
+            aggregator=aggregator_factory(config.aggregation)(),
         )
     if config.role == "client":
         return Client(
@@ -93,5 +110,6 @@ def make_role(
             region=region,
             parent=parent,
             tier=config.tier,
+            aggregator_factory=aggregator_factory(config.aggregation),
         )
     raise ConfigError("role", config.role, "client, aggregator or coordinator (hierarchy roles)")
