@@ -63,6 +63,18 @@ class NodeConfig:
             self.aggregation,
         ):
             group.validate()
+        if self.server.mode == "async":
+            from ..training.rulespec import parse_rule
+
+            name = "aggregation.root_rule" if self.aggregation.root_rule else "aggregation.rule"
+            spec = parse_rule(self.aggregation.root_rule or self.aggregation.rule, name)
+            check(
+                spec.min_updates() <= self.server.buffer_size,
+                name,
+                spec.text,
+                f"a rule that runs on server.buffer_size = {self.server.buffer_size} updates "
+                f"(this one needs {spec.min_updates()})",
+            )
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
