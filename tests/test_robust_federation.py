@@ -9,6 +9,7 @@ from elsewhere; this only needs one bad update per round.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -225,5 +226,28 @@ def test_fedbuff_runs_the_rule_per_buffer(rule, survives):
 
 
 def test_fedbuff_refuses_a_rule_its_buffer_cannot_feed():
-    with pytest.raises(ConfigError, match="aggregation.rule"):
+    with pytest.raises(ConfigError, match=r"aggregation\.rule"):
         async_config("krum:2")  # needs 7 updates, the buffer holds 5
+
+
+def test_cli_sim_reports_the_rule_in_rounds_jsonl_and_summary(tmp_path, capsys):
+    from fednode.cli import main
+
+    args = ["sim", "--nodes", "6", "--rounds", "2", "--local-epochs", "1"]
+    code = main([*args, "--aggregation", "krum:1", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert [r["agg_rule"] for r in rows] == ["krum:1", "krum:1"]
+    assert all(len(r["agg_selected"]) == 1 and len(r["agg_discarded"]) == 5 for r in rows)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["aggregation"]["rule"] == "krum:1"
+    assert summary["aggregation"]["discarded"] == 10
+
+
+@pytest.mark.parametrize("command", ["sim", "run", "demo"])
+def test_cli_refuses_a_bad_rule_naming_the_field(command, capsys):
+    from fednode.cli import main
+
+    assert main([command, "--aggregation", "trimmed:0.7"]) == 2
+    out = capsys.readouterr()
+    assert "aggregation.rule" in out.out + out.err

@@ -69,6 +69,23 @@ class AggregateReport:
         }
 
 
+def report_note(record: dict[str, Any]) -> str:
+    """A round record's ``agg_*`` fields in a few words ("" when the rule changed nothing),
+    e.g. ``krum:1: discarded 7, flagged 1``."""
+    parts = []
+    if record.get("agg_discarded"):
+        parts.append(f"discarded {len(record['agg_discarded'])}")
+    if record.get("agg_clipped"):
+        parts.append(f"clipped {record['agg_clipped']}")
+    if record.get("agg_trimmed"):
+        parts.append(f"trimmed {record['agg_trimmed']}")
+    if record.get("agg_capped"):
+        parts.append(f"capped {len(record['agg_capped'])}")
+    if record.get("agg_flagged"):
+        parts.append(f"flagged {len(record['agg_flagged'])}")
+    return f"{record.get('agg_rule', '')}: {', '.join(parts)}" if parts else ""
+
+
 class Aggregator(Protocol):
     needs_all: bool
     report: AggregateReport

@@ -189,13 +189,11 @@ def parse_rule(text: str, field: str = "aggregation.rule") -> RuleSpec:
     for i, part in enumerate(parts):
         name = part.split(":")[0]
         if name in STAGES:
-            if rule is not None:
-                raise ConfigError(field, spec, "pre-aggregation stages before the rule")
             stages.append(_stage(part, field, spec))
         elif i == len(parts) - 1:
             rule = _rule(part, field, spec, tuple(stages))
         else:
-            raise ConfigError(field, spec, f"one rule, last ({GRAMMAR})")
+            raise ConfigError(field, spec, f"one rule, last, after the stages ({GRAMMAR})")
     if rule is None:
         rule = RuleSpec(text=spec, name="fedavg", stages=tuple(stages))
     for stage in rule.stages:
