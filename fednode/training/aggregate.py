@@ -106,12 +106,11 @@ def check_input(vec: np.ndarray, weight: float, size: int) -> None:
 
 
 def vector_norm(vec: np.ndarray) -> float:
-    """Euclidean norm in float64, chunked (no full-size float64 copy)."""
-    total = 0.0
-    for lo in range(0, vec.shape[0], CHUNK):
-        part = vec[lo : lo + CHUNK].astype(ACC_DTYPE)
-        total += float(part @ part)
-    return math.sqrt(total)
+    """Euclidean norm accumulated in float64, without a float64 copy of ``vec``.
+
+    ``einsum`` (numpy's own loop), not ``vec @ vec``: BLAS's threaded dot was 100x
+    slower on a machine whose cores were busy (threads spinning for a core)."""
+    return math.sqrt(float(np.einsum("i,i->", vec, vec, dtype=ACC_DTYPE)))
 
 
 class StreamingMean:

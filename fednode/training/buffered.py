@@ -10,7 +10,12 @@ pre-aggregation stages in place on the block, then the rule
 (:mod:`fednode.training.robust`), and fills :attr:`report` with peer ids.
 
 Memory: the block (``capacity x d x 4`` bytes) plus the rule's chunk temporaries and O(d)
-vectors (docs/ROBUSTNESS.md, "Memory").
+vectors (docs/ROBUSTNESS.md, "Implementation, cost and memory").
+
+The rule runs with BLAS limited to one thread (threadpoolctl): its products are many
+small-to-medium ones (one per column chunk), and on a machine whose cores are busy
+(training, other nodes) OpenBLAS's threads spinning for a core made them up to 100x
+slower; one thread costs little when the machine is idle.
 
 :func:`make_aggregator` is the one place a spec becomes an aggregator.
 """
@@ -18,6 +23,7 @@ vectors (docs/ROBUSTNESS.md, "Memory").
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..errors import RoundFailed
 from ..wire.tensors import DTYPE
@@ -84,13 +90,14 @@ class BufferedAggregator:
         spec.check_count(n)
         x = self._block[:n]
         clipped: list[int] = []
-        for stage in spec.stages:
-            if stage.name == "norm_bound":
-                clipped += robust.norm_bound(x, stage.c)
-            else:
-                f = stage.f if stage.f is not None else spec.rule_f(n)
-                robust.nnm(x, int(f or 0))
-        out = self._rule(x)
+        with threadpool_limits(limits=1, user_api="blas"):  # see the module docstring
+            for stage in spec.stages:
+                if stage.name == "norm_bound":
+                    clipped += robust.norm_bound(x, stage.c)
+                else:
+                    f = stage.f if stage.f is not None else spec.rule_f(n)
+                    robust.nnm(x, int(f or 0))
+            out = self._rule(x)
         peers = self._peers
         self.report = AggregateReport(
             rule=spec.text,
