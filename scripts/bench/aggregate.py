@@ -11,8 +11,9 @@ called as Flower's strategies call them: a list of ``([layer], num_examples)``.
 Time: wall seconds, best of ``--repeat``. Memory: in one more call, under tracemalloc
 (not timed: it slows allocation), the peak minus what was allocated before it (numpy
 reports its buffers to tracemalloc), i.e. the extra memory beyond the updates
-themselves; printed also as a multiple of one ``(n, d)`` float32 block. Each row prints Flower's time / fednode's time (> 1: fednode faster) and,
-where both exist, the largest difference between the two results.
+themselves; printed also as a multiple of one ``(n, d)`` float32 block. Each row prints
+Flower's time / fednode's time (> 1: fednode faster) and, where both exist, the largest
+difference between the two results.
 
 Flower runs in a subprocess of its own interpreter (``--flower-python``, default
 /work/venv-flwr/bin/python: flwr 1.40 would change packages of the project's venv),
