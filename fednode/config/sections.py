@@ -340,7 +340,7 @@ class AggregationParams:
     #: most examples one update may claim (0 = no absolute cap)
     max_examples: int = 0
     #: a claim is cut to this many times the previous round's median claim (0 = off)
-    max_examples_ratio: float = 3.0
+    max_examples_ratio: float = 10.0
     #: flag an update whose norm exceeds this many times the round's median (0 = off)
     flag_norm_ratio: float = 10.0
 

@@ -29,7 +29,7 @@ FLAG_MIN_UPDATES = 3
 @dataclass(frozen=True)
 class ClaimLimits:
     max_examples: int = 0
-    max_examples_ratio: float = 3.0
+    max_examples_ratio: float = 10.0
     flag_norm_ratio: float = 10.0
 
 
