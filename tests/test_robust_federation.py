@@ -127,8 +127,8 @@ def test_star_robust_rules_survive_the_scaled_update(rule, clean_accuracy):
 
 def test_claim_cap_bounds_an_inflated_weight():
     """A member honest in round 1 sends sign-flipped updates claiming a million examples
-    from round 2: with max_examples_ratio = 3 its weight is cut to 3 x the previous round's median claim (540 against
-    the other seven's 1257), and FedAvg keeps learning."""
+    from round 2: with max_examples_ratio = 3 its weight is cut to 3 x the previous round's
+    median claim (540 against the other seven's 1257), and FedAvg keeps learning."""
     clients = 8
     cfg = config("fedavg", **{"rounds.rounds": 4, "aggregation.max_examples_ratio": 3.0})
     sim, root = build_star(cfg, clients)
