@@ -10,12 +10,13 @@ checkpoint store, codec and consortium.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from .config import NodeConfig
+from .config import AggregationParams, NodeConfig
 from .errors import ConfigError
 from .gossip.core import WaitFor
 from .gossip.peer import GossipPeer
@@ -25,9 +26,22 @@ from .hierarchy.client import Client
 from .hierarchy.coordinator import Coordinator
 from .hierarchy.fedbuff import AsyncCoordinator
 from .hierarchy.selection import make_selection
+from .training.aggregate import Aggregator
+from .training.buffered import make_aggregator
+from .training.claims import ClaimLimits
 from .training.server_opt import make_server_optimizer
 
 AnyRole = Coordinator | AsyncCoordinator | RegionalAggregator | Client | GossipPeer
+
+
+def aggregator_factory(
+    params: AggregationParams, *, root: bool = False
+) -> Callable[[], Aggregator]:
+    """Builds the aggregator of ``[aggregation]``: ``root_rule`` (or ``rule``) for the
+    coordinator, ``rule`` for a regional aggregator (a promoted client builds its own)."""
+    rule = (params.root_rule or params.rule) if root else params.rule
+    limits = ClaimLimits(params.max_examples, params.max_examples_ratio, params.flag_norm_ratio)
+    return partial(make_aggregator, rule, limits)
 
 
 def make_role(
@@ -81,6 +95,7 @@ def make_role(
             parent=parent,
             tier=config.tier,
             default_deadline_s=config.rounds.round_deadline_s,
+            aggregator=aggregator_factory(config.aggregation)(),
         )
     if config.role == "client":
         return Client(
@@ -92,6 +107,7 @@ def make_role(
             region=region,
             parent=parent,
             tier=config.tier,
+            aggregator_factory=aggregator_factory(config.aggregation),
         )
     raise ConfigError("role", config.role, "client, aggregator, coordinator or peer")
 
@@ -111,6 +127,7 @@ def _coordinator(
         train=config.train,
         federation=config.net.federation,
         task=config.data.task,
+        aggregator=aggregator_factory(config.aggregation, root=True)(),
         selection=make_selection(config.selection, budget),
         seed=config.seed,
         server_update=make_server_optimizer(

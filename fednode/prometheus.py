@@ -4,7 +4,8 @@
 from a registry of this node's own (no global state): traffic from the runner's
 :class:`~fednode.runner.RunStats` (read at scrape time, so nothing is counted twice),
 rejected frames by error type, connected members, and what the node's events said last
-(round, accuracy, model version). Off by default; ``127.0.0.1:9464`` keeps it on the
+(round, accuracy, model version; what the aggregation rule discarded, clipped, flagged
+and capped, docs/ROBUSTNESS.md). Off by default; ``127.0.0.1:9464`` keeps it on the
 machine. It serves one connection at a time, each bounded by :data:`REQUEST_TIMEOUT_S`
 and :data:`MAX_REQUEST_BYTES`; a malformed request gets ``400`` and changes nothing.
 HTTP parsing is h11's.
@@ -35,6 +36,7 @@ REQUEST_TIMEOUT_S = 5.0
 MAX_REQUEST_BYTES = 16 * 1024
 LINGER_S = 1.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+AGGREGATION_ACTIONS = ("discarded", "clipped", "flagged", "capped")
 
 
 class NodeMetrics(Collector):
@@ -58,6 +60,9 @@ class NodeMetrics(Collector):
         self.accuracy = math.nan
         self.model_version = 0
         self.rounds_done = 0
+        #: from the aggregation report of each round / edge round and the warning events
+        self.aggregation = dict.fromkeys(AGGREGATION_ACTIONS, 0)
+        self.rule_failures = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -72,6 +77,16 @@ class NodeMetrics(Collector):
         if "model_version" in data:
             with contextlib.suppress(TypeError, ValueError):
                 self.model_version = max(self.model_version, int(data["model_version"]))
+        if event in ("round", "edge_round"):
+            agg = self.aggregation
+            agg["discarded"] += len(data.get("agg_discarded", ()))
+            agg["clipped"] += int(data.get("agg_clipped", 0))
+        elif event == "update_flagged":
+            self.aggregation["flagged"] += 1
+        elif event == "claim_capped":
+            self.aggregation["capped"] += 1
+        elif event == "round_failed" and data.get("rule"):
+            self.rule_failures += 1
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -118,6 +133,19 @@ class NodeMetrics(Collector):
         )
         yield GaugeMetricFamily(
             "fednode_model_version", "the last model version reported", value=self.model_version
+        )
+        robust = CounterMetricFamily(
+            "fednode_aggregation_updates",
+            "updates the aggregation rule discarded or clipped, norms flagged, claims capped",
+            labels=["action"],
+        )
+        for action, count in self.aggregation.items():
+            robust.add_metric([action], count)
+        yield robust
+        yield CounterMetricFamily(
+            "fednode_aggregation_rule_failures",
+            "rounds failed because the rule could not run on the updates received",
+            value=self.rule_failures,
         )
         yield GaugeMetricFamily(
             "fednode_accuracy",

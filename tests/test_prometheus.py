@@ -131,3 +131,19 @@ async def test_a_client_that_resets_the_connection_does_not_stop_the_endpoint() 
         ok = await _get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200")
         nursery.cancel_scope.cancel()
+
+
+def test_aggregation_counters_follow_the_round_records_and_warnings() -> None:
+    metrics = _metrics()
+    metrics.on_event("round", {"round": 1, "agg_discarded": ["a", "b"], "agg_clipped": 3})
+    metrics.on_event("edge_round", {"round": 1, "agg_discarded": ["c"], "agg_clipped": 0})
+    metrics.on_event("update_flagged", {"round": 1, "peer": "a"})
+    metrics.on_event("claim_capped", {"round": 1, "peer": "b"})
+    metrics.on_event("round_failed", {"round": 2, "reason": "krum", "rule": True})
+    metrics.on_event("round_failed", {"round": 3, "reason": "too few"})  # not the rule's
+    text = metrics.exposition().decode()
+    assert 'fednode_aggregation_updates_total{action="discarded"} 3.0' in text
+    assert 'fednode_aggregation_updates_total{action="clipped"} 3.0' in text
+    assert 'fednode_aggregation_updates_total{action="flagged"} 1.0' in text
+    assert 'fednode_aggregation_updates_total{action="capped"} 1.0' in text
+    assert _value(text, "fednode_aggregation_rule_failures_total") == 1

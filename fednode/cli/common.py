@@ -36,6 +36,12 @@ COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
     ),
     "partition": ("data.partition", str, "'iid', 'dirichlet:<alpha>' or 'shards:<k>'"),
     "codec": ("wire.codec", str, "update codec: none, fp16, int8, topk:<f>[+int8][+zstd]"),
+    "aggregation": (
+        "aggregation.rule",
+        str,
+        "aggregation rule: fedavg, median, trimmed:<beta>, krum:<f>, multikrum:<f>[:<m>], "
+        "bulyan:<f>, centered_clip:<tau>[:<iters>], geomed, after norm_bound:<c>+ / nnm+",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..loop import EventSink
+from ..training.aggregate import report_note as note
 from .common import add_common, config_of, console, human
 
 
@@ -132,7 +133,7 @@ def _human_events() -> EventSink:
                 f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss "
                 f"{data['loss']:.4f}  clients {data['completed']}/{data['selected']}  "
                 f"up {human(data['bytes_up'])}  down {human(data['bytes_down'])}  "
-                f"{data['duration_s']:.1f}s"
+                f"{data['duration_s']:.1f}s{_bracket(note(data))}"
             )
         elif event == "gossip_round":
             console.print(
@@ -144,7 +145,18 @@ def _human_events() -> EventSink:
             console.print(
                 f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss {data['loss']:.4f}"
             )
-        elif event in ("round_failed", "rejected", "send_failed", "parent_lost"):
+        elif event in (
+            "round_failed",
+            "rejected",
+            "send_failed",
+            "parent_lost",
+            "update_flagged",
+            "claim_capped",
+        ):
             console.print(f"[yellow]{event}[/] {data}")
 
     return sink
+
+
+def _bracket(text: str) -> str:
+    return f"  [{text}]" if text else ""

@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..sim.experiment import ExperimentResult, SimOptions, run_experiment
 from ..sim.report import compare, write_folder
 from ..sim.topology import Topology, build_topology, load_topology
+from ..training.aggregate import report_note
 from .common import add_common, console, overrides
 
 #: ``fednode sim`` suggests ``--workers`` for runs of at least this many nodes on one worker
@@ -233,12 +234,15 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
     from rich.table import Table
 
     table = Table(title=f"{res.name}: {res.kind}, {res.n} nodes", title_justify="left")
-    cols = ["round", "accuracy", "loss", "MB"] + (
-        ["consensus"] if res.consensus is not None else []
+    rows = res.table()
+    robust = any(report_note(r) for r in rows)
+    cols = (
+        ["round", "accuracy", "loss", "MB"]
+        + (["consensus"] if res.consensus is not None else [])
+        + (["aggregation"] if robust else [])
     )
     for col in cols:
         table.add_column(col, justify="right")
-    rows = res.table()
     shown = rows if len(rows) <= 30 else rows[:10] + rows[-10:]
     for row in shown:
         cells = [
@@ -250,6 +254,8 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
         if res.consensus is not None:
             ce = row.get("consensus_error")
             cells.append("-" if ce is None else f"{ce:.2e}")
+        if robust:
+            cells.append(report_note(row) or "-")
         table.add_row(*cells)
     console.print(table)
     if res.error:

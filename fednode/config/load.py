@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import ConfigError
 from .net import NetParams
 from .sections import (
+    AggregationParams,
     DataParams,
     GossipParams,
     RoundParams,
@@ -43,6 +44,7 @@ class NodeConfig:
     selection: SelectionParams = field(default_factory=SelectionParams)
     server: ServerParams = field(default_factory=ServerParams)
     gossip: GossipParams = field(default_factory=GossipParams)
+    aggregation: AggregationParams = field(default_factory=AggregationParams)
 
     def validate(self) -> None:
         check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")
@@ -51,6 +53,18 @@ class NodeConfig:
             group = getattr(self, f.name)
             if dataclasses.is_dataclass(group):
                 group.validate()  # type: ignore[union-attr]
+        if self.server.mode == "async":
+            from ..training.rulespec import parse_rule
+
+            name = "aggregation.root_rule" if self.aggregation.root_rule else "aggregation.rule"
+            spec = parse_rule(self.aggregation.root_rule or self.aggregation.rule, name)
+            check(
+                spec.min_updates() <= self.server.buffer_size,
+                name,
+                spec.text,
+                f"a rule that runs on server.buffer_size = {self.server.buffer_size} updates "
+                f"(this one needs {spec.min_updates()})",
+            )
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:

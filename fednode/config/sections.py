@@ -320,6 +320,52 @@ class WireParams:
         )
 
 
+@dataclass(frozen=True)
+class AggregationParams:
+    """How updates are combined: the ``[aggregation]`` table (docs/ROBUSTNESS.md).
+
+    ``rule`` is used wherever client updates are combined: by a regional aggregator over
+    its clients, by the coordinator in a star and by a FedBuff buffer. ``root_rule`` (""
+    = the same as ``rule``) is the coordinator's own rule, over its direct children: in a
+    two-tier tree those are a handful of regional aggregates, where e.g. ``krum:1`` needs
+    at least 5 of them, so the two levels are configured separately.
+    """
+
+    #: ``fedavg``, ``median``, ``trimmed:<beta>``, ``krum:<f>``, ``multikrum:<f>[:<m>]``,
+    #: ``bulyan:<f>``, ``centered_clip:<tau>[:<iters>]``, ``geomed[:<iters>]``, after
+    #: optional ``norm_bound:<c>+`` / ``nnm[:<f>]+`` stages
+    rule: str = "fedavg"
+    #: the coordinator's rule over its direct children ("" = ``rule``)
+    root_rule: str = ""
+    #: most examples one update may claim (0 = no absolute cap)
+    max_examples: int = 0
+    #: a claim is cut to this many times the previous round's median claim (0 = off)
+    max_examples_ratio: float = 10.0
+    #: flag an update whose norm exceeds this many times the round's median (0 = off)
+    flag_norm_ratio: float = 10.0
+
+    def validate(self) -> None:
+        from ..training.rulespec import parse_rule
+
+        parse_rule(self.rule, "aggregation.rule")
+        if self.root_rule:
+            parse_rule(self.root_rule, "aggregation.root_rule")
+        check(
+            self.max_examples >= 0,
+            "aggregation.max_examples",
+            self.max_examples,
+            "an integer >= 0 (0 = no cap)",
+        )
+        for name in ("max_examples_ratio", "flag_norm_ratio"):
+            value = getattr(self, name)
+            check(
+                value == 0 or (value >= 1 and math.isfinite(value)),
+                f"aggregation.{name}",
+                value,
+                "0 (off) or a finite float >= 1",
+            )
+
+
 #: gossip averaging modes (``gossip.mode``)
 GOSSIP_MODES = ("sync", "async")
 

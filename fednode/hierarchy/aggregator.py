@@ -34,7 +34,8 @@ from ..actions import Action, Compute, Emit, EvalResult, Send, TrainJob, TrainRe
 from ..config import TierParams
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..role import RoleDefaults
-from ..training.aggregate import StreamingMean
+from ..training.aggregate import Aggregator, StreamingMean
+from ..training.rulespec import RuleUnavailable
 from ..wire import messages as m
 
 MAX_KNOWN = 256
@@ -107,6 +108,7 @@ class RegionalAggregator(RoleDefaults):
         tier: TierParams | None = None,
         default_deadline_s: float = 60.0,
         trains: bool = False,
+        aggregator: Aggregator | None = None,
     ) -> None:
         self.federation = federation
         self.task = task
@@ -123,7 +125,7 @@ class RegionalAggregator(RoleDefaults):
         self.me = ""
         #: this node's listen addresses, advertised (the node sets them once it listens)
         self.addrs: tuple[str, ...] = ()
-        self.aggregator = StreamingMean()
+        self.aggregator: Aggregator = aggregator or StreamingMean()
         self.state = State.IDLE
         self.job: EdgeJob | None = None
         self._seq = 0
@@ -172,7 +174,7 @@ class RegionalAggregator(RoleDefaults):
         if self.state is not State.FITTING or job is None or seq != job.seq:
             return [Emit("stale_update", {"peer": self.me, "round": result.round})]
         delta = np.subtract(result.params, job.model, dtype=np.float32)
-        self.aggregator.add(delta, float(result.num_examples))
+        self.aggregator.add(delta, float(result.num_examples), self.me)
         job.arrived.add(self.me)
         job.examples += result.num_examples
         job.loss += float(result.metrics.get("train_loss", 0.0)) * result.num_examples
@@ -285,7 +287,7 @@ class RegionalAggregator(RoleDefaults):
             return self._on_stale(msg, now)
         if msg.vector is None or msg.num_examples <= 0:
             raise RemoteProtocolError("update without a decoded delta or examples", peer=msg.sender)
-        self.aggregator.add(msg.vector, float(msg.num_examples))
+        self.aggregator.add(msg.vector, float(msg.num_examples), msg.sender)
         job.arrived.add(msg.sender)
         job.examples += msg.num_examples
         job.loss += float(msg.metrics.get("train_loss", 0.0)) * msg.num_examples
@@ -332,7 +334,7 @@ class RegionalAggregator(RoleDefaults):
         job.examples, job.loss, job.clients = 0, 0.0, 0
         if job.edge_round == 1:
             job.first_selected = len(job.selected)
-        self.aggregator.start(job.base.shape[0])
+        self.aggregator.start(job.base.shape[0], capacity=len(job.selected))
         config = dict(job.fit.config)
         config["deadline_s"] = job.budget_s
         config["edge_round"] = job.edge_round
@@ -373,8 +375,16 @@ class RegionalAggregator(RoleDefaults):
         job.failed |= set(job.selected) - job.arrived - job.declined
         if not job.arrived:
             return self._give_up(now, f"no results in edge round {job.edge_round}")
-        mean, _ = self.aggregator.finish()
+        try:
+            mean, _ = self.aggregator.finish()
+        except RuleUnavailable as exc:
+            return self._give_up(now, f"edge round {job.edge_round}: {exc}")
         job.model = (job.model.astype(np.float64) + mean).astype(np.float32)
+        report = self.aggregator.report
+        flags: list[Action] = [
+            Emit("update_flagged", {"round": job.fit.round, "peer": p, "rule": report.rule})
+            for p in report.flagged
+        ]
         record: dict[str, Any] = {
             "round": job.fit.round,
             "edge_round": job.edge_round,
@@ -383,8 +393,9 @@ class RegionalAggregator(RoleDefaults):
             "failed": len(job.failed),
             "declined": len(job.declined),
             "examples": job.examples,
+            **report.record(),
         }
-        actions: list[Action] = [Emit("edge_round", record)]
+        actions: list[Action] = [*flags, Emit("edge_round", record)]
         if job.edge_round < self.tier.edge_rounds:
             return actions + self._start_edge_round(now)
         delta = np.subtract(job.model, job.base, dtype=np.float32)

@@ -23,6 +23,7 @@ object, so no runner change is needed.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..actions import Action, Compute, Emit, EvalResult, Send, TrainJob, TrainRe
 from ..config import TierParams
 from ..errors import RemoteProtocolError
 from ..role import RoleDefaults
+from ..training.aggregate import Aggregator
 from ..wire import messages as m
 from ..wire.codecs import ErrorFeedback, parse_codec
 from .aggregator import RegionalAggregator, child_table
@@ -59,8 +61,11 @@ class Client(RoleDefaults):
         accepting: bool = True,
         parent: str = "",
         tier: TierParams | None = None,
+        aggregator_factory: Callable[[], Aggregator] | None = None,
     ) -> None:
         self.role = "client"
+        #: builds the aggregator this client uses if it is promoted (None: FedAvg)
+        self.aggregator_factory = aggregator_factory
         self.federation = federation
         self.task = task
         self.region = region
@@ -238,6 +243,7 @@ class Client(RoleDefaults):
             children=msg.children,
             tier=self.tier,
             trains=True,
+            aggregator=self.aggregator_factory() if self.aggregator_factory else None,
         )
         agg.known = {p: a for p, a in self.known.items() if a.role == "coordinator"}
         agg.me = msg.recipient

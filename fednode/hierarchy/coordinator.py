@@ -32,8 +32,9 @@ from typing import Any, Unpack
 
 from ..actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainResult
 from ..errors import RemoteProtocolError, RoundFailed
+from ..training.rulespec import RuleUnavailable
 from ..wire import messages as m
-from .root import RootArgs, RootRole
+from .root import RootArgs, RootRole, flag_events
 
 
 class State(enum.Enum):
@@ -169,7 +170,7 @@ class Coordinator(RootRole):
             return self._on_stale_update(msg, now)
         if msg.vector is None or msg.num_examples <= 0:
             raise RemoteProtocolError("update without a decoded delta or examples", peer=msg.sender)
-        self.aggregator.add(msg.vector, float(msg.num_examples))
+        self.aggregator.add(msg.vector, float(msg.num_examples), msg.sender)
         cur.arrived.add(msg.sender)
         cur.failed.discard(msg.sender)
         cur.bytes_up += len(msg.payload)
@@ -231,7 +232,7 @@ class Coordinator(RootRole):
             leaves={p: self.tree.leaves(p) for p in chosen},
             aggregators=sum(self.tree.direct[p].role == "aggregator" for p in chosen),
         )
-        self.aggregator.start(self.params.shape[0])
+        self.aggregator.start(self.params.shape[0], capacity=len(chosen))
         self.state = State.FITTING
         payload = self.codec_down.encode(self.params)
         fit = m.Fit(
@@ -301,13 +302,34 @@ class Coordinator(RootRole):
             self.previous = cur
             self._attempt += 1
             return actions + self._try_start_round(now)
-        delta, _total = self.aggregator.finish()
+        try:
+            delta, _total = self.aggregator.finish()
+        except RuleUnavailable as exc:
+            return self._skip_round(now, str(exc))
+        actions = flag_events(self.aggregator.report, cur.number)
         self._apply(delta)
         mean_loss = cur.train_loss / max(cur.examples, 1)
         for peer, loss in cur.losses.items():  # relative to its round: comparable across rounds
             self.observe(peer).loss = loss / mean_loss if mean_loss > 0 else loss
         self.state = State.EVALUATING
-        return [Compute(EvalJob(cur.number, self.params))]
+        return [*actions, Compute(EvalJob(cur.number, self.params))]
+
+    def _skip_round(self, now: float, reason: str) -> list[Action]:
+        """The rule cannot run on this round's updates: the round fails (model unchanged)
+        and the next round starts; after the last round the coordinator stops."""
+        cur = self.current
+        assert cur is not None
+        info = {"round": cur.number, "attempt": cur.attempt, "reason": reason, "rule": True}
+        actions: list[Action] = [Emit("round_failed", info)]
+        self.previous = cur
+        if cur.number >= self.rounds.rounds:
+            self.state, self.done = State.DONE, True
+            return [*actions, Stop(f"finished {cur.number} rounds (the last failed: {reason})")]
+        self.round_number += 1
+        self._attempt = 0
+        self.state = State.WAITING
+        self.waiting_since = now
+        return actions + self._try_start_round(now)
 
     def round_record(self, cur: RoundState, result: EvalResult, now: float) -> dict[str, Any]:
         selected = len(cur.selected)
@@ -341,6 +363,7 @@ class Coordinator(RootRole):
             "time_s": now,
             "attempt": cur.attempt,
             "model_version": self.model_version,
+            **self.aggregator.report.record(),
         }
 
     def _on_evaluated(self, result: EvalResult, now: float) -> list[Action]:

@@ -14,7 +14,10 @@ slow ones (the straggler problem of synchronous rounds)::
 
 The buffer step is ``x <- opt(x, sum_i n_i s_i d_i / sum_i n_i)``: the examples-weighted
 FedAvg mean, shrunk by the staleness weights (with no staleness it is exactly FedAvg over
-the buffer). One "round" in the log is one buffer step.
+the buffer). One "round" in the log is one buffer step. With a robust rule
+(``[aggregation] rule``) the rule runs over each buffer instead of the mean (every
+update counted once) and the result is shrunk by the same factor
+``sum n_i s_i / sum n_i``.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import numpy as np
 from ..actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainResult
 from ..config import ServerParams
 from ..errors import RemoteProtocolError, RoundFailed
+from ..training.rulespec import RuleUnavailable
 from ..wire import messages as m
-from .root import RootArgs, RootRole
+from .root import RootArgs, RootRole, flag_events
 
 
 class State(enum.Enum):
@@ -64,6 +68,8 @@ class Buffer:
     failed: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    #: the aggregator's report of this buffer's step (``agg_*`` round-record fields)
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 class AsyncCoordinator(RootRole):
@@ -71,8 +77,6 @@ class AsyncCoordinator(RootRole):
 
     def __init__(self, *, server: ServerParams | None = None, **root: Unpack[RootArgs]) -> None:
         super().__init__(**root)
-        if self.aggregator.needs_all:
-            raise RoundFailed("async mode needs a streaming aggregation rule (fedavg)")
         self.server = server or ServerParams(mode="async")
         self.state = State.WAITING
         self.waiting_since: float | None = None
@@ -171,7 +175,7 @@ class AsyncCoordinator(RootRole):
             buf.dropped += 1
             return self._dispatch(now)
         s = staleness_weight(tau)
-        self.aggregator.add(msg.vector, float(msg.num_examples) * s)
+        self.aggregator.add(msg.vector, float(msg.num_examples) * s, msg.sender)
         buf.count += 1
         buf.examples += msg.num_examples
         buf.scaled += msg.num_examples * s
@@ -196,7 +200,7 @@ class AsyncCoordinator(RootRole):
             return actions
         self.state = State.RUNNING
         self.buffer = Buffer(started=now)
-        self.aggregator.start(self.params.shape[0])
+        self.aggregator.start(self.params.shape[0], capacity=self.server.buffer_size)
         return actions + self._dispatch(now)
 
     def _dispatch(self, now: float) -> list[Action]:
@@ -232,14 +236,21 @@ class AsyncCoordinator(RootRole):
 
     def _step(self, now: float) -> list[Action]:
         buf = self.buffer
-        mean, _ = self.aggregator.finish()
-        self._apply(mean * np.float32(buf.scaled / buf.examples))
         number = self.round_number
+        try:
+            mean, _ = self.aggregator.finish()
+        except RuleUnavailable as exc:  # the buffer is dropped, the model unchanged
+            self.buffer = Buffer(started=now)
+            self.aggregator.start(self.params.shape[0], capacity=self.server.buffer_size)
+            return [Emit("round_failed", {"round": number, "reason": str(exc), "rule": True})]
+        buf.report = self.aggregator.report.record()
+        flags = flag_events(self.aggregator.report, number)
+        self._apply(mean * np.float32(buf.scaled / buf.examples))
         self.evaluating[number] = (buf, now)
         self.round_number += 1
         self.buffer = Buffer(started=now)
-        self.aggregator.start(self.params.shape[0])
-        return [*self._checkpoint(number), Compute(EvalJob(number, self.params))]
+        self.aggregator.start(self.params.shape[0], capacity=self.server.buffer_size)
+        return [*flags, *self._checkpoint(number), Compute(EvalJob(number, self.params))]
 
     def _on_evaluated(self, result: EvalResult, now: float) -> list[Action]:
         buf, stepped = self.evaluating.pop(result.round)
@@ -262,6 +273,7 @@ class AsyncCoordinator(RootRole):
             "duration_s": stepped - buf.started,
             "time_s": stepped,
             "model_version": self.model_version,
+            **buf.report,
         }
         self.history.append(record)
         actions: list[Action] = [Emit("round", record)]

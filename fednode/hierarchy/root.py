@@ -17,7 +17,7 @@ from ..actions import Action, Emit, Send
 from ..config import RoundParams, TierParams, TrainParams
 from ..errors import ControlError
 from ..role import RoleDefaults
-from ..training.aggregate import Aggregator, StreamingMean
+from ..training.aggregate import AggregateReport, Aggregator, StreamingMean
 from ..wire import messages as m
 from ..wire.codecs import parse_codec
 from .checkpoint import (
@@ -258,6 +258,17 @@ class RootRole(RoleDefaults):
         for peer, (loss, duration, examples, last) in snap.extra.get("observed", {}).items():
             self.observed[peer] = Observed(loss, duration, examples, last)
         self.resumed_from = snap
+
+
+def flag_events(report: AggregateReport, round_number: int) -> list[Action]:
+    """One ``update_flagged`` warning per flagged update, one ``claim_capped`` per capped
+    claim (docs/ROBUSTNESS.md, "Weights are claims")."""
+    actions: list[Action] = [
+        Emit("update_flagged", {"round": round_number, "peer": p, "rule": report.rule})
+        for p in sorted(report.flagged)
+    ]
+    actions += [Emit("claim_capped", {"round": round_number, "peer": p}) for p in report.capped]
+    return actions
 
 
 def resolve_peer(query: str, candidates: list[str]) -> str:

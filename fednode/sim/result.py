@@ -12,6 +12,17 @@ import numpy as np
 from .metrics import RoundTable, json_safe
 from .topology import Topology
 
+#: round-record fields of the aggregation report copied into ``rounds.jsonl``
+AGG_KEYS = (
+    "agg_rule",
+    "agg_selected",
+    "agg_discarded",
+    "agg_clipped",
+    "agg_trimmed",
+    "agg_capped",
+    "agg_flagged",
+)
+
 
 @dataclass
 class ExperimentResult(RoundTable):
@@ -77,6 +88,9 @@ class ExperimentResult(RoundTable):
                 rec = self.records[i]
                 for key in ("selected", "completed", "failed", "clients_completed"):
                     row[key] = rec.get(key)
+                for key in AGG_KEYS:  # what the aggregation rule did (docs/ROBUSTNESS.md)
+                    if key in rec:
+                        row[key] = rec[key]
             if self.consensus is not None:
                 row["consensus_error"] = (
                     json_safe(self.consensus[int(r)]) if int(r) < len(self.consensus) else None
@@ -115,5 +129,23 @@ class ExperimentResult(RoundTable):
             "faults": self.faults,
             "error": self.error,
             "notes": self.notes,
+            **self.aggregation_summary(),
             **self.extra_summary,
+        }
+
+    def aggregation_summary(self) -> dict[str, Any]:
+        """Star / two-tier: the coordinator's rule and, over all rounds, how many updates it
+        discarded / clipped, how many claims it capped, which peers it flagged."""
+        recs = [r for r in self.records if "agg_rule" in r]
+        if not recs:
+            return {}
+        return {
+            "aggregation": {
+                "rule": recs[-1]["agg_rule"],
+                "discarded": sum(len(r.get("agg_discarded", ())) for r in recs),
+                "clipped": sum(int(r.get("agg_clipped", 0)) for r in recs),
+                "capped": sum(len(r.get("agg_capped", ())) for r in recs),
+                "flagged_updates": sum(len(r.get("agg_flagged", ())) for r in recs),
+                "flagged_peers": sorted({p for r in recs for p in r.get("agg_flagged", ())}),
+            }
         }

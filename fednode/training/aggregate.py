@@ -1,13 +1,18 @@
-"""Aggregation rules, one path shared by the coordinator and the regional aggregator.
+"""The aggregation interface and FedAvg, one path for the coordinator, the regional
+aggregator and FedBuff's buffer.
 
 (A gossip peer does not average a round's updates: it moves along differences between
 link copies, which is not a weighted mean; see ``gossip/links.py`` and docs/GOSSIP.md.)
 
-Every rule has the streaming shape ``start(size)`` -> ``add(vec, weight)`` -> ``finish()``.
+Every rule has the streaming shape ``start(size, capacity)`` -> ``add(vec, weight,
+peer)`` -> ``finish()``, then ``report`` says what the round did (which updates a rule
+discarded or clipped, which claims were capped, which norms were flagged).
 :class:`StreamingMean` keeps one float64 accumulator (memory O(model), not
 O(clients x model) as in Flower's ``aggregate()``); it accumulates in fixed-size chunks
-so the only other memory is one chunk-sized temporary. Robust rules (median, trimmed
-mean, Krum) need every update at once and say so with ``needs_all = True``.
+so the only other memory is one chunk-sized temporary. The robust rules (median, trimmed
+mean, Krum, ...; :mod:`fednode.training.buffered`) need every update at once and say so
+with ``needs_all = True``. :func:`fednode.training.buffered.make_aggregator` builds either
+from a rule spec (:mod:`fednode.training.rulespec`).
 
 Input is checked, never cast: a vector that is not 1-D float32 of the started size, a
 non-finite value, or a non-positive/non-finite weight raises :class:`PayloadError`.
@@ -19,52 +24,123 @@ What the coordinator does with the mean (FedAvg step, FedAvgM, FedAdam, FedYogi)
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import ConfigError, PayloadError, RoundFailed
+from ..errors import PayloadError, RoundFailed
 from ..wire.tensors import DTYPE, check_finite, check_vector
+from .claims import ClaimGuard, ClaimLimits
 
 CHUNK = 1 << 16
 ACC_DTYPE = np.float64
 
 
+@dataclass
+class AggregateReport:
+    """What one aggregation did, by peer id (empty strings for unnamed inputs)."""
+
+    rule: str = "fedavg"
+    count: int = 0
+    #: updates used whole by a selecting rule (Krum's choice, Multi-Krum's, Bulyan's)
+    selected: list[str] = field(default_factory=list)
+    #: updates a selecting rule left out
+    discarded: list[str] = field(default_factory=list)
+    #: updates scaled down (norm_bound, centered clipping)
+    clipped: list[str] = field(default_factory=list)
+    #: values trimmed per coordinate (trimmed mean: at each end; Bulyan: in its 2nd phase)
+    trimmed: int = 0
+    #: claims cut to the cap
+    capped: list[str] = field(default_factory=list)
+    #: norms far outside the round's distribution
+    flagged: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """The round-record fields (``agg_*``)."""
+        return {
+            "agg_rule": self.rule,
+            "agg_selected": sorted(self.selected),
+            "agg_discarded": sorted(self.discarded),
+            "agg_clipped": len(self.clipped),
+            "agg_trimmed": self.trimmed,
+            "agg_capped": sorted(self.capped),
+            "agg_flagged": sorted(self.flagged),
+        }
+
+
+def report_note(record: dict[str, Any]) -> str:
+    """A round record's ``agg_*`` fields in a few words ("" when the rule changed nothing),
+    e.g. ``krum:1: discarded 7, flagged 1``."""
+    parts = []
+    if record.get("agg_discarded"):
+        parts.append(f"discarded {len(record['agg_discarded'])}")
+    if record.get("agg_clipped"):
+        parts.append(f"clipped {record['agg_clipped']}")
+    if record.get("agg_trimmed"):
+        parts.append(f"trimmed {record['agg_trimmed']}")
+    if record.get("agg_capped"):
+        parts.append(f"capped {len(record['agg_capped'])}")
+    if record.get("agg_flagged"):
+        parts.append(f"flagged {len(record['agg_flagged'])}")
+    return f"{record.get('agg_rule', '')}: {', '.join(parts)}" if parts else ""
+
+
 class Aggregator(Protocol):
     needs_all: bool
+    report: AggregateReport
 
-    def start(self, size: int) -> None: ...
-    def add(self, vec: np.ndarray, weight: float) -> None: ...
+    def start(self, size: int, capacity: int = 0) -> None: ...
+    def add(self, vec: np.ndarray, weight: float, peer: str = "") -> None: ...
     def finish(self) -> tuple[np.ndarray, float]: ...
 
     @property
     def count(self) -> int: ...
 
 
-def _check_input(vec: np.ndarray, weight: float, size: int) -> None:
+def check_input(vec: np.ndarray, weight: float, size: int) -> None:
     check_vector(vec, size)
     if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
         raise PayloadError(f"expected a finite weight > 0, got {weight!r}")
     check_finite(vec)
 
 
+def vector_norm(vec: np.ndarray) -> float:
+    """Euclidean norm accumulated in float64, without a float64 copy of ``vec``.
+
+    ``einsum`` (numpy's own loop), not ``vec @ vec``: BLAS's threaded dot was 100x
+    slower on a machine whose cores were busy (threads spinning for a core)."""
+    return math.sqrt(float(np.einsum("i,i->", vec, vec, dtype=ACC_DTYPE)))
+
+
 class StreamingMean:
-    """Weighted mean, accumulated in place: FedAvg (McMahan et al. 2017) by num_examples."""
+    """Weighted mean, accumulated in place: FedAvg (McMahan et al. 2017) by num_examples
+    (capped, :mod:`.claims`); with ``clip`` > 0 each update is first scaled to norm at
+    most ``clip`` (the ``norm_bound:<c>`` stage, applied on arrival)."""
 
     needs_all = False
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, clip: float = 0.0, limits: ClaimLimits | None = None, rule: str = ""
+    ) -> None:
         self._acc: np.ndarray | None = None
         self._total = 0.0
         self._count = 0
+        self.clip = clip
+        self.rule = rule or (f"norm_bound:{clip:g}+fedavg" if clip > 0 else "fedavg")
+        self.guard = ClaimGuard(limits or ClaimLimits())
+        self._clipped: list[str] = []
+        self.report = AggregateReport(rule=self.rule)
 
-    def start(self, size: int) -> None:
+    def start(self, size: int, capacity: int = 0) -> None:
         if self._acc is None or self._acc.shape[0] != size:
             self._acc = np.zeros(size, dtype=ACC_DTYPE)
         else:
             self._acc.fill(0.0)
         self._total = 0.0
         self._count = 0
+        self._clipped = []
+        self.guard.start()
 
     @property
     def count(self) -> int:
@@ -74,15 +150,21 @@ class StreamingMean:
     def total_weight(self) -> float:
         return self._total
 
-    def add(self, vec: np.ndarray, weight: float) -> None:
+    def add(self, vec: np.ndarray, weight: float, peer: str = "") -> None:
         acc = self._acc
         if acc is None:
             raise RoundFailed("add() before start()")
-        _check_input(vec, weight, acc.shape[0])
-        w = float(weight)
+        check_input(vec, weight, acc.shape[0])
+        norm = vector_norm(vec)
+        w = self.guard.weigh(float(weight), norm, peer)
+        scale = 1.0
+        if self.clip > 0 and norm > self.clip:
+            scale = self.clip / norm
+            self._clipped.append(peer)
+        ws = w * scale
         for lo in range(0, acc.shape[0], CHUNK):
             hi = lo + CHUNK
-            acc[lo:hi] += w * vec[lo:hi].astype(ACC_DTYPE)
+            acc[lo:hi] += ws * vec[lo:hi].astype(ACC_DTYPE)
         self._total += w
         self._count += 1
 
@@ -94,91 +176,12 @@ class StreamingMean:
         for lo in range(0, out.shape[0], CHUNK):
             hi = lo + CHUNK
             out[lo:hi] = self._acc[lo:hi] / self._total
+        self.report = AggregateReport(
+            rule=self.rule,
+            count=self._count,
+            clipped=list(self._clipped),
+            capped=list(self.guard.capped),
+            flagged=self.guard.flagged(),
+        )
+        self.guard.close()
         return out, self._total
-
-
-class _Buffered:
-    """Base for rules that need every update (memory O(clients x model), by necessity)."""
-
-    needs_all = True
-
-    def __init__(self) -> None:
-        self._vecs: list[np.ndarray] = []
-        self._weights: list[float] = []
-        self._size = 0
-
-    def start(self, size: int) -> None:
-        self._vecs, self._weights, self._size = [], [], size
-
-    @property
-    def count(self) -> int:
-        return len(self._vecs)
-
-    def add(self, vec: np.ndarray, weight: float) -> None:
-        _check_input(vec, weight, self._size)
-        self._vecs.append(vec)
-        self._weights.append(float(weight))
-
-    def _stack(self) -> np.ndarray:
-        if not self._vecs:
-            raise RoundFailed("no updates to aggregate")
-        return np.stack(self._vecs)
-
-
-class CoordinateMedian(_Buffered):
-    """Coordinate-wise median (Yin et al. 2018)."""
-
-    def finish(self) -> tuple[np.ndarray, float]:
-        return np.median(self._stack(), axis=0).astype(DTYPE), sum(self._weights)
-
-
-class TrimmedMean(_Buffered):
-    """Coordinate-wise mean after dropping the ``beta`` fraction at each end (Yin et al. 2018)."""
-
-    def __init__(self, beta: float = 0.1) -> None:
-        super().__init__()
-        if not 0 <= beta < 0.5:
-            raise ConfigError("aggregation", f"trimmed:{beta}", "beta in [0, 0.5)")
-        self.beta = beta
-
-    def finish(self) -> tuple[np.ndarray, float]:
-        stack = np.sort(self._stack(), axis=0)
-        k = int(self.beta * stack.shape[0])
-        kept = stack[k : stack.shape[0] - k]
-        return kept.mean(axis=0).astype(DTYPE), sum(self._weights)
-
-
-class Krum(_Buffered):
-    """Krum (Blanchard et al. 2017): the update closest to its n - f - 2 nearest others."""
-
-    def __init__(self, f: int = 1) -> None:
-        super().__init__()
-        self.f = f
-
-    def finish(self) -> tuple[np.ndarray, float]:
-        stack = self._stack().astype(ACC_DTYPE)
-        n = stack.shape[0]
-        m = max(n - self.f - 2, 1)
-        sq = (stack**2).sum(1)
-        d = sq[:, None] + sq[None, :] - 2 * stack @ stack.T
-        np.fill_diagonal(d, np.inf)
-        scores = np.sort(d, axis=1)[:, :m].sum(1)
-        best = int(np.argmin(scores))
-        return self._vecs[best].astype(DTYPE, copy=True), sum(self._weights)
-
-
-def make_aggregator(spec: str = "fedavg") -> Aggregator:
-    """``fedavg`` | ``median`` | ``trimmed:<beta>`` | ``krum:<f>``."""
-    name, _, arg = spec.partition(":")
-    try:
-        if name == "fedavg" and not arg:
-            return StreamingMean()
-        if name == "median" and not arg:
-            return CoordinateMedian()
-        if name == "trimmed":
-            return TrimmedMean(float(arg or 0.1))
-        if name == "krum":
-            return Krum(int(arg or 1))
-    except ValueError:
-        pass
-    raise ConfigError("aggregation", spec, "'fedavg', 'median', 'trimmed:<beta>' or 'krum:<f>'")
