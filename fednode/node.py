@@ -73,6 +73,8 @@ _TRANSPORT_REJECTS = {
 
 def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
     """The role object for ``config.role`` — the same constructors the simulator uses."""
+    from .hierarchy.factory import make_attacker, make_role
+
     size = task.layout().size
     if config.role == "peer":
         from .gossip.core import WaitFor
@@ -90,9 +92,8 @@ def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
             params=task.init_params(config.seed),
             gossip=gossip,
             wait_for=WaitFor(rounds.min_available_clients - 1, rounds.wait_for_clients_s),
+            attacker=make_attacker(config),  # None unless [attack] (fednode run refuses it)
         )
-    from .hierarchy.factory import make_role
-
     params = task.init_params(config.seed) if config.role == "coordinator" else None
     return make_role(config, size, params, resume_from=resume_source(config))
 
@@ -189,6 +190,10 @@ class Node:
                 partition=d.partition,
                 seed=self.config.seed,
             )
+            if self.config.attack.kind == "labelflip":  # an attacker trains on flipped labels
+                from .training.attacks import label_flipped
+
+                label_flipped(self.task)
         self.role = build_role(self.config, self.task, self.identity.peer_id)
         self.stats = RunStats()
         self.stop: Stop | None = None

@@ -2,7 +2,8 @@
 
 A config file is optional; every field has a default that gives a working node. The file
 has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``,
-``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``) and top-level keys for the node itself::
+``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``, ``[attack]``) and top-level keys
+for the node itself::
 
     role = "client"
     seed = 0
@@ -17,6 +18,7 @@ once, in :func:`load_config`; every problem raises :class:`ConfigError` naming t
 the value received and what was expected, before the node starts.
 """
 
+from .attack import AttackParams
 from .load import ROLES, NodeConfig, load_config, replace
 from .net import NetParams
 from .sections import (
@@ -34,6 +36,7 @@ from .sections import (
 __all__ = [
     "GOSSIP_MODES",
     "ROLES",
+    "AttackParams",
     "DataParams",
     "GossipParams",
     "NetParams",

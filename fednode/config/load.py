@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .attack import AttackParams
 from .net import NetParams
 from .sections import (
     DataParams,
@@ -44,6 +45,7 @@ class NodeConfig:
     selection: SelectionParams = field(default_factory=SelectionParams)
     server: ServerParams = field(default_factory=ServerParams)
     gossip: GossipParams = field(default_factory=GossipParams)
+    attack: AttackParams = field(default_factory=AttackParams)
 
     def validate(self) -> None:
         check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")
@@ -58,6 +60,7 @@ class NodeConfig:
             self.selection,
             self.server,
             self.gossip,
+            self.attack,
         ):
             group.validate()
 

@@ -117,7 +117,7 @@ class PairwiseGossip:
         if base is None:
             return []
         p = self.p
-        trained = np.subtract(result.params, base, dtype=F64)[None, :]
+        trained = np.subtract(p.trained_model(result.params, base), base, dtype=F64)[None, :]
         p.set_x(combine(p.x, [1.0], trained), owned=True)
         return self._maybe_end_round(now)
 

@@ -52,6 +52,7 @@ from ..actions import Action, Emit, EvalResult, Send, TrainResult
 from ..config import GossipParams, NodeConfig
 from ..errors import AuthError, LocalProtocolError, RemoteProtocolError
 from ..role import byes
+from ..training.attacks import Attacker
 from ..wire import messages as m
 from .core import Averaging, PeerCore, WaitFor
 from .links import MAX_AHEAD, Link
@@ -92,6 +93,7 @@ class GossipPeer(PeerCore):
         neighbours: Iterable[str] | None = None,
         bootstrap: bool = False,
         wait_for: WaitFor | None = None,
+        attacker: Attacker | None = None,
     ) -> GossipPeer:
         """The peer a node with ``config`` runs (``--role peer``); the simulator builds the same.
 
@@ -111,6 +113,7 @@ class GossipPeer(PeerCore):
             bootstrap=bootstrap,
             seed=config.seed,
             wait_for=wait_for,
+            attacker=attacker,
         )
 
     # --- what adapters ask (fednode.role.Role) ------------------------------------------

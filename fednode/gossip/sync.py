@@ -81,7 +81,7 @@ class SyncRounds:
     def on_trained(self, result: TrainResult, now: float) -> list[Action]:
         if self.p.phase is not Phase.TRAINING:
             raise LocalProtocolError(f"training result in phase {self.p.phase.value}")
-        self.p.set_x(result.params)
+        self.p.set_x(self.p.trained_model(result.params, self.p.x))
         return self._start_step(now)
 
     def _start_step(self, now: float) -> list[Action]:

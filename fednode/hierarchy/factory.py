@@ -3,7 +3,8 @@
 ``make_role(config, ...)`` returns a :class:`Coordinator` (``server.mode = "sync"``), an
 :class:`AsyncCoordinator` (``"async"``), a :class:`RegionalAggregator` or a
 :class:`Client`, wired with the configured selection strategy, server optimiser and
-checkpoint store.
+checkpoint store. A client whose config has an ``[attack]`` gets its
+:class:`~fednode.training.attacks.Attacker` (:func:`make_attacker`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..config import NodeConfig
 from ..errors import ConfigError
+from ..training.attacks import Attacker, Collusion, parse_attack
 from ..training.server_opt import make_server_optimizer
 from .aggregator import RegionalAggregator
 from .checkpoint import DirectoryCheckpoints
@@ -58,6 +60,30 @@ def make_coordinator(
     return Coordinator(**common)  # type: ignore[arg-type]
 
 
+def make_attacker(
+    config: NodeConfig,
+    *,
+    index: int = 0,
+    n: int | None = None,
+    collusion: Collusion | None = None,
+) -> Attacker | None:
+    """The attacker of ``config.attack`` (None without one). ALIE's population: ``n``
+    members (default ``data.num_clients``) of which ``attack.colluders`` attack;
+    ``index`` names it on ``collusion`` (default: alone, its own update only)."""
+    spec = config.attack
+    if not spec.on:
+        return None
+    return Attacker(
+        parse_attack(spec.kind),
+        n=config.data.num_clients if n is None else n,
+        f=spec.colluders,
+        z=spec.z,
+        seed=config.seed,
+        index=index,
+        collusion=collusion,
+    )
+
+
 def make_role(
     config: NodeConfig,
     model_size: int,
@@ -66,9 +92,11 @@ def make_role(
     region: str | None = None,
     parent: str = "",
     resume_from: str | Path | None = None,
+    attacker: Attacker | None = None,
 ) -> Coordinator | AsyncCoordinator | RegionalAggregator | Client:
     """The role object for ``config.role`` (``params``: the initial model, coordinator only;
-    ``region`` defaults to ``tier.region``)."""
+    ``region`` defaults to ``tier.region``; ``attacker``: a client's, default
+    :func:`make_attacker` of the config)."""
     region = config.tier.region if region is None else region
     if config.role == "coordinator":
         if params is None:
@@ -93,5 +121,6 @@ def make_role(
             region=region,
             parent=parent,
             tier=config.tier,
+            attacker=attacker or make_attacker(config),
         )
     raise ConfigError("role", config.role, "client, aggregator or coordinator (hierarchy roles)")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,9 @@ from ..gossip.peer import GossipPeer
 from ..p2p.memory import MemoryNetwork
 from ..p2p.netmodel import Link
 from ..runner import InlineExecutor
+from ..training.attacks import label_flipped
 from ..training.task import Task
+from .collusion import attackers_of
 from .engine import SimNode, Simulation, _seed_trio_scheduler, sim_identity
 from .scenarios import client_task
 
@@ -294,6 +296,7 @@ def build_gossip(
     spare: int = 0,
     allow_list: bool = False,
     train_cost_s: float = 0.1,
+    attackers: Collection[int] = (),
 ) -> tuple[GossipSimulation, list[SimNode]]:
     """A consortium with one peer per node of ``graph`` (its neighbours from the graph).
 
@@ -301,7 +304,8 @@ def build_gossip(
     :func:`join` (the data is split ``len(graph) + spare`` ways). ``allow_list`` turns on
     the consortium allow-list: the graph's peers and the spares, nobody else. ``init``
     gives node ``i``'s initial model (default: the task's, the same for all). Returns the
-    simulation and the graph's nodes in ``list(graph)`` order.
+    simulation and the graph's nodes in ``list(graph)`` order. ``attackers``: node indices
+    (``list(graph)`` positions) that run ``config.attack`` (:mod:`fednode.sim.collusion`).
     """
     gp = GossipParams(**{**_params_dict(gossip), "mode": mode, "train": train})
     gp.validate()
@@ -323,7 +327,11 @@ def build_gossip(
             return eval_task
         if index not in tasks:
             tasks[index] = client_task(config, index, shards)
+            if index in attackers and config.attack.kind == "labelflip":
+                label_flipped(tasks[index])
         return tasks[index]
+
+    attacker_of = attackers_of(config, shards, attackers, lambda i: client_task(config, i, shards))
 
     def make_peer(
         index: int,
@@ -350,6 +358,7 @@ def build_gossip(
             else (members if allow_list else None),
             bootstrap=bootstrap,
             seed=config.seed,
+            attacker=attacker_of(index) if identity is None else None,
         )
         executor = InlineExecutor(task_for(index % shards), train_cost_s=train_cost_s)
         node = sim.add(role, executor, size, identity=ident)
