@@ -122,6 +122,11 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         const=True,
         help="alie/ipm attackers know every honest update of the round (attack.omniscient)",
     )
+    parser.add_argument(
+        "--robust-gossip",
+        metavar="SPEC",
+        help="gossip: ClippedGossip, clip:<tau> or clip:auto[:<delta>] (gossip.robust)",
+    )
     add_common(parser)
 
 
@@ -130,7 +135,11 @@ def _attack_overrides(args: argparse.Namespace) -> dict[str, Any]:
         **overrides(args),
         **{
             k: v
-            for k, v in (("attack.kind", args.attack), ("attack.omniscient", args.omniscient))
+            for k, v in (
+                ("attack.kind", args.attack),
+                ("attack.omniscient", args.omniscient),
+                ("gossip.robust", args.robust_gossip),
+            )
             if v is not None
         },
     }

@@ -196,7 +196,7 @@ def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
         topo.graph,
         mode=options.gossip_mode,
         train=train,
-        gossip=GossipParams(),
+        gossip=GossipParams(robust=config.gossip.robust),
         init=init,
         train_cost_s=options.train_cost_s,
         attackers=bad,
