@@ -15,7 +15,8 @@ seed their shuffling with (seed, client index, round) — so the board trains th
 partitions itself from the round's model with the round's fit config, on its own task
 objects, and keeps the result for the round (one extra training per member per round;
 the asking attacker's own update is used as it is). It covers every member whether or
-not the coordinator selected it that round.
+not the coordinator selected it that round. Not checked with ``--workers`` > 1 (each forked
+worker would hold its own copy of the board).
 """
 
 from __future__ import annotations
