@@ -5,7 +5,8 @@
 ``make_role(config, ...)`` returns a :class:`Coordinator` (``server.mode = "sync"``), an
 :class:`AsyncCoordinator` (``"async"``), a :class:`RegionalAggregator`, a :class:`Client`
 or a :class:`GossipPeer`, wired with the configured selection strategy, server optimiser,
-checkpoint store, codec and consortium.
+checkpoint store, codec and consortium. A client or peer whose config has an ``[attack]``
+gets its :class:`~fednode.training.attacks.Attacker` (:func:`make_attacker`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .hierarchy.coordinator import Coordinator
 from .hierarchy.fedbuff import AsyncCoordinator
 from .hierarchy.selection import make_selection
 from .training.aggregate import Aggregator
+from .training.attacks import Attacker, Collusion, parse_attack
 from .training.buffered import make_aggregator
 from .training.claims import ClaimLimits
 from .training.server_opt import make_server_optimizer
@@ -44,6 +46,30 @@ def aggregator_factory(
     return partial(make_aggregator, rule, limits)
 
 
+def make_attacker(
+    config: NodeConfig,
+    *,
+    index: int = 0,
+    n: int | None = None,
+    collusion: Collusion | None = None,
+) -> Attacker | None:
+    """The attacker of ``config.attack`` (None without one). ALIE's population: ``n``
+    members (default ``data.num_clients``) of which ``attack.colluders`` attack;
+    ``index`` names it on ``collusion`` (default: alone, its own update only)."""
+    spec = config.attack
+    if not spec.on:
+        return None
+    return Attacker(
+        parse_attack(spec.kind),
+        n=config.data.num_clients if n is None else n,
+        f=spec.colluders,
+        z=spec.z,
+        seed=config.seed,
+        index=index,
+        collusion=collusion,
+    )
+
+
 def make_role(
     config: NodeConfig,
     model_size: int,
@@ -57,6 +83,7 @@ def make_role(
     neighbours: Iterable[str] | None = None,
     bootstrap: bool = False,
     wait_for: WaitFor | None = None,
+    attacker: Attacker | None = None,
 ) -> AnyRole:
     """The role object for ``config.role``.
 
@@ -64,7 +91,8 @@ def make_role(
     defaults to ``tier.region``; ``checkpoint_dir`` overrides ``server.checkpoint_dir``.
     Peer: ``me`` is its peer id; consortium = ``net.federation``, members = ``net.allow``
     (and ``me``) unless membership is open; ``neighbours``, ``bootstrap`` and ``wait_for``
-    as :class:`GossipPeer` takes them.
+    as :class:`GossipPeer` takes them. ``attacker``: a client's or peer's (default
+    :func:`make_attacker` of the config).
     """
     region = config.tier.region if region is None else region
     if config.role in ("coordinator", "peer"):
@@ -86,6 +114,7 @@ def make_role(
             bootstrap=bootstrap,
             seed=config.seed,
             wait_for=wait_for,
+            attacker=attacker or make_attacker(config),
         )
     if config.role == "aggregator":
         return RegionalAggregator(
@@ -108,6 +137,7 @@ def make_role(
             parent=parent,
             tier=config.tier,
             aggregator_factory=aggregator_factory(config.aggregation),
+            attacker=attacker or make_attacker(config),
         )
     raise ConfigError("role", config.role, "client, aggregator, coordinator or peer")
 

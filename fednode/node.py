@@ -180,6 +180,10 @@ class Node:
                 partition=d.partition,
                 seed=self.config.seed,
             )
+            if self.config.attack.kind == "labelflip":  # an attacker trains on flipped labels
+                from .training.attacks import label_flipped
+
+                label_flipped(self.task)
         self.role = build_role(self.config, self.task, self.identity.peer_id)
         self.stats = RunStats()
         self.stop: Stop | None = None

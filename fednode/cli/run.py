@@ -71,7 +71,30 @@ def add_parser(sub: Any) -> None:
         default="human",
         help="event output: a round table (human) or JSON lines (json)",
     )
+    run.add_argument(
+        "--i-am-testing-an-attack",
+        dest="testing_attack",
+        action="store_true",
+        help="allow an [attack] section: this node poisons its updates (tests only)",
+    )
     add_common(run)
+
+
+def refuse_attack(config: Any, testing: bool) -> None:
+    """ConfigError for a real node with an ``[attack]`` unless the operator said it tests
+    one (``--i-am-testing-an-attack``); ``attack.omniscient`` is a simulator mode only."""
+    from ..errors import ConfigError
+
+    attack = config.attack
+    if attack.on and not testing:
+        raise ConfigError(
+            "attack.kind",
+            attack.kind,
+            "no attack on a real node (this node would poison its updates); pass "
+            "--i-am-testing-an-attack to run it in a test",
+        )
+    if attack.omniscient:
+        raise ConfigError("attack.omniscient", True, "false on a real node (a simulator-only mode)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,6 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra["net.allow"] = tuple(args.allow)
         extra["net.open_membership"] = False
     config = config_of(args, extra)
+    refuse_attack(config, args.testing_attack)  # before anything starts
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )

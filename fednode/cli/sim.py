@@ -26,6 +26,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import ConfigError
+from ..sim.attackers import parse_attackers_flag
 from ..sim.experiment import ExperimentResult, SimOptions, run_experiment
 from ..sim.report import compare, write_folder
 from ..sim.topology import Topology, build_topology, load_topology
@@ -103,7 +104,46 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="gossip: average random models without training (the spectral bound applies)",
     )
+    parser.add_argument(
+        "--attack",
+        metavar="KIND",
+        help="attack the attackers run: signflip, scale:<k>, gaussian:<sigma>, labelflip, "
+        "alie, ipm:<eps> (sets attack.kind)",
+    )
+    parser.add_argument(
+        "--attackers",
+        metavar="F|IDS",
+        help="who attacks: a fraction of the clients/peers (0.2, drawn from --seed) or node "
+        "ids (3,7); overrides the spec's attackers / attacker_fraction",
+    )
+    parser.add_argument(
+        "--omniscient",
+        dest="omniscient",
+        action="store_const",
+        const=True,
+        help="alie/ipm attackers know every honest update of the round (attack.omniscient)",
+    )
+    parser.add_argument(
+        "--robust-gossip",
+        metavar="SPEC",
+        help="gossip: ClippedGossip, clip:<tau> or clip:auto[:<delta>] (gossip.robust)",
+    )
     add_common(parser)
+
+
+def _attack_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        **overrides(args),
+        **{
+            k: v
+            for k, v in (
+                ("attack.kind", args.attack),
+                ("attack.omniscient", args.omniscient),
+                ("gossip.robust", args.robust_gossip),
+            )
+            if v is not None
+        },
+    }
 
 
 def _options(args: argparse.Namespace) -> SimOptions:
@@ -137,14 +177,15 @@ def _run_one(
         res = run_experiment(
             topo,
             base,
-            overrides=overrides(args),
+            overrides=_attack_overrides(args),
             options=_options(args),
             n=None if isinstance(topo, Topology) else args.nodes,
             graph_seed=args.graph_seed,
             progress=progress,
+            attackers=parse_attackers_flag(args.attackers) if args.attackers else None,
         )
     if isinstance(topo, Topology):  # the star shortcut: --nodes counts clients
-        res.extra_summary = {"nodes": topo.n - 1, "topology": "star"}
+        res.extra_summary.update({"nodes": topo.n - 1, "topology": "star"})
     if out is not None:
         write_folder(res, out)
     return res

@@ -3,7 +3,7 @@
 A config file is optional; every field has a default that gives a working node. The file
 has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``,
 ``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``,
-``[aggregation]``) and top-level keys for the node itself::
+``[aggregation]``, ``[attack]``) and top-level keys for the node itself::
 
     role = "client"
     seed = 0
@@ -18,6 +18,7 @@ once, in :func:`load_config`; every problem raises :class:`ConfigError` naming t
 the value received and what was expected, before the node starts.
 """
 
+from .attack import AttackParams
 from .load import ROLES, NodeConfig, load_config, replace
 from .net import NetParams
 from .sections import (
@@ -37,6 +38,7 @@ __all__ = [
     "GOSSIP_MODES",
     "ROLES",
     "AggregationParams",
+    "AttackParams",
     "DataParams",
     "GossipParams",
     "NetParams",

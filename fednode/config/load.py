@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .attack import AttackParams
 from .net import NetParams
 from .sections import (
     AggregationParams,
@@ -45,6 +46,7 @@ class NodeConfig:
     server: ServerParams = field(default_factory=ServerParams)
     gossip: GossipParams = field(default_factory=GossipParams)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
+    attack: AttackParams = field(default_factory=AttackParams)
 
     def validate(self) -> None:
         check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")

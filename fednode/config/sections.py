@@ -410,8 +410,14 @@ class GossipParams:
     #: ``gossip_eval`` event); 0 = never; -1 = automatic: every round on a node
     #: (``fednode run``), never in the simulator (thousands of peers evaluating is slow)
     eval_every: int = -1
+    #: robust averaging: "" (off), "clip:<tau>" or "clip:auto[:<delta>]" (ClippedGossip,
+    #: fednode.training.clipping): bounds what one neighbour moves this peer per step
+    robust: str = ""
 
     def validate(self) -> None:
+        from ..training.clipping import parse_gossip_robust
+
+        parse_gossip_robust(self.robust, "gossip.robust")
         check(
             self.mode in GOSSIP_MODES,
             "gossip.mode",

@@ -25,6 +25,8 @@ from ..actions import Action, Compute, Emit, EvalJob, Send, Stop, TrainJob, Trai
 from ..config import GossipParams, TrainParams
 from ..errors import LocalProtocolError
 from ..role import RoleDefaults
+from ..training.attacks import Attacker
+from ..training.clipping import parse_gossip_robust
 from ..wire import messages as m
 from .links import F32, Link, LinkCodec
 from .states import TRANSITIONS, Phase
@@ -76,9 +78,14 @@ class PeerCore(RoleDefaults):
         bootstrap: bool = False,
         seed: int = 0,
         wait_for: WaitFor | None = None,
+        attacker: Attacker | None = None,
     ) -> None:
         self.gossip = gossip or GossipParams()
         self.gossip.validate()
+        #: ClippedGossip (``gossip.robust``), None for plain averaging
+        self.clip = parse_gossip_robust(self.gossip.robust)
+        #: an attacker peer poisons each round's local update (:meth:`trained_model`)
+        self.attacker = attacker
         self.train = train or TrainParams()
         self.me = me
         self.rounds = rounds
@@ -187,9 +194,21 @@ class PeerCore(RoleDefaults):
             self.x = _frozen(vec)
         self.model_version += 1
 
-    def train_job(self) -> Compute:
+    def trained_model(self, params: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """The model a finished training job leaves this peer with: ``params``, or for an
+        attacker ``base + poison(params - base)`` — it adopts the poisoned model, so what
+        it sends its neighbours (full models or CHOCO differences) is poisoned and its
+        model copies stay consistent with theirs."""
+        if self.attacker is None:
+            return params
+        delta = np.subtract(params, base, dtype=F32)
+        config = self.train_config()
+        bad = self.attacker.apply(delta, round=self.round, base=base, config=config)
+        return np.add(base, bad, dtype=F32)
+
+    def train_config(self) -> dict[str, Any]:
         t = self.train
-        config: dict[str, Any] = {
+        return {
             "round": self.round,
             "local_epochs": t.local_epochs,
             "batch_size": t.batch_size,
@@ -197,7 +216,10 @@ class PeerCore(RoleDefaults):
             "momentum": t.momentum,
             "prox_mu": t.prox_mu,
         }
-        return Compute(TrainJob(self.round, self.x, config, work=float(t.local_epochs)))
+
+    def train_job(self) -> Compute:
+        config = self.train_config()
+        return Compute(TrainJob(self.round, self.x, config, work=float(self.train.local_epochs)))
 
     def drop(
         self, link: Link, now: float, *, notify: bool, reason: str, reach_out: bool = True

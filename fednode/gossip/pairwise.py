@@ -40,6 +40,7 @@ from ..actions import Action, Send, TrainResult
 from ..errors import RemoteProtocolError
 from ..wire import messages as m
 from .links import F64, Link, combine
+from .robust import clipped_delta
 from .states import Phase
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class PairwiseGossip:
         if base is None:
             return []
         p = self.p
-        trained = np.subtract(result.params, base, dtype=F64)[None, :]
+        trained = np.subtract(p.trained_model(result.params, base), base, dtype=F64)[None, :]
         p.set_x(combine(p.x, [1.0], trained), owned=True)
         return self._maybe_end_round(now)
 
@@ -203,7 +204,12 @@ class PairwiseGossip:
 
     def _transfer(self, link: Link) -> None:
         p = self.p
-        p.set_x(combine(p.x, [p.gamma / 2], link.delta()[None, :]), owned=True)
+        if p.clip is None:
+            d = link.delta()[None, :]
+        else:  # ClippedGossip (gossip.robust)
+            d, clipped = clipped_delta(link, p.up_links(), p.clip)
+            p.counters["clipped"] += clipped
+        p.set_x(combine(p.x, [p.gamma / 2], d), owned=True)
         self.exchanges += 1
 
     def _serve_deferred(self, now: float) -> list[Action]:

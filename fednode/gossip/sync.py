@@ -30,6 +30,7 @@ from ..actions import Action, Send, TrainResult
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..wire import messages as m
 from .links import MAX_AHEAD, Link, mh_weight, mix
+from .robust import clipped_mix
 from .states import Phase
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class SyncRounds:
     def on_trained(self, result: TrainResult, now: float) -> list[Action]:
         if self.p.phase is not Phase.TRAINING:
             raise LocalProtocolError(f"training result in phase {self.p.phase.value}")
-        self.p.set_x(result.params)
+        self.p.set_x(self.p.trained_model(result.params, self.p.x))
         return self._start_step(now)
 
     def _start_step(self, now: float) -> list[Action]:
@@ -157,7 +158,12 @@ class SyncRounds:
         self.step_deadline = None
         if arrived:
             coefs = [p.gamma * mh_weight(self.degree, d_j) for _, d_j in arrived]
-            x, dist = mix(p.x, [lk for lk, _ in arrived], coefs)
+            links = [lk for lk, _ in arrived]
+            if p.clip is None:
+                x, dist = mix(p.x, links, coefs)
+            else:  # ClippedGossip (gossip.robust)
+                x, dist, clipped = clipped_mix(p.x, links, coefs, p.clip)
+                p.counters["clipped"] += clipped
             self.distances += dist
             p.set_x(x, owned=True)
         finished, self.finished = self.finished, []

@@ -18,6 +18,10 @@ Promotion without restart: on ``Assign(role="aggregator")`` from its coordinator
 client builds a :class:`~fednode.hierarchy.aggregator.RegionalAggregator` and from then on
 delegates every call to it (``role`` becomes ``"aggregator"``). The runner keeps the same
 object, so no runner change is needed.
+
+Attacker (``[attack]``, tests and benchmarks only): with an
+:class:`~fednode.training.attacks.Attacker` the client trains honestly and sends the
+poisoned delta instead of its own; everything else (tree, codec, signing) is unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ..config import TierParams
 from ..errors import RemoteProtocolError
 from ..role import RoleDefaults
 from ..training.aggregate import Aggregator
+from ..training.attacks import Attacker
 from ..wire import messages as m
 from ..wire.codecs import ErrorFeedback, parse_codec
 from .aggregator import RegionalAggregator, child_table
@@ -62,6 +67,7 @@ class Client(RoleDefaults):
         parent: str = "",
         tier: TierParams | None = None,
         aggregator_factory: Callable[[], Aggregator] | None = None,
+        attacker: Attacker | None = None,
     ) -> None:
         self.role = "client"
         #: builds the aggregator this client uses if it is promoted (None: FedAvg)
@@ -72,6 +78,8 @@ class Client(RoleDefaults):
         self.accepting = accepting
         self.parent = parent
         self.tier = tier
+        #: an attacker client poisons every update it sends (fednode.training.attacks)
+        self.attacker = attacker
         self.codec = parse_codec(codec)
         self.ef = (
             ErrorFeedback(self.codec, model_size) if error_feedback and codec != "none" else None
@@ -303,6 +311,9 @@ class Client(RoleDefaults):
         self.state = State.IDLE
         self.rounds_trained += 1
         delta = np.subtract(result.params, base, dtype=np.float32)
+        if self.attacker is not None:
+            config = {**fit.config, "round": fit.round}
+            delta = self.attacker.apply(delta, round=fit.round, base=base, config=config)
         payload = self.ef.encode(delta) if self.ef else self.codec.encode(delta)
         actions: list[Action] = [
             Send(

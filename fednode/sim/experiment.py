@@ -37,6 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from ..config import NodeConfig, load_config
 from ..errors import ConfigError
+from .attackers import AttackerMarks, choose_attackers
 from .faults import FaultSchedule
 from .gossip import GossipSimulation
 from .metrics import Collector, RoundTable
@@ -131,17 +132,35 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _chosen_attackers(topo: Topology, config: NodeConfig) -> tuple[int, ...]:
+    """The topology nodes that attack; ConfigError when the spec and the config disagree
+    (attackers marked without ``attack.kind``, or an attack and nobody to run it)."""
+    chosen = choose_attackers(topo.attackers, topo.roles, config.seed)
+    if chosen and not config.attack.on:
+        raise ConfigError("attack.kind", "", "an attack for the attackers the topology marks")
+    if config.attack.on and not chosen:
+        expected = "attackers marked by the topology (attackers / attacker_fraction) or --attackers"
+        raise ConfigError("attackers", "none", expected)
+    return chosen
+
+
 def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
     """The builder's simulation for ``topo`` and the topology -> simulator index map."""
     kind = topo.kind
+    bad = _chosen_attackers(topo, config)
     if kind == "star":
         from .scenarios import build_star
 
         coord = next(v for v, r in topo.roles.items() if r == "coordinator")
         clients = sorted(v for v, r in topo.roles.items() if r == "client")
-        sim, root = build_star(config, len(clients), train_cost_s=options.train_cost_s)
+        sim, root = build_star(
+            config,
+            len(clients),
+            train_cost_s=options.train_cost_s,
+            attackers=[i for i, v in enumerate(clients) if v in bad],
+        )
         node_of = {coord: 0, **{v: i + 1 for i, v in enumerate(clients)}}
-        return Built(sim, root, node_of, {node_of[v]: topo.roles[v] for v in node_of})
+        return Built(sim, root, node_of, {node_of[v]: topo.roles[v] for v in node_of}, bad)
     if kind == "two-tier":
         from .scenarios import build_two_tier
 
@@ -155,11 +174,12 @@ def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
             len(clients),
             train_cost_s=options.train_cost_s,
             client_region=lambda i: rank[topo.parent[clients[i]]],  # the spec's parent
+            attackers=[i for i, v in enumerate(clients) if v in bad],
         )
         node_of = {coord: 0}
         node_of.update({v: 1 + j for j, v in enumerate(aggs)})
         node_of.update({v: 1 + len(aggs) + i for i, v in enumerate(clients)})
-        return Built(sim, root, node_of, {node_of[v]: topo.roles[v] for v in node_of})
+        return Built(sim, root, node_of, {node_of[v]: topo.roles[v] for v in node_of}, bad)
     from ..config import GossipParams
     from .gossip import build_gossip, random_init
 
@@ -175,12 +195,13 @@ def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
         topo.graph,
         mode=options.gossip_mode,
         train=train,
-        gossip=GossipParams(),
+        gossip=GossipParams(robust=config.gossip.robust),
         init=init,
         train_cost_s=options.train_cost_s,
+        attackers=bad,
     )
     node_of = {v: v for v in range(topo.n)}
-    return Built(sim, None, node_of, dict.fromkeys(range(topo.n), "peer"))
+    return Built(sim, None, node_of, dict.fromkeys(range(topo.n), "peer"), bad)
 
 
 # --------------------------------------------------------------------------- running
@@ -196,12 +217,14 @@ def run_experiment(
     graph_seed: int | None = None,
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    attackers: AttackerMarks | None = None,
 ) -> ExperimentResult:
     """Run one topology spec; write the experiment folder to ``out`` if given.
 
     ``topology`` is a :class:`Topology`, a ``.toml`` path or a shipped spec's name
     (``n`` / ``graph_seed`` override the spec's). ``overrides`` are dotted config fields
     (``{"rounds.rounds": 20, "data.task": "synthetic"}``) applied over ``config``.
+    ``attackers`` overrides the spec's attacker marks (``fednode sim --attackers``).
     ``progress(done, total)`` is called whenever the highest round any node has finished
     grows (with several workers: at most once per window), for a progress display.
     Errors: ConfigError for a bad spec, config or option.
@@ -213,6 +236,8 @@ def run_experiment(
         if isinstance(topology, Topology)
         else load_topology(topology, n=n, seed=graph_seed)
     )
+    if attackers is not None:
+        topo = dataclasses.replace(topo, attackers=attackers)
     cfg = _config(topo, config, overrides)
     t0 = time.perf_counter()
     built = build(topo, cfg, options)
@@ -221,6 +246,8 @@ def run_experiment(
     collector.progress = progress
     schedule = FaultSchedule(topo.faults, built.node_of)
     notes: list[str] = []
+    if built.attackers:
+        notes.append(f"attackers ({cfg.attack.kind}): nodes {list(built.attackers)}")
     with _run_settings():
         virtual, messages, error = _run(topo, built, cfg, options, schedule, collector, notes)
     table: RoundTable = collector.table()
@@ -242,6 +269,7 @@ def run_experiment(
         error=error,
         notes=notes,
         topology=topo,
+        extra_summary={"attackers": list(built.attackers)} if built.attackers else {},
     )
     if out is not None:
         from .report import write_folder

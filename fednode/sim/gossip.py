@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +30,15 @@ import networkx as nx
 import numpy as np
 import trio
 
-from ..config import GossipParams, NodeConfig, replace
+from ..config import AttackParams, GossipParams, NodeConfig, replace
 from ..factory import make_role
 from ..gossip.peer import GossipPeer
 from ..p2p.netmodel import Link
 from ..role import Role
 from ..runner import InlineExecutor
+from ..training.attacks import label_flipped
 from ..training.task import Task
+from .collusion import attackers_of
 from .engine import RunResult, SimNode, Simulation, sim_identity
 from .scenarios import client_task
 
@@ -266,6 +268,7 @@ def build_gossip(
     spare: int = 0,
     allow_list: bool = False,
     train_cost_s: float = 0.1,
+    attackers: Collection[int] = (),
 ) -> tuple[GossipSimulation, list[SimNode]]:
     """A consortium with one peer per node of ``graph`` (its neighbours from the graph).
 
@@ -273,7 +276,8 @@ def build_gossip(
     :func:`join` (the data is split ``len(graph) + spare`` ways). ``allow_list`` turns on
     the consortium allow-list: the graph's peers and the spares, nobody else. ``init``
     gives node ``i``'s initial model (default: the task's, the same for all). Returns the
-    simulation and the graph's nodes in ``list(graph)`` order.
+    simulation and the graph's nodes in ``list(graph)`` order. ``attackers``: node indices
+    (``list(graph)`` positions) that run ``config.attack`` (:mod:`fednode.sim.collusion`).
     """
     gp = replace(gossip or GossipParams(), mode=mode, train=train)
     order = list(graph)
@@ -289,7 +293,7 @@ def build_gossip(
     net = replace(
         config.net, allow=tuple(members) if allow_list else (), open_membership=not allow_list
     )
-    peer_config = replace(config, role="peer", gossip=gp, net=net)
+    peer_config = replace(config, role="peer", gossip=gp, net=net, attack=AttackParams())
     tasks: dict[int, Task] = {}
     default_params = eval_task.init_params(config.seed)  # every peer copies it (read-only)
 
@@ -298,7 +302,11 @@ def build_gossip(
             return eval_task
         if index not in tasks:
             tasks[index] = client_task(config, index, shards)
+            if index in attackers and config.attack.kind == "labelflip":
+                label_flipped(tasks[index])
         return tasks[index]
+
+    attacker_of = attackers_of(config, shards, attackers, lambda i: client_task(config, i, shards))
 
     def make_peer(
         index: int,
@@ -311,7 +319,13 @@ def build_gossip(
         ident = identity or identities[index]
         params = init(index) if init is not None else default_params
         role = make_role(
-            peer_config, size, params, me=ident.peer_id, neighbours=neighbours, bootstrap=bootstrap
+            peer_config,
+            size,
+            params,
+            me=ident.peer_id,
+            neighbours=neighbours,
+            bootstrap=bootstrap,
+            attacker=attacker_of(index) if identity is None else None,
         )
         executor = InlineExecutor(task_for(index % shards), train_cost_s=train_cost_s)
         node = sim.add(role, executor, size, identity=ident)

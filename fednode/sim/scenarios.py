@@ -8,18 +8,20 @@ two-tier federation 1..A are the aggregators and A+1..A+N the clients.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import NodeConfig, replace
+from ..config import AttackParams, NodeConfig, replace
 from ..factory import make_role
 from ..p2p.netmodel import Link
 from ..role import Role
 from ..runner import InlineExecutor
+from ..training.attacks import label_flipped
 from ..training.task import Task, load_task
+from .collusion import attackers_of
 from .engine import RunResult, SimNode, Simulation
 
 
@@ -31,6 +33,10 @@ def client_task(config: NodeConfig, index: int, num_clients: int) -> Task:
         partition=config.data.partition,
         seed=config.seed,
     )
+
+
+def _task_of(config: NodeConfig, num_clients: int) -> Callable[[int], Task]:
+    return lambda i: client_task(config, i, num_clients)
 
 
 def _add_root(
@@ -62,14 +68,18 @@ def _add_clients(
     slow: dict[int, float] | None,
     train_cost_s: float,
     region: Callable[[int], str] = lambda i: "",
+    attackers: Collection[int] = (),
 ) -> None:
-    client_config = replace(config, role="client")
+    client_config = replace(config, role="client", attack=AttackParams())
+    attacker_of = attackers_of(config, num_clients, attackers, _task_of(config, num_clients))
     for i in range(num_clients):
-        client = make_role(client_config, size, region=region(i))
+        attacker = attacker_of(i)
+        client = make_role(client_config, size, region=region(i), attacker=attacker)
+        task = client_task(config, i, num_clients)
+        if attacker is not None and attacker.attack.kind == "labelflip":
+            label_flipped(task)
         executor = InlineExecutor(
-            client_task(config, i, num_clients),
-            train_cost_s=train_cost_s,
-            slowdown=(slow or {}).get(i, 1.0),
+            task, train_cost_s=train_cost_s, slowdown=(slow or {}).get(i, 1.0)
         )
         sim.add(client, executor, size)
 
@@ -83,11 +93,13 @@ def build_star(
     train_cost_s: float = 0.1,
     checkpoint_dir: str | Path | None = None,
     regions: int = 0,
+    attackers: Collection[int] = (),
 ) -> tuple[Simulation, SimNode]:
     """A coordinator and ``num_clients`` clients; clients find it by its advert.
 
     ``slow`` maps a client index (0-based) to a compute slowdown factor; ``regions`` > 0
-    labels client i with region ``r{i % regions}`` (for promotion by region).
+    labels client i with region ``r{i % regions}`` (for promotion by region);
+    ``attackers``: client indices that run ``config.attack`` (the others are honest).
     """
     sim = Simulation(seed=config.seed, link=link)
     root, size, _ = _add_root(sim, config, num_clients, checkpoint_dir)
@@ -99,6 +111,7 @@ def build_star(
         slow=slow,
         train_cost_s=train_cost_s,
         region=(lambda i: f"r{i % regions}") if regions else (lambda i: ""),
+        attackers=attackers,
     )
     return sim, root
 
@@ -114,6 +127,7 @@ def build_two_tier(
     train_cost_s: float = 0.1,
     checkpoint_dir: str | Path | None = None,
     client_region: Callable[[int], int] | None = None,
+    attackers: Collection[int] = (),
 ) -> tuple[Simulation, SimNode]:
     """Coordinator, ``num_aggregators`` regional aggregators, ``num_clients`` clients.
 
@@ -121,7 +135,8 @@ def build_two_tier(
     ``r{client_region(i)}`` (default ``i % A``), and clients join their region's
     aggregator from its advert;
     ``"coordinator"`` leaves everyone unlabelled and the coordinator places each client
-    (``tier.placement``, least-loaded by default) with an ``Assign``.
+    (``tier.placement``, least-loaded by default) with an ``Assign``. ``attackers``: as
+    for :func:`build_star`.
     """
     if assignment not in ("region", "coordinator"):
         raise ValueError(f"assignment must be 'region' or 'coordinator', not {assignment!r}")
@@ -142,6 +157,7 @@ def build_two_tier(
         region=(lambda i: f"r{(client_region or (lambda c: c % num_aggregators))(i)}")
         if labelled
         else (lambda i: ""),
+        attackers=attackers,
     )
     return sim, root
 

@@ -4,7 +4,8 @@ Pure (no trio). A spec is a TOML file in ``topologies/``; ``topologies/README.md
 full reference. A spec has ``kind`` ("star" | "two-tier" | "gossip"), a ``[graph]`` (a
 ``generator`` of :data:`GENERATORS` with ``n``, ``seed`` and its parameters, or ``edges``),
 ``[roles]``, ``[links]`` (:class:`~fednode.p2p.netmodel.Link` fields; per-edge overrides in
-``[[links.edges]]``) and ``[[faults]]`` (crash, partition, loss, straggler; by round).
+``[[links.edges]]``), ``[[faults]]`` (crash, partition, loss, straggler; by round) and
+which nodes attack (``attackers = [...]`` or ``attacker_fraction``, :mod:`.attackers`).
 
 Nodes are relabelled to ints in sorted order of the generator's labels (grid ``(r, c)`` ->
 ``r * cols + c``, hypercube bit tuple -> its binary number) and edges are inserted sorted,
@@ -27,6 +28,9 @@ import networkx as nx
 from fednode.config.sections import check
 from fednode.errors import ConfigError
 from fednode.p2p.netmodel import Link
+
+from .attackers import AttackerMarks, attacker_marks
+from .graphs import exponential_graph
 
 TOPOLOGY_DIR = Path(__file__).resolve().parents[2] / "topologies"
 KINDS = ("star", "two-tier", "gossip")
@@ -108,6 +112,8 @@ class Topology:
     description: str = ""
     #: the spec file it was loaded from (None: built in code)
     source: str | None = None
+    #: ``attackers`` / ``attacker_fraction`` of the spec (:mod:`fednode.sim.attackers`)
+    attackers: AttackerMarks = field(default_factory=AttackerMarks)
 
     @property
     def n(self) -> int:
@@ -125,21 +131,6 @@ class Topology:
 # --------------------------------------------------------------------------- generators
 
 
-def exponential_graph(n: int) -> nx.Graph:
-    """Undirected static exponential graph: i -- (i + 2^k) mod n for all 2^k < n.
-
-    The "exponential-2 graph" of decentralised SGD (Ying et al., NeurIPS 2021, "Exponential
-    Graph is Provably Efficient for Decentralized Deep Training"), symmetrised so that
-    Metropolis-Hastings weights apply. Regular; for n = 2^m the degree is 2m - 1
-    (+2^(m-1) and -2^(m-1) coincide).
-    """
-    g = nx.Graph()
-    g.add_nodes_from(range(n))
-    hop = 1
-    while hop < n:
-        g.add_edges_from((i, (i + hop) % n) for i in range(n))
-        hop *= 2
-    return g
 
 
 # generator -> its parameters besides `n` and `seed`; those in _OPTIONAL may be omitted
@@ -423,7 +414,8 @@ def _fault(t: Any, i: int, n: int) -> Fault:
 
 def topology_from_dict(spec: dict[str, Any], *, name: str, base_dir: Path) -> Topology:
     """Validate a parsed spec (the TOML document as a dict). ``base_dir`` anchors ``edges``."""
-    spec = _keys(spec, {"name", "description", "kind", "graph", "roles", "links", "faults"}, "")
+    top = {"name", "description", "kind", "graph", "roles", "links", "faults", "attackers"}
+    spec = _keys(spec, {*top, "attacker_fraction"}, "")
     kind = spec.get("kind", "")
     check(kind in KINDS, "kind", spec.get("kind"), f"one of {list(KINDS)}")
     check("graph" in spec, "graph", None, "a [graph] table")
@@ -435,7 +427,10 @@ def topology_from_dict(spec: dict[str, Any], *, name: str, base_dir: Path) -> To
     faults = tuple(_fault(f, i, g.number_of_nodes()) for i, f in enumerate(faults_raw))
     name = _typed(spec.get("name", name), str, "name")
     description = _typed(spec.get("description", ""), str, "description")
-    return Topology(name, kind, g, roles, parent, links, edge_links, faults, description)
+    marks = attacker_marks(spec, roles)
+    return Topology(
+        name, kind, g, roles, parent, links, edge_links, faults, description, attackers=marks
+    )
 
 
 def list_topologies(directory: Path = TOPOLOGY_DIR) -> list[str]:

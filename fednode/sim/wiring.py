@@ -22,6 +22,7 @@ class Built:
     root: Any
     node_of: dict[int, int]  # topology node -> simulator index
     roles: dict[int, str]  # simulator index -> role
+    attackers: tuple[int, ...] = ()  # topology nodes that attack (fednode.sim.attackers)
 
 
 def _operator(topo: Topology, built: Built, nodes: Any) -> Any:
