@@ -9,7 +9,7 @@ import pytest
 
 from fednode.config import GossipParams, load_config
 from fednode.errors import ConfigError
-from fednode.sim.gossip import random_init, run_gossip
+from fednode.sim.gossip import build_gossip, random_init, run_gossip
 from fednode.sim.scenarios import client_task
 from fednode.training.clipping import ClipSpec, adaptive_tau, clip_rows, parse_gossip_robust
 
@@ -48,9 +48,11 @@ def test_fixed_radius_clipping_still_conserves_the_network_sum():
     size = client_task(config, 0, 6).layout().size
     init = random_init(1, size)
     start = np.stack([init(i) for i in range(6)]).astype(np.float64).sum(axis=0)
-    res = run_gossip(config, graph, train=False, gossip=GossipParams(robust="clip:5"), init=init)
-    end = np.stack(list(res.params().values())).astype(np.float64).sum(axis=0)
-    clipped = sum(n.role.counters["clipped"] for n in res.sim.nodes)
+    robust = GossipParams(robust="clip:5")
+    sim, _ = build_gossip(config, graph, train=False, gossip=robust, init=init)
+    res = sim.run_all()
+    end = np.stack(list(sim.current_params().values())).astype(np.float64).sum(axis=0)
+    clipped = sum(n.role.counters["clipped"] for n in sim.nodes)
     assert clipped > 0  # the radius bit (differences start at ~sqrt(2 * 650) = 36)
     np.testing.assert_allclose(end, start, atol=1e-3)
     assert res.rounds[-1]["rel_error"] < 0.5  # and the peers still move together
@@ -67,7 +69,7 @@ def _honest_accuracy(attack: str | None, robust: str, mode: str = "sync") -> flo
         attackers=[0] if attack else [],
     )
     evaluate = client_task(config, 0, 8)
-    honest = [n for n in res.sim.nodes if not (attack and n.index == 0)]
+    honest = [n for n in res.nodes if not (attack and n.index == 0)]
     return float(np.mean([evaluate.evaluate(n.role.params)[2]["accuracy"] for n in honest]))
 
 
