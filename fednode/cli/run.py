@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .common import add_common, config_of, console, human
+from .common import add_common, add_dashboard, config_of, console, dashboard_overrides, human
 
 
 def add_parser(sub: Any) -> None:
@@ -64,6 +64,7 @@ def add_parser(sub: Any) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)",
     )
+    add_dashboard(run)
     run.add_argument(
         "--log",
         choices=("human", "json"),
@@ -104,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "net.metrics_listen": args.metrics_listen,
         "server.checkpoint_dir": args.checkpoint_dir,
         "server.resume_from": args.resume_from,
+        **dashboard_overrides(args),
     }
     if args.allow:
         extra["net.allow"] = tuple(args.allow)

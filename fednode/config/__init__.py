@@ -2,7 +2,8 @@
 
 A config file is optional; every field has a default that gives a working node. The file
 has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``,
-``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``) and top-level keys for the node itself::
+``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``, ``[dashboard]``) and top-level keys
+for the node itself::
 
     role = "client"
     seed = 0
@@ -21,6 +22,7 @@ from .load import ROLES, NodeConfig, load_config, replace
 from .net import NetParams
 from .sections import (
     GOSSIP_MODES,
+    DashboardParams,
     DataParams,
     GossipParams,
     RoundParams,
@@ -34,6 +36,7 @@ from .sections import (
 __all__ = [
     "GOSSIP_MODES",
     "ROLES",
+    "DashboardParams",
     "DataParams",
     "GossipParams",
     "NetParams",

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from .net import NetParams
 from .sections import (
+    DashboardParams,
     DataParams,
     GossipParams,
     RoundParams,
@@ -44,6 +45,7 @@ class NodeConfig:
     selection: SelectionParams = field(default_factory=SelectionParams)
     server: ServerParams = field(default_factory=ServerParams)
     gossip: GossipParams = field(default_factory=GossipParams)
+    dashboard: DashboardParams = field(default_factory=DashboardParams)
 
     def validate(self) -> None:
         check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")
@@ -58,6 +60,7 @@ class NodeConfig:
             self.selection,
             self.server,
             self.gossip,
+            self.dashboard,
         ):
             group.validate()
 

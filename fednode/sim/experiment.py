@@ -46,6 +46,11 @@ from .spectral import spectral_summary
 from .topology import TOPOLOGY_DIR, Topology, load_topology
 from .wiring import Built, _add_operator, _apply_links, _clients_reachable, visibility
 
+#: a live listener: (simulator node index, event, data, time) -> None
+Listener = Callable[[int, str, dict[str, Any], float], None]
+#: ``run_experiment(watch=...)``: (topology, built federation, driver) -> a listener
+Watch = Callable[[Topology, Built, Any], Listener]
+
 
 @dataclass(frozen=True)
 class SimOptions:
@@ -197,6 +202,7 @@ def run_experiment(
     graph_seed: int | None = None,
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    watch: Watch | None = None,
 ) -> ExperimentResult:
     """Run one topology spec; write the experiment folder to ``out`` if given.
 
@@ -205,6 +211,9 @@ def run_experiment(
     (``{"rounds.rounds": 20, "data.task": "synthetic"}``) applied over ``config``.
     ``progress(done, total)`` is called whenever the highest round any node has finished
     grows (with several workers: at most once per window), for a progress display.
+    ``watch(topo, built, driver)``, called once before the run starts, returns a listener
+    ``(node index, event, data, time)`` that sees every event as it happens (the live
+    dashboard, :mod:`fednode.sim.live`; one process only).
     Errors: ConfigError for a bad spec, config or option.
     """
     options = options or SimOptions()
@@ -223,7 +232,9 @@ def run_experiment(
     schedule = FaultSchedule(topo.faults, built.node_of)
     notes: list[str] = []
     with _run_settings():
-        virtual, messages, error = _run(topo, built, cfg, options, schedule, collector, notes)
+        virtual, messages, error = _run(
+            topo, built, cfg, options, schedule, collector, notes, watch
+        )
     table: RoundTable = collector.table()
     if topo.n > options.draw_max_nodes:
         notes.append(f"topology drawing skipped: {topo.n} nodes > {options.draw_max_nodes}")
@@ -294,12 +305,17 @@ def _run(
     schedule: FaultSchedule,
     collector: Collector,
     notes: list[str],
+    watch: Watch | None = None,
 ) -> tuple[float, int, str | None]:
     """Run the built federation with the chosen driver: (virtual s, messages, error)."""
+    if watch is not None and options.driver == "des" and options.workers > 1:
+        raise ConfigError("workers", options.workers, "1 to follow a run live (--dashboard)")
     if options.driver == "trio":
         sim = built.sim
         _apply_links(topo, built, sim)
         sim.fault_hooks.insert(0, collector.trio_hook)  # first: rows see the round's state
+        if watch is not None:
+            sim.fault_hooks.append(_trio_listener(watch(topo, built, sim)))
         _add_operator(schedule, topo, built, sim.nodes)
         schedule.install(sim)
         if isinstance(sim, GossipSimulation):
@@ -329,6 +345,8 @@ def _run(
         )
         _apply_links(topo, built, des)
         des.listeners.append(collector.des_listener(des))  # first: rows see the round's state
+        if watch is not None:
+            des.listeners.append(watch(topo, built, des))
         _add_operator(schedule, topo, built, des.nodes)
         schedule.install(des)
         root = des.nodes[built.root.index] if built.root is not None else None
@@ -337,6 +355,16 @@ def _run(
         error = res.stop.reason if res.stop and res.stop.error else None
         collector.finish(des.nodes)
     return virtual, messages, error
+
+
+def _trio_listener(listen: Listener) -> Callable[[Any, str, str, dict[str, Any]], None]:
+    """A ``watch`` listener as a trio simulator hook (node index and mock-clock time)."""
+    import trio
+
+    def hook(sim: Any, peer: str, event: str, data: dict[str, Any]) -> None:
+        listen(sim.node(peer).index, event, data, trio.current_time())
+
+    return hook
 
 
 def _describe(
