@@ -146,6 +146,8 @@ def _human_events() -> Callable[[str, str, dict[str, Any]], None]:
             console.print(
                 f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss {data['loss']:.4f}"
             )
+        elif event in ("metrics", "dashboard"):
+            console.print(f"{event} at {data['url']}")
         elif event in ("round_failed", "rejected", "send_failed", "parent_lost"):
             console.print(f"[yellow]{event}[/] {data}")
 

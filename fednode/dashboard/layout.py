@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-TIERS = {"coordinator": 0, "aggregator": 1, "client": 2}
+TIERS = {"parent": 0, "coordinator": 0, "aggregator": 1, "client": 2}
 Positions = dict[str, tuple[float, float]]
 
 
