@@ -91,7 +91,7 @@ class NodeView:
         drawn = {n for edge in edges for n in edge}
         for peer in sorted(self.peers):
             if peer not in roles:
-                roles[peer] = _PEER_ROLE.get(self.role, "peer")
+                roles[peer] = _PEER_ROLE.get(self.role, "other")
             if peer not in drawn:
                 edges.append((self.me, peer))
         labels = {n: ("this node" if n == self.me else short(n)) for n in roles}

@@ -146,14 +146,24 @@ class Board:
                 )
         self._changed()
 
-    def set_row(self, node: str, *, round: int | None = None, state: str | None = None) -> None:
-        """What the driver knows of a node without an event (its role's round, liveness)."""
+    def set_row(
+        self,
+        node: str,
+        *,
+        round: int | None = None,
+        state: str | None = None,
+        seen: float | None = None,
+    ) -> None:
+        """What the driver knows of a node without an event: its role's round, whether it
+        is up, when it last sent something."""
         with self._lock:
             row = self.nodes.get(node)
             if row is None:
                 return
             if round is not None:
                 row.round = round
+            if seen is not None:
+                row.last_seen = max(row.last_seen or seen, seen)
             if state is not None and row.state != "dead":
                 row.state = state
 

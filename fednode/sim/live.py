@@ -45,6 +45,7 @@ class Feed:
         self.board = board
         self.pause_s = pause_s
         self.stop = threading.Event()
+        self._sent: dict[str, int] = {}
 
     def watch(self, topo: Topology, built: Built, driver: Any) -> Listener:
         """The experiment's hook: draw the spec's graph, return the event listener."""
@@ -76,25 +77,30 @@ class Feed:
                 return
             if event == "gossip_round":
                 front = int(rnd)  # type: ignore[arg-type]
-            self._rows(nodes, name)
+            self._rows(nodes, name, now)
             if self.pause_s:
                 time.sleep(self.pause_s)  # in the run's worker thread: pacing for people
 
         return listen
 
-    def _rows(self, nodes: Any, name: dict[int, str]) -> None:
-        """At a round's end: each drawn node's round and liveness, as its role says."""
+    def _rows(self, nodes: Any, name: dict[int, str], now: float) -> None:
+        """At a round's end: each drawn node's round (a client's: the rounds it trained)
+        and liveness as its role says, and ``now`` as last seen if it sent since."""
         for node in nodes:
             key = name.get(node.index)
             if key is None or key not in self.board.nodes:
                 continue
-            round_ = node.role.status().get("round")
+            status = node.role.status()
+            round_ = status.get("round", status.get("rounds_trained"))
             alive = bool(getattr(node, "alive", True))
+            sent = node.stats.sent_frames
             self.board.set_row(
                 key,
                 round=round_ if isinstance(round_, int) else None,
                 state=None if alive else "dead",
+                seen=now if sent != self._sent.get(key) else None,
             )
+            self._sent[key] = sent
 
 
 def run_live(

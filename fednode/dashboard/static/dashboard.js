@@ -65,12 +65,12 @@
     const n = state.graph.nodes.length;
     const r = n > 200 ? 4 : n > 60 ? 6 : 10;
     for (const node of state.graph.nodes) {
-      const row = rows.get(node.id) || { role: "node", state: "up", label: node.id };
+      const row = rows.get(node.id) || { role: "other", state: "up", label: node.id };
       const p = pos.get(node.id);
       const c = el("circle", { cx: p[0], cy: p[1], r: row.role === "coordinator" ? r * 1.6 : r,
         class: "node " + row.role + " " + row.state, "data-node": node.id, "data-state": row.state }, svg);
       el("title", {}, c).textContent = row.label + " (" + row.role + ", " + row.state + ")";
-      if (n <= 40) {
+      if (n <= 12 || row.role === "coordinator" || (row.role === "aggregator" && n <= 200)) {
         const t = el("text", { x: p[0] + r + 3, y: p[1] + 4, class: "label" }, svg);
         t.textContent = row.label;
       }
@@ -131,6 +131,11 @@
   }
 
   function drawBytes(rounds) {
+    document.getElementById("bytes-title").textContent = state.meta.kind === "gossip"
+      ? "Bytes per round (sent by all peers)"
+      : state.meta.kind === "star" || state.meta.kind === "two-tier" || state.meta.kind === "coordinator"
+        ? "Bytes per round at the coordinator (up: updates in, down: models out)"
+        : "Bytes per round";
     const svg = document.getElementById("bytes-chart");
     clear(svg);
     const box = [60, 10, 590, 230];
