@@ -161,7 +161,7 @@ class Board:
             if row is None:
                 return
             if round is not None:
-                row.round = round
+                row.round = max(row.round or 0, round)
             if seen is not None:
                 row.last_seen = max(row.last_seen or seen, seen)
             if state is not None and row.state != "dead":
