@@ -1,6 +1,7 @@
 """The dashboard in a real browser: headless Chromium (Debian's ``chromium`` and
 ``chromium-driver``, driven by selenium) loads the page of a running ``fednode sim
---dashboard`` and sees the chart grow past two rounds and every node in the graph, a crashed one marked.
+--dashboard`` and sees the chart grow past two rounds and every node in the graph, a
+crashed one marked.
 
 Marked ``browser``; skipped, saying why, where Chromium, its driver or selenium are
 missing (``scripts/test`` installs them where it runs as root with apt). With
