@@ -33,6 +33,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -144,10 +145,13 @@ def read_network_key(path: str) -> bytes | None:
 
 
 def json_lines(stream: TextIO = sys.stdout) -> EventSink:
-    """Event sink writing one JSON object per line (the node's structured log)."""
+    """Event sink writing one JSON object per line (the node's structured log): ``t`` is
+    this process's monotonic clock (differences within one node), ``utc`` the wall-clock
+    time in UTC, ISO 8601 with milliseconds (to line up the events of several nodes)."""
 
     def sink(peer: str, event: str, data: dict[str, Any]) -> None:
-        record = {"t": round(trio.current_time(), 3), "event": event, **data}
+        utc = datetime.now(UTC).isoformat(timespec="milliseconds")
+        record = {"t": round(trio.current_time(), 3), "utc": utc, "event": event, **data}
         stream.write(json.dumps(record, default=str, sort_keys=True) + "\n")
         stream.flush()
 

@@ -85,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     import trio
+    from rich.console import Console
 
     from ..node import Node, json_lines
 
@@ -117,13 +118,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # main() made SIGTERM a KeyboardInterrupt while starting up ("interrupted", 130); once
     # up, the node's own handler takes over (Node.run: goodbye, "stopped: SIGTERM", 0)
     sink = json_lines() if args.log == "json" else _human_events()
+    # with --log json stdout is JSON lines only: the lines for people go to stderr
+    say = console if args.log != "json" else Console(stderr=True, highlight=False)
     node = Node(config, on_event=sink)
-    console.print(f"[bold]fednode[/] {config.role} {node.peer_id}", highlight=False)
+    say.print(f"[bold]fednode[/] {config.role} {node.peer_id}", highlight=False)
     stop = trio.run(node.run)
     if stop is None:
-        console.print("stopped: cancelled")
+        say.print("stopped: cancelled")
         return 130
-    console.print(f"stopped: {stop.reason}")
+    say.print(f"stopped: {stop.reason}")
     return 0 if stop.error is None else 1
 
 
