@@ -87,6 +87,14 @@ def parse_metrics_listen(value: str) -> tuple[str, int]:
 
     Errors: :class:`ConfigError` naming the field.
     """
+    return parse_host_port("net.metrics_listen", value)
+
+
+def parse_host_port(field: str, value: str) -> tuple[str, int]:
+    """A ``host:port`` config value (an IP address, ``[v6]`` bracketed) -> (host, port).
+
+    Errors: :class:`ConfigError` naming ``field``.
+    """
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
@@ -95,7 +103,10 @@ def parse_metrics_listen(value: str) -> tuple[str, int]:
     except ValueError:
         number = -1
     if not sep or not 0 <= number <= 65535:
-        raise ConfigError(
-            "net.metrics_listen", value, "'' (off) or an IP address and port, e.g. 127.0.0.1:9464"
-        )
+        raise ConfigError(field, value, "'' (off) or an IP address and port, e.g. 127.0.0.1:9464")
     return host, number
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address, as :func:`parse_host_port` returns) is loopback."""
+    return ipaddress.ip_address(host).is_loopback

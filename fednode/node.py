@@ -14,10 +14,12 @@ events with ``"stage": "transport"``.
 
 Events the node adds to the role's (JSON lines with ``--log json``): ``listening``
 (peer id, role, addresses), ``metrics`` (the URL of the Prometheus metrics, with
-``net.metrics_listen``), ``peer_up`` / ``peer_down``, ``goodbye`` and ``stopped``
-(reason, signal). A gossip peer built here (:func:`build_role`) waits for its consortium
-(``peers_ready``) and tests its model after every round (``gossip_eval``) by default:
-both are the role's doing, so the simulator runs the same code.
+``net.metrics_listen``), ``dashboard`` (the live page's URL, with ``dashboard.listen``;
+:mod:`fednode.dashboard.nodeview` draws it from these events), ``peer_up`` /
+``peer_down``, ``goodbye`` and ``stopped`` (reason, signal). A gossip peer built here
+(:func:`build_role`) waits for its consortium (``peers_ready``) and tests its model after
+every round (``gossip_eval``) by default: both are the role's doing, so the simulator
+runs the same code.
 
 The node asks the role only what :class:`~fednode.role.Role` offers (listen addresses,
 goodbye messages); it never looks at the role's type or attributes.
@@ -31,6 +33,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -51,6 +54,7 @@ from .wire.frames import Frame, Inbound
 log = logging.getLogger("fednode.node")
 
 if TYPE_CHECKING:
+    from .dashboard.nodeview import NodeView
     from .prometheus import NodeMetrics
 
 
@@ -132,10 +136,13 @@ def read_network_key(path: str) -> bytes | None:
 
 
 def json_lines(stream: TextIO = sys.stdout) -> EventSink:
-    """Event sink writing one JSON object per line (the node's structured log)."""
+    """Event sink writing one JSON object per line (the node's structured log): ``t`` is
+    this process's monotonic clock (differences within one node), ``utc`` the wall-clock
+    time in UTC, ISO 8601 with milliseconds (to line up the events of several nodes)."""
 
     def sink(peer: str, event: str, data: dict[str, Any]) -> None:
-        record = {"t": round(trio.current_time(), 3), "event": event, **data}
+        utc = datetime.now(UTC).isoformat(timespec="milliseconds")
+        record = {"t": round(trio.current_time(), 3), "utc": utc, "event": event, **data}
         stream.write(json.dumps(record, default=str, sort_keys=True) + "\n")
         stream.flush()
 
@@ -189,6 +196,12 @@ class Node:
         self.stop: Stop | None = None
         #: Prometheus metrics (net.metrics_listen), once the node runs
         self.metrics: NodeMetrics | None = None
+        #: the live dashboard's view of this node (dashboard.listen), once the node runs
+        self.view: NodeView | None = None
+        if self.config.dashboard.listen:  # a bad token file fails here, before any I/O
+            from .dashboard import read_token
+
+            read_token(self.config.dashboard.token_file)
         self._goodbye_scope: trio.CancelScope | None = None
 
     @property
@@ -210,6 +223,8 @@ class Node:
             )
         if self.metrics is not None:
             self.metrics.on_event(event, data)
+        if self.view is not None:
+            self.view.on_event(peer, event, data)
         if self.on_event is not None:
             self.on_event(peer, event, data)
 
@@ -300,6 +315,14 @@ class Node:
                 )
                 bound = await nursery.start(serve_metrics, self.metrics, cfg.net.metrics_listen)
                 self._emit("metrics", {"url": f"http://{bound}/metrics"})
+            if cfg.dashboard.listen:  # the live, read-only web page (fednode.dashboard)
+                from .dashboard import serve_dashboard
+                from .dashboard.nodeview import NodeView
+
+                self.view = NodeView.of(cfg, self.peer_id, self.role.status)
+                bound = await nursery.start(serve_dashboard, self.view.board, cfg.dashboard)
+                token = bool(cfg.dashboard.token_file)
+                self._emit("dashboard", {"url": f"http://{bound}/", "token": token})
             if cfg.role in ("client", "peer"):
                 nursery.start_soon(_warm_up_training)
             logged = _PeerLog(transport, self._emit, self.membership.admits)

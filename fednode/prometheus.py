@@ -8,7 +8,7 @@ rejected frames by error type, connected members, and what the node's events sai
 and capped, docs/ROBUSTNESS.md). Off by default; ``127.0.0.1:9464`` keeps it on the
 machine. It serves one connection at a time, each bounded by :data:`REQUEST_TIMEOUT_S`
 and :data:`MAX_REQUEST_BYTES`; a malformed request gets ``400`` and changes nothing.
-HTTP parsing is h11's.
+HTTP parsing is h11's (:mod:`fednode.http11`).
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .addresses import parse_metrics_listen
-from .errors import ConfigError
+from .http11 import MAX_REQUEST_BYTES, next_request, open_listeners, refuse_malformed, respond
 from .loop import RunStats
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 5.0
-MAX_REQUEST_BYTES = 16 * 1024
-LINGER_S = 1.0
+ALLOW = ("Allow", "GET, HEAD")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 AGGREGATION_ACTIONS = ("discarded", "clipped", "flagged", "capped")
 
@@ -166,17 +164,7 @@ async def serve_metrics(
 ) -> None:
     """Serve ``GET /metrics`` on ``listen`` until cancelled; ``task_status.started`` gets
     the bound ``host:port`` (port 0 picks one)."""
-    host, port = parse_metrics_listen(listen)
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        raise ConfigError(
-            "net.metrics_listen", listen, f"an address this node can bind ({exc})"
-        ) from exc
-    sockname = listeners[0].socket.getsockname()
-    bound = (
-        f"[{sockname[0]}]:{sockname[1]}" if ":" in sockname[0] else f"{sockname[0]}:{sockname[1]}"
-    )
+    listeners, bound = await open_listeners("net.metrics_listen", listen)
     log.info("metrics at http://%s/metrics", bound)
     task_status.started(bound)
     async with contextlib.AsyncExitStack() as stack:
@@ -198,80 +186,19 @@ async def serve_metrics(
 async def _serve_one(metrics: NodeMetrics, stream: trio.abc.Stream) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
     try:
-        request = await _next_request(conn, stream)
+        request = await next_request(conn, stream)
     except h11.RemoteProtocolError as exc:
-        await _respond(conn, stream, 400, f"bad request: {exc}\n".encode(), h11_error=True)
-        await _linger(stream)
+        await refuse_malformed(stream, exc)
         return
     if request is None:
         return  # the client closed without asking
     target = request.target.split(b"?", 1)[0]
     if request.method not in (b"GET", b"HEAD"):
-        await _respond(conn, stream, 405, b"only GET /metrics\n", allow=True)
+        await respond(conn, stream, 405, b"only GET /metrics\n", headers=[ALLOW])
     elif target != b"/metrics":
-        await _respond(conn, stream, 404, b"not found: try /metrics\n")
+        await respond(conn, stream, 404, b"not found: try /metrics\n")
     else:
         body = metrics.exposition()
-        await _respond(
+        await respond(
             conn, stream, 200, b"" if request.method == b"HEAD" else body, CONTENT_TYPE, len(body)
         )
-
-
-async def _linger(stream: trio.abc.Stream) -> None:
-    """After an error reply to a request not read to its end: stop sending, then read and
-    drop (briefly, boundedly) what the client still sends, so that closing does not reset
-    the connection before the client has read the reply."""
-    with trio.move_on_after(LINGER_S), contextlib.suppress(trio.BrokenResourceError):
-        if isinstance(stream, trio.SocketStream):
-            await stream.send_eof()
-        for _ in range(64):  # at most 64 x 4 KiB
-            if not await stream.receive_some(4096):
-                return
-
-
-async def _next_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
-    received = 0
-    while True:
-        event = conn.next_event()
-        if isinstance(event, h11.Request):
-            return event
-        if isinstance(event, h11.ConnectionClosed):
-            return None
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(4096)
-            received += len(data)
-            if received > MAX_REQUEST_BYTES:
-                raise h11.RemoteProtocolError("request too large", error_status_hint=431)
-            conn.receive_data(data)
-
-
-async def _respond(
-    conn: h11.Connection,
-    stream: trio.abc.Stream,
-    status: int,
-    body: bytes,
-    content_type: str = "text/plain; charset=utf-8",
-    length: int | None = None,
-    *,
-    allow: bool = False,
-    h11_error: bool = False,
-) -> None:
-    headers = [
-        ("Content-Type", content_type),
-        ("Content-Length", str(len(body) if length is None else length)),
-        ("Connection", "close"),
-    ]
-    if allow:
-        headers.append(("Allow", "GET, HEAD"))
-    if h11_error:  # h11 refuses to send after the peer broke the protocol: write it raw
-        head = f"HTTP/1.1 {status} Bad Request\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(head.encode() + b"\r\n" + body)
-        return
-    parts = [conn.send(h11.Response(status_code=status, headers=headers))]
-    if body:
-        parts.append(conn.send(h11.Data(data=body)))
-    parts.append(conn.send(h11.EndOfMessage()))
-    data = b"".join(p for p in parts if p)
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(data)

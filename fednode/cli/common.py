@@ -45,6 +45,69 @@ COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
 }
 
 
+# --dashboard flags -> [dashboard] fields (the sim-only ones are added by `fednode sim`)
+DASHBOARD_FLAGS: dict[str, tuple[str, type, str, str]] = {
+    "dashboard": (
+        "dashboard.listen",
+        str,
+        "HOST:PORT",
+        "serve the live read-only dashboard at http://HOST:PORT/ (e.g. 127.0.0.1:8080)",
+    ),
+    "dashboard_token_file": (
+        "dashboard.token_file",
+        str,
+        "PATH",
+        "every dashboard request must carry the token on this file's first line "
+        "(required for a non-loopback address)",
+    ),
+    "dashboard_max_connections": (
+        "dashboard.max_connections",
+        int,
+        "N",
+        "dashboard connections served at once; more get 503 (8)",
+    ),
+    "dashboard_event_log": (
+        "dashboard.event_log",
+        int,
+        "N",
+        "events kept for the dashboard's log (200)",
+    ),
+}
+SIM_DASHBOARD_FLAGS: dict[str, tuple[str, type, str, str]] = {
+    "dashboard_round_pause": (
+        "dashboard.round_pause_s",
+        float,
+        "SECONDS",
+        "with --dashboard: wall seconds to pause after each round, to follow the run (0)",
+    ),
+    "dashboard_linger": (
+        "dashboard.linger_s",
+        float,
+        "SECONDS",
+        "with --dashboard: keep the page up this long after the run ends (0)",
+    ),
+}
+
+
+def add_dashboard(p: argparse.ArgumentParser, *, sim: bool = False) -> None:
+    group = p.add_argument_group("dashboard ([dashboard] in the config file)")
+    flags = {**DASHBOARD_FLAGS, **(SIM_DASHBOARD_FLAGS if sim else {})}
+    for flag, (_dotted, typ, metavar, help_) in flags.items():
+        group.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, type=typ, metavar=metavar, help=help_
+        )
+
+
+def dashboard_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--dashboard*`` flags given, as dotted ``dashboard.*`` fields."""
+    flags = {**DASHBOARD_FLAGS, **SIM_DASHBOARD_FLAGS}
+    return {
+        dotted: getattr(args, flag)
+        for flag, (dotted, *_rest) in flags.items()
+        if getattr(args, flag, None) is not None
+    }
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (flags override it)")
     for flag, (_dotted, typ, help_) in COMMON_FLAGS.items():

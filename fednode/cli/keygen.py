@@ -21,7 +21,10 @@ def add_parser(sub: Any) -> None:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     from ..crypto.identity import Identity, save_key
+    from ..errors import ConfigError
 
+    if args.out.exists() and not args.force:  # before any work, naming the flag
+        raise ConfigError("--out", str(args.out), "a path with no key yet (--force overwrites)")
     identity = Identity.generate()
     save_key(identity, args.out, force=args.force)
     console.print(f"wrote {args.out} (mode 0600); peer id {identity.peer_id}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..loop import EventSink
 from ..training.aggregate import report_note as note
-from .common import add_common, config_of, console, human
+from .common import add_common, add_dashboard, config_of, console, dashboard_overrides, human
 
 
 def add_parser(sub: Any) -> None:
@@ -65,6 +65,7 @@ def add_parser(sub: Any) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)",
     )
+    add_dashboard(run)
     run.add_argument(
         "--log",
         choices=("human", "json"),
@@ -108,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     import trio
+    from rich.console import Console
 
     from ..node import Node, json_lines
 
@@ -128,6 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "net.metrics_listen": args.metrics_listen,
         "server.checkpoint_dir": args.checkpoint_dir,
         "server.resume_from": args.resume_from,
+        **dashboard_overrides(args),
     }
     if args.allow:
         extra["net.allow"] = tuple(args.allow)
@@ -140,13 +143,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # main() made SIGTERM a KeyboardInterrupt while starting up ("interrupted", 130); once
     # up, the node's own handler takes over (Node.run: goodbye, "stopped: SIGTERM", 0)
     sink = json_lines() if args.log == "json" else _human_events()
+    # with --log json stdout is JSON lines only: the lines for people go to stderr
+    say = console if args.log != "json" else Console(stderr=True, highlight=False)
     node = Node(config, on_event=sink)
-    console.print(f"[bold]fednode[/] {config.role} {node.peer_id}", highlight=False)
+    say.print(f"[bold]fednode[/] {config.role} {node.peer_id}", highlight=False)
     stop = trio.run(node.run)
     if stop is None:
-        console.print("stopped: cancelled")
+        say.print("stopped: cancelled")
         return 130
-    console.print(f"stopped: {stop.reason}")
+    say.print(f"stopped: {stop.reason}")
     return 0 if stop.error is None else 1
 
 
@@ -169,6 +174,8 @@ def _human_events() -> EventSink:
             console.print(
                 f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss {data['loss']:.4f}"
             )
+        elif event in ("metrics", "dashboard"):
+            console.print(f"{event} at {data['url']}")
         elif event in (
             "round_failed",
             "rejected",

@@ -24,14 +24,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config
+from ..config import DashboardParams, load_config
 from ..errors import ConfigError
 from ..sim.attackers import parse_attackers_flag
-from ..sim.experiment import ExperimentResult, SimOptions, run_experiment
+from ..sim.experiment import ExperimentResult, SimOptions, Watch, run_experiment
 from ..sim.report import compare, write_folder
 from ..sim.topology import Topology, build_topology, load_topology
 from ..training.aggregate import report_note
-from .common import add_common, console, overrides
+from .common import add_common, add_dashboard, console, dashboard_overrides, overrides
 
 #: ``fednode sim`` suggests ``--workers`` for runs of at least this many nodes on one worker
 HINT_WORKERS_FROM = 5000
@@ -129,11 +129,12 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="gossip: ClippedGossip, clip:<tau> or clip:auto[:<delta>] (gossip.robust)",
     )
     add_common(parser)
+    add_dashboard(parser, sim=True)
 
 
-def _attack_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _attack_overrides(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, Any]:
     return {
-        **overrides(args),
+        **overrides(args, extra),
         **{
             k: v
             for k, v in (
@@ -169,7 +170,11 @@ def _topology(spec: str, args: argparse.Namespace) -> Topology | str:
 
 
 def _run_one(
-    spec: str, args: argparse.Namespace, out: Path | None, console: Any = None
+    spec: str,
+    args: argparse.Namespace,
+    out: Path | None,
+    console: Any = None,
+    watch: Watch | None = None,
 ) -> ExperimentResult:
     topo = _topology(spec, args)
     base = load_config(args.config, None) if args.config else None
@@ -177,12 +182,13 @@ def _run_one(
         res = run_experiment(
             topo,
             base,
-            overrides=_attack_overrides(args),
+            overrides=_attack_overrides(args, dashboard_overrides(args)),
             options=_options(args),
             n=None if isinstance(topo, Topology) else args.nodes,
             graph_seed=args.graph_seed,
             progress=progress,
             attackers=parse_attackers_flag(args.attackers) if args.attackers else None,
+            watch=watch,
         )
     if isinstance(topo, Topology):  # the star shortcut: --nodes counts clients
         res.extra_summary.update({"nodes": topo.n - 1, "topology": "star"})
@@ -230,6 +236,9 @@ def _progress(console: Any, label: str) -> Iterator[Callable[[int, int], None] |
 def run_sim(args: argparse.Namespace) -> int:
     """``fednode sim``: 0 when every run finished, 1 when one failed (ConfigError -> caller)."""
     specs = args.compare or [args.topology]
+    dashboard = load_config(args.config, overrides(args, dashboard_overrides(args))).dashboard
+    if dashboard.listen:
+        return _run_live(args, dashboard)
     if args.compare:
         for spec in specs:  # fail fast on a bad spec, before any run
             if spec != "star":
@@ -255,6 +264,39 @@ def run_sim(args: argparse.Namespace) -> int:
         rows = [_summary(r, args) for r in results]
         print(json.dumps(rows if args.compare else rows[0], sort_keys=True))
     return 0 if all(r.error is None for r in results) else 1
+
+
+def _run_live(args: argparse.Namespace, params: DashboardParams) -> int:
+    """``--dashboard``: one run, followed live on the page (:mod:`fednode.sim.live`)."""
+    from ..sim.live import run_live
+
+    if args.compare:
+        raise ConfigError("dashboard.listen", params.listen, "one --topology, not --compare")
+    if args.workers != 1:
+        raise ConfigError("dashboard.listen", params.listen, "--workers 1 (one process)")
+    spec = args.topology
+    show = None if args.json else console
+    t0 = time.perf_counter()
+
+    def ready(url: str) -> None:
+        if show is not None:
+            show.print(f"dashboard at [bold]{url}[/] (read-only)", highlight=False)
+
+    res = run_live(
+        lambda watch: _run_one(spec, args, args.out, show, watch),
+        params,
+        title=Path(spec).stem,
+        kind="simulation",
+        on_ready=ready,
+    )
+    if res is None:
+        console.print("stopped: the simulation was interrupted")
+        return 130
+    if args.json:
+        print(json.dumps(_summary(res, args), sort_keys=True))
+    else:
+        _print(console, res, time.perf_counter() - t0)
+    return 0 if res.error is None else 1
 
 
 def _workers_hint(n: int, workers: int, cores: int) -> str | None:

@@ -3,7 +3,7 @@
 A config file is optional; every field has a default that gives a working node. The file
 has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``,
 ``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``,
-``[aggregation]``, ``[attack]``) and top-level keys for the node itself::
+``[aggregation]``, ``[attack]``, ``[dashboard]``) and top-level keys for the node itself::
 
     role = "client"
     seed = 0
@@ -24,6 +24,7 @@ from .net import NetParams
 from .sections import (
     GOSSIP_MODES,
     AggregationParams,
+    DashboardParams,
     DataParams,
     GossipParams,
     RoundParams,
@@ -39,6 +40,7 @@ __all__ = [
     "ROLES",
     "AggregationParams",
     "AttackParams",
+    "DashboardParams",
     "DataParams",
     "GossipParams",
     "NetParams",

@@ -15,6 +15,7 @@ from .attack import AttackParams
 from .net import NetParams
 from .sections import (
     AggregationParams,
+    DashboardParams,
     DataParams,
     GossipParams,
     RoundParams,
@@ -47,6 +48,7 @@ class NodeConfig:
     gossip: GossipParams = field(default_factory=GossipParams)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
     attack: AttackParams = field(default_factory=AttackParams)
+    dashboard: DashboardParams = field(default_factory=DashboardParams)
 
     def validate(self) -> None:
         check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")

@@ -37,6 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from ..config import NodeConfig, load_config
 from ..errors import ConfigError
+from ..loop import EventSink
 from .attackers import AttackerMarks, choose_attackers
 from .faults import FaultSchedule
 from .gossip import GossipSimulation
@@ -45,6 +46,11 @@ from .result import ExperimentResult
 from .spectral import spectral_summary
 from .topology import Topology, load_topology
 from .wiring import Built, _clients_reachable, des_of, follow
+
+#: a live listener: (simulator node index, event, data, time) -> None
+Listener = Callable[[int, str, dict[str, Any], float], None]
+#: ``run_experiment(watch=...)``: (topology, built federation, driver) -> a listener
+Watch = Callable[[Topology, Built, Any], Listener]
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,7 @@ def run_experiment(
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     attackers: AttackerMarks | None = None,
+    watch: Watch | None = None,
 ) -> ExperimentResult:
     """Run one topology spec; write the experiment folder to ``out`` if given.
 
@@ -227,6 +234,9 @@ def run_experiment(
     ``attackers`` overrides the spec's attacker marks (``fednode sim --attackers``).
     ``progress(done, total)`` is called whenever the highest round any node has finished
     grows (with several workers: at most once per window), for a progress display.
+    ``watch(topo, built, driver)``, called once before the run starts, returns a listener
+    ``(node index, event, data, time)`` that sees every event as it happens (the live
+    dashboard, :mod:`fednode.sim.live`; one process only).
     Errors: ConfigError for a bad spec, config or option.
     """
     options = options or SimOptions()
@@ -249,7 +259,9 @@ def run_experiment(
     if built.attackers:
         notes.append(f"attackers ({cfg.attack.kind}): nodes {list(built.attackers)}")
     with _run_settings():
-        virtual, messages, error = _run(topo, built, cfg, options, schedule, collector, notes)
+        virtual, messages, error = _run(
+            topo, built, cfg, options, schedule, collector, notes, watch
+        )
     table: RoundTable = collector.table()
     if topo.n > options.draw_max_nodes:
         notes.append(f"topology drawing skipped: {topo.n} nodes > {options.draw_max_nodes}")
@@ -311,11 +323,16 @@ def _run(
     schedule: FaultSchedule,
     collector: Collector,
     notes: list[str],
+    watch: Watch | None = None,
 ) -> tuple[float, int, str | None]:
     """Run the built federation with the chosen driver: (virtual s, messages, error)."""
+    if watch is not None and options.driver == "des" and options.workers > 1:
+        raise ConfigError("workers", options.workers, "1 to follow a run live (--dashboard)")
     if options.driver == "trio":
         sim = built.sim
         follow(topo, built, sim, schedule, collector)
+        if watch is not None:
+            sim.listeners.append(_watching(watch(topo, built, sim), sim))
         if isinstance(sim, GossipSimulation):
             virtual = sim.run_all(max_virtual_s=options.max_virtual_s).virtual_s
             error = None
@@ -336,11 +353,22 @@ def _run(
             topo, built, options, frozenset({"round", "round_failed", "crashed", "restarted"})
         )
         root = follow(topo, built, des, schedule, collector)
+        if watch is not None:
+            des.listeners.append(_watching(watch(topo, built, des), des))
         res = des.run(root, max_virtual_s=options.max_virtual_s)
         virtual, messages = res.virtual_s, res.network.sent_frames
         error = res.stop.reason if res.stop and res.stop.error else None
         collector.finish(des.nodes)
     return virtual, messages, error
+
+
+def _watching(listen: Listener, sim: Any) -> EventSink:
+    """A ``watch`` listener on ``sim`` (either driver): node index and simulated time."""
+
+    def hook(peer: str, event: str, data: dict[str, Any]) -> None:
+        listen(sim.node(peer).index, event, data, sim.now)
+
+    return hook
 
 
 def _describe(topo: Topology, cfg: NodeConfig, options: SimOptions) -> dict[str, Any]:
