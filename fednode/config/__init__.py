@@ -19,12 +19,12 @@ the value received and what was expected, before the node starts.
 """
 
 from .attack import AttackParams
+from .dashboard import DashboardParams
 from .load import ROLES, NodeConfig, load_config, replace
 from .net import NetParams
 from .sections import (
     GOSSIP_MODES,
     AggregationParams,
-    DashboardParams,
     DataParams,
     GossipParams,
     RoundParams,

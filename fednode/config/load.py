@@ -12,10 +12,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from .attack import AttackParams
+from .dashboard import DashboardParams
 from .net import NetParams
 from .sections import (
     AggregationParams,
-    DashboardParams,
     DataParams,
     GossipParams,
     RoundParams,
