@@ -386,13 +386,14 @@ def test_what_the_scan_passes_is_one_plain_cbor_item(data: st.DataObject):
     except (cbor2.CBORDecodeError, ValueError, TypeError):
         return
     assert depth(value) <= schema.MAX_HEADER_DEPTH
-    plain = (bool, int, float, str, bytes, list, dict, type(None))
+    # cbor2 decodes an array used as a map key as a tuple: still a plain CBOR array
+    plain = (bool, int, float, str, bytes, list, tuple, dict, type(None))
     stack = [value]
     while stack:  # no tag objects, no undefined: only what the profile allows
         item = stack.pop()
         assert isinstance(item, plain), type(item)
         stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else [])
-        stack.extend(item if isinstance(item, list) else [])
+        stack.extend(item if isinstance(item, list | tuple) else [])
 
 
 @settings(max_examples=300, deadline=None)
