@@ -295,3 +295,51 @@ def test_a_node_serves_prometheus_metrics_on_loopback(tmp_path: Path) -> None:
         assert coord.wait(timeout=30) == 0, log_path.read_text()
     finally:
         _stop_all([coord])
+
+
+def _get_json(url: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as reply:  # 127.0.0.1 only
+        assert reply.status == 200
+        return json.loads(reply.read())
+
+
+def test_a_coordinator_dashboard_shows_its_rounds_and_members(tmp_path: Path) -> None:
+    """`fednode run --dashboard`: the coordinator's page shows its rounds and members."""
+    import urllib.request
+
+    coord_key, coord_id = _coordinator_key(tmp_path)
+    port = _free_port()
+    boot = f"/ip4/127.0.0.1/tcp/{port}/p2p/{coord_id}"
+    log = tmp_path / "coordinator.log"
+    extra = ("--min-available-clients", "2", "--task", "digits:numpy")
+    extra += ("--dashboard", "127.0.0.1:0")
+    procs = [_spawn_coordinator(tmp_path, coord_key, port, 30, *extra)]
+    try:
+        for i in range(2):
+            args = [*FEDNODE, "--role", "client", "--client-index", str(i), "--num-clients", "2"]
+            args += ["--local-epochs", "1", "--listen", "/ip4/127.0.0.1/tcp/0"]
+            args += ["--key-file", str(tmp_path / f"k{i}.key"), "--bootstrap", boot]
+            args += ["--task", "digits:numpy"]
+            procs.append(_spawn(args, tmp_path / f"client{i}.log"))
+        events = _wait_for(log, lambda ev: any(e["event"] == "dashboard" for e in ev), 120)
+        url = next(e["url"] for e in events if e["event"] == "dashboard")
+        assert url.startswith("http://127.0.0.1:"), log.read_text()
+        deadline = time.monotonic() + 120
+        state = _get_json(url + "api/state")
+        while len(state["rounds"]) < 2 and time.monotonic() < deadline:
+            assert procs[0].poll() is None, log.read_text()
+            time.sleep(0.2)
+            state = _get_json(url + "api/state")
+        assert len(state["rounds"]) >= 2, state
+        assert state["clock"] == "wall" and state["kind"] == "coordinator"
+        rows = {n["id"]: n for n in state["nodes"]}
+        assert rows[coord_id]["role"] == "coordinator"
+        clients = [n for n in state["nodes"] if n["role"] == "client"]
+        assert len(clients) == 2 and all(c["state"] == "up" for c in clients)
+        assert len(state["graph"]["nodes"]) == 3 and len(state["graph"]["edges"]) == 2
+        page = urllib.request.urlopen(url, timeout=10).read()
+        assert b"/static/dashboard.js" in page
+    finally:
+        _stop_all(procs)
