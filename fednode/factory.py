@@ -91,8 +91,8 @@ def make_role(
     defaults to ``tier.region``; ``checkpoint_dir`` overrides ``server.checkpoint_dir``.
     Peer: ``me`` is its peer id; consortium = ``net.federation``, members = ``net.allow``
     (and ``me``) unless membership is open; ``neighbours``, ``bootstrap`` and ``wait_for``
-    as :class:`GossipPeer` takes them. ``attacker``: a client's or peer's (default
-    :func:`make_attacker` of the config).
+    as :class:`GossipPeer` takes them. ``attacker``: a client's or peer's (None: honest;
+    ``fednode run`` passes :func:`make_attacker` of its config).
     """
     region = config.tier.region if region is None else region
     if config.role in ("coordinator", "peer"):
@@ -114,7 +114,7 @@ def make_role(
             bootstrap=bootstrap,
             seed=config.seed,
             wait_for=wait_for,
-            attacker=attacker or make_attacker(config),
+            attacker=attacker,
         )
     if config.role == "aggregator":
         return RegionalAggregator(
@@ -137,7 +137,7 @@ def make_role(
             parent=parent,
             tier=config.tier,
             aggregator_factory=aggregator_factory(config.aggregation),
-            attacker=attacker or make_attacker(config),
+            attacker=attacker,
         )
     raise ConfigError("role", config.role, "client, aggregator, coordinator or peer")
 

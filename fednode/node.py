@@ -77,19 +77,25 @@ _TRANSPORT_REJECTS = {
 
 def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
     """The role object for ``config.role``, from the factory the simulator uses too."""
-    from .factory import make_role
+    from .factory import make_attacker, make_role
     from .gossip.core import WaitFor
+
+    attacker = make_attacker(config)  # None unless [attack] (fednode run refuses it)
 
     params = task.init_params(config.seed) if config.role in ("coordinator", "peer") else None
     if config.role != "peer":
-        return make_role(config, task.layout().size, params, resume_from=resume_source(config))
+        return make_role(
+            config, task.layout().size, params, resume_from=resume_source(config), attacker=attacker
+        )
     # a node holds its first round until its consortium is up and, unless told
     # otherwise, tests its own model after every round (gossip_eval)
     if config.gossip.eval_every < 0:
         config = replace(config, gossip=replace(config.gossip, eval_every=1))
     rounds = config.rounds
     wait_for = WaitFor(rounds.min_available_clients - 1, rounds.wait_for_clients_s)
-    return make_role(config, task.layout().size, params, me=peer_id, wait_for=wait_for)
+    return make_role(
+        config, task.layout().size, params, me=peer_id, wait_for=wait_for, attacker=attacker
+    )
 
 
 def resume_source(config: NodeConfig) -> Path | None:

@@ -30,7 +30,7 @@ import networkx as nx
 import numpy as np
 import trio
 
-from ..config import AttackParams, GossipParams, NodeConfig, replace
+from ..config import GossipParams, NodeConfig, replace
 from ..factory import make_role
 from ..gossip.peer import GossipPeer
 from ..p2p.netmodel import Link
@@ -293,7 +293,7 @@ def build_gossip(
     net = replace(
         config.net, allow=tuple(members) if allow_list else (), open_membership=not allow_list
     )
-    peer_config = replace(config, role="peer", gossip=gp, net=net, attack=AttackParams())
+    peer_config = replace(config, role="peer", gossip=gp, net=net)
     tasks: dict[int, Task] = {}
     default_params = eval_task.init_params(config.seed)  # every peer copies it (read-only)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import AttackParams, NodeConfig, replace
+from ..config import NodeConfig, replace
 from ..factory import make_role
 from ..p2p.netmodel import Link
 from ..role import Role
@@ -70,7 +70,7 @@ def _add_clients(
     region: Callable[[int], str] = lambda i: "",
     attackers: Collection[int] = (),
 ) -> None:
-    client_config = replace(config, role="client", attack=AttackParams())
+    client_config = replace(config, role="client")
     attacker_of = attackers_of(config, num_clients, attackers, _task_of(config, num_clients))
     for i in range(num_clients):
         attacker = attacker_of(i)
