@@ -20,9 +20,9 @@ with central DP). It needs no help from the role that drives it:
   with ``b`` the noised fraction of updates that were within ``C``. The count gets
   Gaussian noise of std ``sigma_b = max(m / 20, 5 sigma)`` (m: the denominator; the
   paper recommends m/20) and the update noise multiplier becomes
-  ``(sigma^-2 - (2 sigma_b)^-2)^-1/2`` (at most 1.005 sigma), so the two releases
-  together are one Gaussian mechanism with multiplier ``sigma`` and the accountant needs
-  no change (the paper's Theorem 1).
+  ``(sigma^-2 - (2 sigma_b)^-2)^-1/2`` (at most sigma / sqrt(0.99) = 1.0051 sigma), so the
+  two releases together are one Gaussian mechanism with multiplier ``sigma`` and the
+  accountant needs no change (the paper's Theorem 1).
 
 Noise comes from a numpy ``Generator`` (PCG64) seeded from ``os.urandom`` by default; a
 fixed ``privacy.seed`` makes runs reproducible (the simulator uses the run's seed) and
