@@ -12,6 +12,9 @@ import pytest
 
 from fednode.cli import main
 from fednode.config import load_config, replace
+from fednode.dashboard import Board
+from fednode.dashboard.nodeview import NodeView
+from fednode.dashboard.state import Cursor
 from fednode.errors import ConfigError
 from fednode.factory import make_role
 from fednode.loop import RunStats
@@ -233,3 +236,12 @@ def test_prometheus_exports_epsilon_and_the_budget_stop():
     text = metrics.exposition().decode()
     assert 'fednode_dp_epsilon{delta="1e-05"} 1.25' in text
     assert "fednode_dp_budget_stopped 1.0" in text
+
+
+def test_the_dashboard_round_rows_carry_epsilon_under_dp():
+    board = Board(title="c", kind="coordinator")
+    view = NodeView(board, "me", "coordinator", lambda: {"round": 1, "tree": {}}, clock=lambda: 1.0)
+    view.on_event("me", "round", {"round": 1, "accuracy": 0.5, "loss": 1.0, "dp_epsilon": 2.5})
+    view.on_event("me", "round", {"round": 2, "accuracy": 0.6, "loss": 0.9})
+    out, _ = board.delta(Cursor())
+    assert [r.get("epsilon") for r in out["rounds"]] == [2.5, None]
