@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import AggregationParams, NodeConfig
+from .config import AggregationParams, NodeConfig, PrivacyParams
 from .errors import ConfigError
 from .gossip.core import WaitFor
 from .gossip.peer import GossipPeer
@@ -27,6 +27,7 @@ from .hierarchy.client import Client
 from .hierarchy.coordinator import Coordinator
 from .hierarchy.fedbuff import AsyncCoordinator
 from .hierarchy.selection import make_selection
+from .privacy import DpAggregator, EqualWeights, LocalDp, PrivacyLedger, epsilon_of, noise_rng
 from .training.aggregate import Aggregator
 from .training.attacks import Attacker, Collusion, parse_attack
 from .training.buffered import make_aggregator
@@ -37,13 +38,63 @@ AnyRole = Coordinator | AsyncCoordinator | RegionalAggregator | Client | GossipP
 
 
 def aggregator_factory(
-    params: AggregationParams, *, root: bool = False
+    params: AggregationParams,
+    *,
+    root: bool = False,
+    privacy: PrivacyParams | None = None,
+    two_tier: bool = False,
+    salt: str = "",
 ) -> Callable[[], Aggregator]:
     """Builds the aggregator of ``[aggregation]``: ``root_rule`` (or ``rule``) for the
-    coordinator, ``rule`` for a regional aggregator (a promoted client builds its own)."""
+    coordinator, ``rule`` for a regional aggregator (a promoted client builds its own).
+
+    With ``privacy.mode = "central"`` the rule is wrapped in
+    :class:`~fednode.privacy.DpAggregator` (clip and noise; its noise generator from
+    ``privacy.seed`` and ``salt``), except at the coordinator of a two-tier tree
+    (``root`` and ``two_tier``), whose inputs are the regions' noised updates: there
+    :class:`~fednode.privacy.EqualWeights` only averages them."""
     rule = (params.root_rule or params.rule) if root else params.rule
     limits = ClaimLimits(params.max_examples, params.max_examples_ratio, params.flag_norm_ratio)
-    return partial(make_aggregator, rule, limits)
+    plain = partial(make_aggregator, rule, limits)
+    if privacy is None or privacy.mode != "central":
+        return plain
+    if root and two_tier:
+        return lambda: EqualWeights(plain())
+    return lambda: DpAggregator(
+        plain(),
+        clip=privacy.clip_norm,
+        noise_multiplier=privacy.noise_multiplier,
+        rng=noise_rng(privacy.seed, salt),
+        adaptive=privacy.adaptive,
+        target_quantile=privacy.target_quantile,
+        clip_lr=privacy.clip_lr,
+    )
+
+
+def make_ledger(privacy: PrivacyParams) -> PrivacyLedger | None:
+    """The coordinator's privacy ledger under central DP (None otherwise)."""
+    if privacy.mode != "central":
+        return None
+    return PrivacyLedger(
+        noise_multiplier=privacy.noise_multiplier,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        epsilon_budget=privacy.epsilon_budget,
+    )
+
+
+def _check_privacy_role(config: NodeConfig) -> None:
+    mode = config.privacy.mode
+    if mode == "local" and config.role != "peer":
+        raise ConfigError(
+            "privacy.mode",
+            mode,
+            f"off or central for role {config.role} (local DP is for gossip peers)",
+        )
+    if mode == "central" and config.role == "peer":
+        raise ConfigError(
+            "privacy.mode", mode, "off or local for a gossip peer (it has no aggregator)"
+        )
 
 
 def make_attacker(
@@ -87,7 +138,8 @@ def make_role(
 ) -> AnyRole:
     """The role object for ``config.role``.
 
-    ``params``: the initial model (coordinator and peer only). Hierarchy: ``region``
+    ``params``: the initial model (coordinator and peer only). ``me``: a peer's id; an
+    aggregator's name for its DP noise stream (``privacy.seed`` >= 0). Hierarchy: ``region``
     defaults to ``tier.region``; ``checkpoint_dir`` overrides ``server.checkpoint_dir``.
     Peer: ``me`` is its peer id; consortium = ``net.federation``, members = ``net.allow``
     (and ``me``) unless membership is open; ``neighbours``, ``bootstrap`` and ``wait_for``
@@ -95,6 +147,7 @@ def make_role(
     ``fednode run`` passes :func:`make_attacker` of its config).
     """
     region = config.tier.region if region is None else region
+    _check_privacy_role(config)
     if config.role in ("coordinator", "peer"):
         if params is None:
             raise ConfigError("role", config.role, f"an initial model for the {config.role}")
@@ -106,7 +159,7 @@ def make_role(
             params=params,
             gossip=config.gossip,
             train=config.train,
-            rounds=config.rounds.rounds,
+            rounds=_local_rounds(config),
             consortium=net.federation,
             codec=config.wire.codec,
             neighbours=neighbours,
@@ -115,6 +168,7 @@ def make_role(
             seed=config.seed,
             wait_for=wait_for,
             attacker=attacker,
+            privacy=_local_dp(config, me),
         )
     if config.role == "aggregator":
         return RegionalAggregator(
@@ -124,7 +178,9 @@ def make_role(
             parent=parent,
             tier=config.tier,
             default_deadline_s=config.rounds.round_deadline_s,
-            aggregator=aggregator_factory(config.aggregation)(),
+            aggregator=aggregator_factory(
+                config.aggregation, privacy=config.privacy, salt=f"aggregator/{me or region}"
+            )(),
         )
     if config.role == "client":
         return Client(
@@ -142,6 +198,44 @@ def make_role(
     raise ConfigError("role", config.role, "client, aggregator, coordinator or peer")
 
 
+def _local_rounds(config: NodeConfig) -> int:
+    """A peer's rounds: ``rounds.rounds``, under local DP with a budget at most the
+    rounds whose epsilon stays within it (its rounds are not sampled: known at start)."""
+    p, rounds = config.privacy, config.rounds.rounds
+    if p.mode != "local" or p.epsilon_budget <= 0:
+        return rounds
+    ledger = _local_dp(config, "").ledger  # type: ignore[union-attr]
+    lo, hi = 0, rounds  # the largest T <= rounds with epsilon(T) <= budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        eps = epsilon_of({1.0: mid}, ledger.noise_multiplier, p.delta, p.accountant)
+        if eps <= p.epsilon_budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo < 1:
+        raise ConfigError(
+            "privacy.epsilon_budget",
+            p.epsilon_budget,
+            "a budget that allows at least one round of local DP at this noise_multiplier",
+        )
+    return lo
+
+
+def _local_dp(config: NodeConfig, me: str) -> LocalDp | None:
+    p = config.privacy
+    if p.mode != "local":
+        return None
+    return LocalDp(
+        clip=p.clip_norm,
+        noise_multiplier=p.noise_multiplier,
+        delta=p.delta,
+        rng=noise_rng(p.seed, f"peer/{me}"),
+        accountant=p.accountant,
+        epsilon_budget=p.epsilon_budget,
+    )
+
+
 def _coordinator(
     config: NodeConfig,
     params: np.ndarray,
@@ -149,6 +243,13 @@ def _coordinator(
     checkpoint_dir: str | Path | None,
 ) -> Coordinator | AsyncCoordinator:
     server = config.server
+    if resume_from is not None and config.privacy.mode == "central":
+        raise ConfigError(
+            "privacy.mode",
+            config.privacy.mode,
+            "off when resuming from a checkpoint (the privacy ledger is not checkpointed "
+            "yet; a resumed run would start its epsilon at 0)",
+        )
     budget = config.rounds.round_deadline_s * config.tier.aggregator_deadline_fraction
     directory = checkpoint_dir or server.checkpoint_dir
     common = dict(
@@ -157,7 +258,14 @@ def _coordinator(
         train=config.train,
         federation=config.net.federation,
         task=config.data.task,
-        aggregator=aggregator_factory(config.aggregation, root=True)(),
+        aggregator=aggregator_factory(
+            config.aggregation,
+            root=True,
+            privacy=config.privacy,
+            two_tier=config.topology == "two-tier",
+            salt="coordinator",
+        )(),
+        privacy=make_ledger(config.privacy),
         selection=make_selection(config.selection, budget),
         seed=config.seed,
         server_update=make_server_optimizer(

@@ -5,9 +5,11 @@ from a registry of this node's own (no global state): traffic from the runner's
 :class:`~fednode.runner.RunStats` (read at scrape time, so nothing is counted twice),
 rejected frames by error type, connected members, and what the node's events said last
 (round, accuracy, model version; what the aggregation rule discarded, clipped, flagged
-and capped, docs/ROBUSTNESS.md). Off by default; ``127.0.0.1:9464`` keeps it on the
-machine. It serves one connection at a time, each bounded by :data:`REQUEST_TIMEOUT_S`
-and :data:`MAX_REQUEST_BYTES`; a malformed request gets ``400`` and changes nothing.
+and capped, docs/ROBUSTNESS.md; under ``[privacy]`` the epsilon spent so far, at its delta,
+and whether the budget stopped training, docs/PRIVACY.md). Off by default;
+``127.0.0.1:9464`` keeps it on the machine. It serves one connection at a time, each
+bounded by :data:`REQUEST_TIMEOUT_S` and :data:`MAX_REQUEST_BYTES`; a malformed request
+gets ``400`` and changes nothing.
 HTTP parsing is h11's (:mod:`fednode.http11`).
 """
 
@@ -61,6 +63,10 @@ class NodeMetrics(Collector):
         #: from the aggregation report of each round / edge round and the warning events
         self.aggregation = dict.fromkeys(AGGREGATION_ACTIONS, 0)
         self.rule_failures = 0
+        #: [privacy]: epsilon after the last round (NaN: DP off or no round yet), its delta
+        self.dp_epsilon = math.nan
+        self.dp_delta = math.nan
+        self.dp_budget_stop = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -85,6 +91,12 @@ class NodeMetrics(Collector):
             self.aggregation["capped"] += 1
         elif event == "round_failed" and data.get("rule"):
             self.rule_failures += 1
+        elif event == "privacy_budget":
+            self.dp_budget_stop = 1
+        if event in ("round", "gossip_round") and data.get("dp_epsilon") is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                self.dp_epsilon = float(data["dp_epsilon"])
+                self.dp_delta = float(data.get("dp_delta", math.nan))
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -149,6 +161,18 @@ class NodeMetrics(Collector):
             "fednode_accuracy",
             "the last test accuracy reported (NaN: none yet)",
             value=self.accuracy,
+        )
+        eps = GaugeMetricFamily(
+            "fednode_dp_epsilon",
+            "differential privacy: epsilon spent so far at delta (NaN: DP off / no round yet)",
+            labels=["delta"],
+        )
+        eps.add_metric([f"{self.dp_delta:g}"], self.dp_epsilon)
+        yield eps
+        yield GaugeMetricFamily(
+            "fednode_dp_budget_stopped",
+            "1 when the privacy budget stopped training",
+            value=self.dp_budget_stop,
         )
 
     def exposition(self) -> bytes:

@@ -89,6 +89,61 @@ SIM_DASHBOARD_FLAGS: dict[str, tuple[str, type, str, str]] = {
 }
 
 
+# --dp-* flags -> [privacy] fields (docs/PRIVACY.md)
+PRIVACY_FLAGS: dict[str, tuple[str, type, str, str]] = {
+    "dp": (
+        "privacy.mode",
+        str,
+        "MODE",
+        "differential privacy: off, central (the aggregator clips and noises; DP-FedAvg) "
+        "or local (gossip peers noise what they send)",
+    ),
+    "dp_clip": (
+        "privacy.clip",
+        str,
+        "C|adaptive",
+        "L2 clipping norm of one member's update, or 'adaptive' (Andrew et al. 2021) (1.0)",
+    ),
+    "dp_noise": (
+        "privacy.noise_multiplier",
+        float,
+        "SIGMA",
+        "noise multiplier: Gaussian noise std is SIGMA * clip on the sum (1.0)",
+    ),
+    "dp_delta": ("privacy.delta", float, "DELTA", "epsilon is reported at this delta (1e-5)"),
+    "dp_budget": (
+        "privacy.epsilon_budget",
+        float,
+        "EPS",
+        "stop training before epsilon would exceed EPS (0 = no budget)",
+    ),
+    "dp_accountant": ("privacy.accountant", str, "rdp|pld", "privacy accountant (rdp)"),
+    "dp_seed": (
+        "privacy.seed",
+        int,
+        "N",
+        "noise seed for reproducible tests; never in a deployment (-1: os.urandom)",
+    ),
+}
+
+
+def add_privacy(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("differential privacy ([privacy] in the config file)")
+    for flag, (_dotted, typ, metavar, help_) in PRIVACY_FLAGS.items():
+        group.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, type=typ, metavar=metavar, help=help_
+        )
+
+
+def privacy_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--dp*`` flags given, as dotted ``privacy.*`` fields."""
+    return {
+        dotted: getattr(args, flag)
+        for flag, (dotted, *_rest) in PRIVACY_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+
+
 def add_dashboard(p: argparse.ArgumentParser, *, sim: bool = False) -> None:
     group = p.add_argument_group("dashboard ([dashboard] in the config file)")
     flags = {**DASHBOARD_FLAGS, **(SIM_DASHBOARD_FLAGS if sim else {})}

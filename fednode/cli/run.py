@@ -8,7 +8,16 @@ from typing import Any
 
 from ..loop import EventSink
 from ..training.aggregate import report_note as note
-from .common import add_common, add_dashboard, config_of, console, dashboard_overrides, human
+from .common import (
+    add_common,
+    add_dashboard,
+    add_privacy,
+    config_of,
+    console,
+    dashboard_overrides,
+    human,
+    privacy_overrides,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -66,6 +75,7 @@ def add_parser(sub: Any) -> None:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)",
     )
     add_dashboard(run)
+    add_privacy(run)
     run.add_argument(
         "--log",
         choices=("human", "json"),
@@ -131,6 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "server.checkpoint_dir": args.checkpoint_dir,
         "server.resume_from": args.resume_from,
         **dashboard_overrides(args),
+        **privacy_overrides(args),
     }
     if args.allow:
         extra["net.allow"] = tuple(args.allow)
@@ -162,14 +173,16 @@ def _human_events() -> EventSink:
                 f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss "
                 f"{data['loss']:.4f}  clients {data['completed']}/{data['selected']}  "
                 f"up {human(data['bytes_up'])}  down {human(data['bytes_down'])}  "
-                f"{data['duration_s']:.1f}s{_bracket(note(data))}"
+                f"{data['duration_s']:.1f}s{_epsilon(data)}{_bracket(note(data))}"
             )
         elif event == "gossip_round":
             console.print(
                 f"round {data['round']:>3}  neighbours {data.get('neighbours', 0)}  "
                 f"distance {data.get('distance', float('nan')):.4f}  "
-                f"train loss {data.get('train_loss', float('nan')):.4f}"
+                f"train loss {data.get('train_loss', float('nan')):.4f}{_epsilon(data)}"
             )
+        elif event == "privacy_budget":
+            console.print(f"[yellow]{event}[/] {data['reason']}")
         elif event == "gossip_eval":
             console.print(
                 f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss {data['loss']:.4f}"
@@ -187,6 +200,13 @@ def _human_events() -> EventSink:
             console.print(f"[yellow]{event}[/] {data}")
 
     return sink
+
+
+def _epsilon(data: dict[str, Any]) -> str:
+    """``  eps 1.234 (d=1e-05)`` under [privacy], else ""."""
+    if data.get("dp_epsilon") is None:
+        return ""
+    return f"  eps {data['dp_epsilon']:.3f} (d={data.get('dp_delta', 0):g})"
 
 
 def _bracket(text: str) -> str:

@@ -31,7 +31,15 @@ from ..sim.experiment import ExperimentResult, SimOptions, Watch, run_experiment
 from ..sim.report import compare, write_folder
 from ..sim.topology import Topology, build_topology, load_topology
 from ..training.aggregate import report_note
-from .common import add_common, add_dashboard, console, dashboard_overrides, overrides
+from .common import (
+    add_common,
+    add_dashboard,
+    add_privacy,
+    console,
+    dashboard_overrides,
+    overrides,
+    privacy_overrides,
+)
 
 #: ``fednode sim`` suggests ``--workers`` for runs of at least this many nodes on one worker
 HINT_WORKERS_FROM = 5000
@@ -130,6 +138,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_common(parser)
     add_dashboard(parser, sim=True)
+    add_privacy(parser)
 
 
 def _attack_overrides(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +191,9 @@ def _run_one(
         res = run_experiment(
             topo,
             base,
-            overrides=_attack_overrides(args, dashboard_overrides(args)),
+            overrides=_attack_overrides(
+                args, {**dashboard_overrides(args), **privacy_overrides(args)}
+            ),
             options=_options(args),
             n=None if isinstance(topo, Topology) else args.nodes,
             graph_seed=args.graph_seed,
@@ -319,10 +330,12 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
     table = Table(title=f"{res.name}: {res.kind}, {res.n} nodes", title_justify="left")
     rows = res.table()
     robust = any(report_note(r) for r in rows)
+    private = any(r.get("dp_epsilon") is not None for r in rows)
     cols = (
         ["round", "accuracy", "loss", "MB"]
         + (["consensus"] if res.consensus is not None else [])
         + (["aggregation"] if robust else [])
+        + (["epsilon"] if private else [])
     )
     for col in cols:
         table.add_column(col, justify="right")
@@ -339,12 +352,24 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
             cells.append("-" if ce is None else f"{ce:.2e}")
         if robust:
             cells.append(report_note(row) or "-")
+        if private:
+            eps = row.get("dp_epsilon")
+            cells.append("-" if eps is None else f"{eps:.3f}")
         table.add_row(*cells)
     console.print(table)
     if res.error:
         console.print(f"[red]failed[/]: {res.error}")
     for note in res.notes:
         console.print(f"note: {note}")
+    privacy = res.summary().get("privacy")
+    if privacy:
+        console.print(
+            f"privacy ({privacy['mode']}): epsilon [bold]{privacy['epsilon']:.3f}[/] at delta "
+            f"{privacy['delta']:g} after {privacy['rounds_released']} rounds "
+            f"({privacy['accountant']}, noise multiplier {privacy['noise_multiplier']:g})"
+        )
+        if privacy["stopped_by_budget"]:
+            console.print(f"stopped: {privacy['stop_reason']}")
     console.print(
         f"final accuracy [bold]{res.final_accuracy:.4f}[/] after {len(res.rounds)} rounds; "
         f"{res.messages:,} messages, {res.bytes.sum() / 1e6:.1f} MB; {wall:.1f}s wall, "

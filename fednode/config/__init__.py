@@ -2,8 +2,8 @@
 
 A config file is optional; every field has a default that gives a working node. The file
 has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``,
-``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``,
-``[aggregation]``, ``[attack]``, ``[dashboard]``) and top-level keys for the node itself::
+``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``, ``[aggregation]``, ``[attack]``,
+``[dashboard]``, ``[privacy]``) and top-level keys for the node itself::
 
     role = "client"
     seed = 0
@@ -22,6 +22,7 @@ from .attack import AttackParams
 from .dashboard import DashboardParams
 from .load import ROLES, NodeConfig, load_config, replace
 from .net import NetParams
+from .privacy import ACCOUNTANTS, PRIVACY_MODES, PrivacyParams
 from .sections import (
     GOSSIP_MODES,
     AggregationParams,
@@ -36,7 +37,9 @@ from .sections import (
 )
 
 __all__ = [
+    "ACCOUNTANTS",
     "GOSSIP_MODES",
+    "PRIVACY_MODES",
     "ROLES",
     "AggregationParams",
     "AttackParams",
@@ -45,6 +48,7 @@ __all__ = [
     "GossipParams",
     "NetParams",
     "NodeConfig",
+    "PrivacyParams",
     "RoundParams",
     "SelectionParams",
     "ServerParams",

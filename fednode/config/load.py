@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from ..errors import ConfigError
 from .attack import AttackParams
 from .dashboard import DashboardParams
 from .net import NetParams
+from .privacy import PrivacyParams
 from .sections import (
     AggregationParams,
     DataParams,
@@ -49,6 +51,7 @@ class NodeConfig:
     aggregation: AggregationParams = field(default_factory=AggregationParams)
     attack: AttackParams = field(default_factory=AttackParams)
     dashboard: DashboardParams = field(default_factory=DashboardParams)
+    privacy: PrivacyParams = field(default_factory=PrivacyParams)
 
     def validate(self) -> None:
         check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")
@@ -68,6 +71,25 @@ class NodeConfig:
                 spec.text,
                 f"a rule that runs on server.buffer_size = {self.server.buffer_size} updates "
                 f"(this one needs {spec.min_updates()})",
+            )
+        if self.privacy.mode == "central":
+            _check_private_rule(self.aggregation)
+
+
+def _check_private_rule(params: AggregationParams) -> None:
+    """Central DP accounts for a sum of clipped updates: only fedavg (optionally after
+    norm_bound) is such a sum; a robust rule's output moves by more than the clip when
+    one member changes, so its noise cannot be accounted for."""
+    from ..training.rulespec import parse_rule
+
+    for name in ("aggregation.rule", "aggregation.root_rule"):
+        text = getattr(params, name.split(".")[1])
+        if text and parse_rule(text, name).needs_all:
+            raise ConfigError(
+                name,
+                text,
+                "fedavg or norm_bound:<c>+fedavg with privacy.mode = central (the DP noise "
+                "is accounted for a sum of clipped updates; a robust rule is not one)",
             )
 
 
@@ -92,6 +114,15 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             except ValueError:
                 pass
         raise ConfigError(name, value, expected)
+    if origin is types.UnionType and set(typing.get_args(annotation)) == {float, str}:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        raise ConfigError(name, value, "a number or a string")
     if annotation is str:
         if isinstance(value, str):
             return value

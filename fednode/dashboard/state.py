@@ -185,6 +185,8 @@ class Board:
                     "bytes_up": int(data.get("bytes_up", 0) or 0),
                     "bytes_down": int(data.get("bytes_down", 0) or 0),
                     "t": now,
+                    # [privacy]: epsilon spent after the round (docs/PRIVACY.md)
+                    **({"epsilon": _num(data["dp_epsilon"])} if "dp_epsilon" in data else {}),
                 },
             )
         elif event in ("gossip_round", "gossip_eval"):

@@ -24,6 +24,7 @@ import numpy as np
 from ..actions import Action, Compute, Emit, EvalJob, Send, Stop, TrainJob, TrainResult
 from ..config import GossipParams, TrainParams
 from ..errors import LocalProtocolError
+from ..privacy import LocalDp
 from ..role import RoleDefaults
 from ..training.attacks import Attacker
 from ..training.clipping import parse_gossip_robust
@@ -79,8 +80,11 @@ class PeerCore(RoleDefaults):
         seed: int = 0,
         wait_for: WaitFor | None = None,
         attacker: Attacker | None = None,
+        privacy: LocalDp | None = None,
     ) -> None:
         self.gossip = gossip or GossipParams()
+        #: local DP (``[privacy] mode = "local"``): clips and noises each round's delta
+        self.privacy = privacy
         self.gossip.validate()
         #: ClippedGossip (``gossip.robust``), None for plain averaging
         self.clip = parse_gossip_robust(self.gossip.robust)
@@ -198,13 +202,16 @@ class PeerCore(RoleDefaults):
         """The model a finished training job leaves this peer with: ``params``, or for an
         attacker ``base + poison(params - base)`` — it adopts the poisoned model, so what
         it sends its neighbours (full models or CHOCO differences) is poisoned and its
-        model copies stay consistent with theirs."""
-        if self.attacker is None:
-            return params
-        delta = np.subtract(params, base, dtype=F32)
-        config = self.train_config()
-        bad = self.attacker.apply(delta, round=self.round, base=base, config=config)
-        return np.add(base, bad, dtype=F32)
+        model copies stay consistent with theirs. Under local DP the delta is then clipped
+        and noised the same way (:mod:`fednode.privacy.local`)."""
+        if self.attacker is not None:
+            delta = np.subtract(params, base, dtype=F32)
+            config = self.train_config()
+            bad = self.attacker.apply(delta, round=self.round, base=base, config=config)
+            params = np.add(base, bad, dtype=F32)
+        if self.privacy is not None:  # local DP: the peer adopts (and sends) the noised model
+            params = self.privacy.privatise(params, base)
+        return params
 
     def train_config(self) -> dict[str, Any]:
         t = self.train
@@ -256,6 +263,7 @@ class PeerCore(RoleDefaults):
             "bytes_sent": self.codec.bytes_sent,
             **extra,
             **{k: v for k, v in self.counters.items() if v},
+            **(self.privacy.record() if self.privacy is not None else {}),
         }
         actions: list[Action] = [Emit("gossip_round", record)]
         every = self.eval_every

@@ -65,6 +65,8 @@ class RoundState:
     aggregators: int = 0
     clients: int = 0
     losses: dict[str, float] = field(default_factory=dict)
+    #: central DP: the round's sampling rate (clients selected / available)
+    dp_q: float = 0.0
 
 
 class Coordinator(RootRole):
@@ -222,6 +224,11 @@ class Coordinator(RootRole):
             return actions
         want = max(self.rounds.min_fit_clients, round(self.rounds.fraction_fit * len(available)))
         chosen = self.selection.select(available, min(want, len(available)), self.rng)
+        dp_q = sum(self.tree.leaves(p) for p in chosen) / max(leaves, 1)
+        stop = self.privacy_stop(dp_q, self.round_number)  # [privacy] epsilon_budget
+        if stop:
+            self.state = State.DONE
+            return actions + stop
         self.current = RoundState(
             number=self.round_number,
             attempt=self._attempt,
@@ -231,6 +238,7 @@ class Coordinator(RootRole):
             available=leaves,
             leaves={p: self.tree.leaves(p) for p in chosen},
             aggregators=sum(self.tree.direct[p].role == "aggregator" for p in chosen),
+            dp_q=dp_q,
         )
         self.aggregator.start(self.params.shape[0], capacity=len(chosen))
         self.state = State.FITTING
@@ -306,6 +314,8 @@ class Coordinator(RootRole):
             delta, _total = self.aggregator.finish()
         except RuleUnavailable as exc:
             return self._skip_round(now, str(exc))
+        if self.privacy is not None:  # central DP: the noised aggregate is released
+            self.privacy.spend(cur.dp_q)
         actions = flag_events(self.aggregator.report, cur.number)
         self._apply(delta)
         mean_loss = cur.train_loss / max(cur.examples, 1)
@@ -364,6 +374,7 @@ class Coordinator(RootRole):
             "attempt": cur.attempt,
             "model_version": self.model_version,
             **self.aggregator.report.record(),
+            **self.privacy_record(),
         }
 
     def _on_evaluated(self, result: EvalResult, now: float) -> list[Action]:

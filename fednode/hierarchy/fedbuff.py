@@ -237,13 +237,21 @@ class AsyncCoordinator(RootRole):
     def _step(self, now: float) -> list[Action]:
         buf = self.buffer
         number = self.round_number
+        # central DP: a buffer step is one release, sampled at buffer / available clients
+        dp_q = self.aggregator.count / max(sum(self.tree.leaves(c) for c in self.tree.direct), 1)
+        stop = self.privacy_stop(min(dp_q, 1.0), number)  # [privacy] epsilon_budget
+        if stop:
+            self.state = State.DONE
+            return stop
         try:
             mean, _ = self.aggregator.finish()
         except RuleUnavailable as exc:  # the buffer is dropped, the model unchanged
             self.buffer = Buffer(started=now)
             self.aggregator.start(self.params.shape[0], capacity=self.server.buffer_size)
             return [Emit("round_failed", {"round": number, "reason": str(exc), "rule": True})]
-        buf.report = self.aggregator.report.record()
+        if self.privacy is not None:
+            self.privacy.spend(min(dp_q, 1.0))
+        buf.report = {**self.aggregator.report.record(), **self.privacy_record()}
         flags = flag_events(self.aggregator.report, number)
         self._apply(mean * np.float32(buf.scaled / buf.examples))
         self.evaluating[number] = (buf, now)

@@ -6,6 +6,7 @@ end of a round (see :mod:`fednode.hierarchy.checkpoint`).
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,9 +14,10 @@ from typing import Any, Required, TypedDict
 
 import numpy as np
 
-from ..actions import Action, Emit, Send
+from ..actions import Action, Emit, Send, Stop
 from ..config import RoundParams, TierParams, TrainParams
 from ..errors import ControlError
+from ..privacy import PrivacyLedger
 from ..role import RoleDefaults
 from ..training.aggregate import AggregateReport, Aggregator, StreamingMean
 from ..wire import messages as m
@@ -29,6 +31,8 @@ from .checkpoint import (
 )
 from .selection import Candidate, Observed, Selection, UniformSelection
 from .tree import Tree
+
+log = logging.getLogger("fednode.privacy")
 
 ServerUpdate = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -52,6 +56,7 @@ class RootArgs(TypedDict, total=False):
     tier: TierParams | None
     checkpoints: DirectoryCheckpoints | None
     resume_from: str | Path | None
+    privacy: PrivacyLedger | None
 
 
 class RootRole(RoleDefaults):
@@ -78,8 +83,11 @@ class RootRole(RoleDefaults):
         tier: TierParams | None = None,
         checkpoints: DirectoryCheckpoints | None = None,
         resume_from: str | Path | None = None,
+        privacy: PrivacyLedger | None = None,
     ) -> None:
         self.params = np.array(params, dtype=np.float32, copy=True)
+        #: central DP: the rounds released so far and the budget (None: DP off)
+        self.privacy = privacy
         self.rounds = rounds
         self.train = train
         self.federation = federation
@@ -233,6 +241,30 @@ class RootRole(RoleDefaults):
                 },
             },
         )
+
+    # --- central DP (fednode.privacy) ---------------------------------------------------
+    def privacy_stop(self, q: float, number: int) -> list[Action]:
+        """Before a release at sampling rate ``q``: ``[]`` when the budget allows it, else
+        the ``privacy_budget`` event and a clean Stop (the role is done)."""
+        ledger = self.privacy
+        if ledger is None or ledger.allows(q):
+            return []
+        reason = ledger.budget_reason(q, number)
+        log.warning("stopping training: %s", reason)
+        self.done = True
+        info = {
+            "round": number,
+            "epsilon": ledger.epsilon,
+            "next_epsilon": ledger.epsilon_after(q),
+            "epsilon_budget": ledger.budget,
+            "delta": ledger.delta,
+            "reason": reason,
+        }
+        return [Emit("privacy_budget", info), Stop(reason)]
+
+    def privacy_record(self) -> dict[str, Any]:
+        """The ledger's ``dp_*`` round-record fields (none with DP off)."""
+        return self.privacy.record() if self.privacy is not None else {}
 
     def _checkpoint(self, completed_round: int) -> list[Action]:
         if self.checkpoints is None:

@@ -114,6 +114,10 @@ def _config(
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     flat = _flatten(dataclasses.asdict(config or load_config(None, None)))
     flat.update(given)
+    if "topology" not in given:
+        flat["topology"] = topo.kind  # the coordinator of a two-tier tree (central DP)
+    if "privacy.seed" not in given and int(flat.get("privacy.seed", -1)) < 0:
+        flat["privacy.seed"] = int(flat["seed"])  # reproducible noise (never on a real node)
     if topo.kind != "gossip":
         ready = max(1, min(_clients_reachable(topo, 0), _clients_reachable(topo, 1)))
         fit = 1 if topo.kind == "two-tier" else min(int(flat["rounds.min_fit_clients"]), ready)
@@ -259,7 +263,7 @@ def run_experiment(
     if built.attackers:
         notes.append(f"attackers ({cfg.attack.kind}): nodes {list(built.attackers)}")
     with _run_settings():
-        virtual, messages, error = _run(
+        virtual, messages, error, stop_reason = _run(
             topo, built, cfg, options, schedule, collector, notes, watch
         )
     table: RoundTable = collector.table()
@@ -282,12 +286,29 @@ def run_experiment(
         notes=notes,
         topology=topo,
         extra_summary={"attackers": list(built.attackers)} if built.attackers else {},
+        stop_reason=stop_reason,
+        privacy=_privacy_of(cfg),
     )
     if out is not None:
         from .report import write_folder
 
         write_folder(result, Path(out))
     return result
+
+
+def _privacy_of(cfg: NodeConfig) -> dict[str, Any]:
+    p = cfg.privacy
+    if not p.on:
+        return {}
+    return {
+        "mode": p.mode,
+        "noise_multiplier": p.noise_multiplier,
+        "clip": p.clip,
+        "delta": p.delta,
+        "epsilon_budget": p.epsilon_budget,
+        "accountant": p.accountant,
+        "seed": p.seed,
+    }
 
 
 @contextlib.contextmanager
@@ -324,8 +345,9 @@ def _run(
     collector: Collector,
     notes: list[str],
     watch: Watch | None = None,
-) -> tuple[float, int, str | None]:
-    """Run the built federation with the chosen driver: (virtual s, messages, error)."""
+) -> tuple[float, int, str | None, str]:
+    """Run the built federation with the chosen driver: (virtual s, messages, error, why
+    the root stopped — "" when unknown: gossip, sharded runs)."""
     if watch is not None and options.driver == "des" and options.workers > 1:
         raise ConfigError("workers", options.workers, "1 to follow a run live (--dashboard)")
     if options.driver == "trio":
@@ -335,11 +357,12 @@ def _run(
             sim.listeners.append(_watching(watch(topo, built, sim), sim))
         if isinstance(sim, GossipSimulation):
             virtual = sim.run_all(max_virtual_s=options.max_virtual_s).virtual_s
-            error = None
+            error, reason = None, ""
         else:
             trio_res = sim.run(built.root, max_virtual_s=options.max_virtual_s)
             virtual = trio_res.virtual_s
             error = trio_res.stop.reason if trio_res.stop and trio_res.stop.error else None
+            reason = trio_res.stop.reason if trio_res.stop else ""
         messages = sim.network.sent_frames
         collector.finish(sim.nodes)
     elif options.workers > 1:
@@ -347,6 +370,7 @@ def _run(
 
         outcome = run_sharded(built, topo, schedule, collector, options)
         virtual, messages, error = outcome.virtual_s, outcome.messages, outcome.error
+        reason = ""
         notes += outcome.notes
     else:
         des = des_of(
@@ -358,8 +382,9 @@ def _run(
         res = des.run(root, max_virtual_s=options.max_virtual_s)
         virtual, messages = res.virtual_s, res.network.sent_frames
         error = res.stop.reason if res.stop and res.stop.error else None
+        reason = res.stop.reason if res.stop else ""
         collector.finish(des.nodes)
-    return virtual, messages, error
+    return virtual, messages, error, reason
 
 
 def _watching(listen: Listener, sim: Any) -> EventSink:

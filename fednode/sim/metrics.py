@@ -32,7 +32,15 @@ from ..loop import EventSink
 
 #: models folded into the consensus sums per array operation (bounded extra memory)
 _FOLD_BATCH = 2048
-ROW_KEYS = ("neighbours", "degree", "distance", "train_loss", "missed", "model_version")
+ROW_KEYS = (
+    "neighbours",
+    "degree",
+    "distance",
+    "train_loss",
+    "missed",
+    "model_version",
+    "dp_epsilon",  # local DP (fednode.privacy.local)
+)
 
 
 @dataclass

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..privacy import DP_KEYS
+from ..privacy.accountant import BUDGET_STOP
 from .metrics import RoundTable, json_safe
 from .topology import Topology
 
@@ -49,6 +51,10 @@ class ExperimentResult(RoundTable):
     #: merged into :meth:`summary` (e.g. the CLI's client count for ``--topology star``)
     extra_summary: dict[str, Any] = field(default_factory=dict)
     topology: Topology | None = field(default=None, repr=False)
+    #: why the root (or the run) stopped, also when it stopped cleanly
+    stop_reason: str = ""
+    #: the run's ``[privacy]`` (mode, noise multiplier, delta, budget, accountant)
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final_accuracy(self) -> float:
@@ -76,6 +82,11 @@ class ExperimentResult(RoundTable):
     def table(self) -> list[dict[str, Any]]:
         """One dict per round (what ``rounds.jsonl`` holds)."""
         out = []
+        local_eps: dict[int, float] = {}
+        for nrow in self.node_rows:
+            if "dp_epsilon" in nrow:
+                rnd = int(nrow["round"])
+                local_eps[rnd] = max(local_eps.get(rnd, 0.0), float(nrow["dp_epsilon"]))
         for i, r in enumerate(self.rounds):
             row: dict[str, Any] = {
                 "round": int(r),
@@ -91,6 +102,11 @@ class ExperimentResult(RoundTable):
                 for key in AGG_KEYS:  # what the aggregation rule did (docs/ROBUSTNESS.md)
                     if key in rec:
                         row[key] = rec[key]
+                for key in DP_KEYS:  # central DP (docs/PRIVACY.md)
+                    if key in rec:
+                        row[key] = rec[key]
+            elif int(r) in local_eps:  # local DP: the largest epsilon of a peer that round
+                row["dp_epsilon"] = local_eps[int(r)]
             if self.consensus is not None:
                 row["consensus_error"] = (
                     json_safe(self.consensus[int(r)]) if int(r) < len(self.consensus) else None
@@ -130,7 +146,25 @@ class ExperimentResult(RoundTable):
             "error": self.error,
             "notes": self.notes,
             **self.aggregation_summary(),
+            **self.privacy_summary(),
             **self.extra_summary,
+        }
+
+    def privacy_summary(self) -> dict[str, Any]:
+        """With ``[privacy]`` on: the final epsilon at delta, the budget, and whether the
+        budget stopped training (and why)."""
+        if not self.privacy or self.privacy.get("mode", "off") == "off":
+            return {}
+        eps = [row["dp_epsilon"] for row in self.table() if row.get("dp_epsilon") is not None]
+        budget_stop = self.stop_reason.startswith(BUDGET_STOP)
+        return {
+            "privacy": {
+                **self.privacy,
+                "epsilon": eps[-1] if eps else 0.0,
+                "rounds_released": len(eps),
+                "stopped_by_budget": budget_stop,
+                "stop_reason": self.stop_reason if budget_stop else "",
+            }
         }
 
     def aggregation_summary(self) -> dict[str, Any]:

@@ -145,7 +145,9 @@ def build_two_tier(
     root, size, _ = _add_root(sim, config, num_clients, checkpoint_dir)
     aggregator_config = replace(config, role="aggregator")
     for j in range(num_aggregators):
-        agg = make_role(aggregator_config, size, region=f"r{j}" if labelled else "")
+        agg = make_role(
+            aggregator_config, size, region=f"r{j}" if labelled else "", me=f"aggregator-{j}"
+        )
         sim.add(agg, InlineExecutor(client_task(config, 0, num_clients)), size)
     _add_clients(
         sim,
