@@ -10,7 +10,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -88,17 +88,17 @@ def run_round(
     for m in clients:
         st.client_seconds[m], st.bytes_up[m], st.bytes_down[m] = 0.0, 0, 0
 
-    def on_client(m: str, stage: str, fn: Callable[[], T]) -> T:
+    def on_client(m: str, stage: str, fn: Callable[..., T], *args: Any) -> T:
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         st.client_seconds[m] += time.perf_counter() - t0
         st.bytes_up[m] += wire_size(out)
         st.sent.setdefault(m, {})[stage] = out
         return out
 
-    def on_server(fn: Callable[[], T]) -> T:
+    def on_server(fn: Callable[..., T], *args: Any) -> T:
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         st.server_seconds += time.perf_counter() - t0
         return out
 
@@ -107,26 +107,21 @@ def run_round(
 
     for m, c in clients.items():
         if alive(m, "advertise"):
-            adv = on_client(m, "advertise", c.advertise)
-            on_server(lambda adv=adv: server.receive_advertise(adv))
+            on_server(server.receive_advertise, on_client(m, "advertise", c.advertise))
     keys = on_server(server.close_advertise)
     for m, msg in keys.items():
         st.bytes_down[m] += wire_size(msg)
         if alive(m, "share"):
-            share = on_client(m, "share", lambda m=m, msg=msg: clients[m].share_keys(msg))
-            on_server(lambda share=share: server.receive_shares(share))
+            on_server(server.receive_shares, on_client(m, "share", clients[m].share_keys, msg))
     shares = on_server(server.close_shares)
     for m, sfy in shares.items():
         st.bytes_down[m] += wire_size(sfy)
         if alive(m, "mask"):
-            masked = on_client(
-                m, "mask", lambda m=m, sfy=sfy: clients[m].masked_input(sfy, inputs[m])
-            )
-            on_server(lambda masked=masked: server.receive_masked(masked))
+            masked = on_client(m, "mask", clients[m].masked_input, sfy, inputs[m])
+            on_server(server.receive_masked, masked)
     request = on_server(server.close_masked)
     for m in request.survivors:
         st.bytes_down[m] += wire_size(request)
         if alive(m, "unmask"):
-            reply = on_client(m, "unmask", lambda m=m: clients[m].unmask(request))
-            on_server(lambda reply=reply: server.receive_unmask(reply))
+            on_server(server.receive_unmask, on_client(m, "unmask", clients[m].unmask, request))
     return on_server(server.finish)
