@@ -21,6 +21,7 @@ Stage by stage (Bonawitz et al. 2017, Fig. 4; SecAgg+ neighbourhoods, Bell et al
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,12 @@ class SecAggParams:
 
     def x_of(self, member: str) -> int:
         """The member's Shamir x coordinate (its index in ``members`` plus one)."""
-        return self.members.index(member) + 1
+        return _x_table(self.members)[member]
+
+
+@functools.lru_cache(maxsize=16)
+def _x_table(members: tuple[str, ...]) -> dict[str, int]:
+    return {m: i + 1 for i, m in enumerate(members)}
 
 
 @dataclass(frozen=True, slots=True)

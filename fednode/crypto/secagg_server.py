@@ -75,6 +75,7 @@ class SecAggServer:
         self._survivors: tuple[str, ...] = ()
         self._dropped: tuple[str, ...] = ()
         self._replies: dict[str, UnmaskResponse] = {}
+        self._holders: dict[str, frozenset[str]] = {}
 
     @property
     def stage(self) -> Stage:
@@ -112,9 +113,16 @@ class SecAggServer:
         self._acc = np.zeros(0, dtype=np.uint64)  # nothing partial survives an abort
         raise self._aborted
 
-    def holders(self, owner: str) -> set[str]:
+    def holders(self, owner: str) -> frozenset[str]:
         """Who holds shares of ``owner``'s secrets: itself and its neighbours with keys."""
-        return {owner} | (set(self.graph[owner]) & set(self._keys))
+        if self._stage is Stage.ADVERTISE:
+            return frozenset({owner} | (self.graph[owner] & self._keys.keys()))
+        cached = self._holders.get(owner)
+        if cached is None:  # fixed once the advertise stage is closed
+            cached = self._holders[owner] = frozenset(
+                {owner} | (self.graph[owner] & self._keys.keys())
+            )
+        return cached
 
     # ------------------------------------------------------------------ stage 0
     def receive_advertise(self, msg: AdvertiseKeys) -> None:
@@ -147,7 +155,7 @@ class SecAggServer:
                 raise RemoteProtocolError(
                     f"secagg share for {share.receiver}, not a neighbour", peer=msg.sender
                 )
-            size = ciphertext_size(share.sender, share.receiver, share.round)
+            size = ciphertext_size(share.sender, share.receiver, share.round)  # cheap
             if len(share.ciphertext) != size:
                 raise PayloadError(
                     f"secagg share ciphertext of {len(share.ciphertext)} bytes, want {size}",

@@ -21,6 +21,7 @@ Errors: ``ValueError`` for a programming mistake (bad threshold, duplicate or ze
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -135,7 +136,13 @@ def split(secret: bytes, threshold: int, xs: Sequence[int]) -> list[tuple[int, n
 
 
 def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
-    """Lagrange coefficients ``l_i`` with ``f(0) = sum l_i f(x_i)`` (mod p)."""
+    """Lagrange coefficients ``l_i`` with ``f(0) = sum l_i f(x_i)`` (mod p); cached, as
+    the server reconstructs many secrets from the same holders."""
+    return list(_lagrange(tuple(xs)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _lagrange(xs: tuple[int, ...]) -> tuple[int, ...]:
     out = []
     for i, xi in enumerate(xs):
         num, den = 1, 1
@@ -144,7 +151,7 @@ def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
                 num = num * xj % P
                 den = den * (xj - xi) % P
         out.append(num * pow(den, -1, P) % P)
-    return out
+    return tuple(out)
 
 
 def combine(shares: Sequence[tuple[int, np.ndarray]], n_bytes: int) -> bytes:

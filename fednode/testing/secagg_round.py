@@ -69,6 +69,8 @@ class RoundStats:
     sent: dict[str, dict[str, object]] = field(default_factory=dict)
     clients: dict[str, SecAggClient] = field(default_factory=dict)
     server: SecAggServer | None = None
+    #: False: do not keep ``sent`` (a benchmark's masked vectors would fill memory)
+    keep_sent: bool = True
 
 
 def run_round(
@@ -93,7 +95,8 @@ def run_round(
         out = fn(*args)
         st.client_seconds[m] += time.perf_counter() - t0
         st.bytes_up[m] += wire_size(out)
-        st.sent.setdefault(m, {})[stage] = out
+        if st.keep_sent:
+            st.sent.setdefault(m, {})[stage] = out
         return out
 
     def on_server(fn: Callable[..., T], *args: Any) -> T:
