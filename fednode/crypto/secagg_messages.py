@@ -192,9 +192,14 @@ def signed_bytes(kind: str, *fields: Any) -> bytes:
 
 def check_signature(sender: str, payload: bytes, signature: bytes) -> None:
     """Errors: AuthError (peer=sender) unless ``signature`` is ``sender``'s over ``payload``."""
-    pk = public_key_from_peer_id(sender)
+    pk = _public_key(sender)
     if not verify(pk, payload, signature):
         raise AuthError("secagg message signature does not verify", peer=sender)
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(peer_id: str) -> bytes:
+    return public_key_from_peer_id(peer_id)  # AuthError is not cached: it propagates
 
 
 def to_cbor(msg: object) -> list[Any]:
