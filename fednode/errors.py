@@ -17,6 +17,7 @@
     ├── TransportError         the network failed under us
     │   └── PeerGone           the peer is not reachable (crashed, left, partitioned)
     ├── RoundFailed            a round could not complete (too few results, deadline)
+    │   └── SecAggAborted      a secure-aggregation round lost too many members; no sum released
     ├── JobCancelled           a compute job stopped at a cancel point: its node is stopping
     ├── ControlError           an operator's control request cannot be done (blame: operator)
     └── SimWorkerError         a simulator worker process failed or died (``--workers``)
@@ -101,6 +102,12 @@ class PeerGone(TransportError):
 
 class RoundFailed(FednodeError):
     """A round could not complete: too few results before the deadline, too many failures."""
+
+
+class SecAggAborted(RoundFailed):
+    """A secure-aggregation round (:mod:`fednode.crypto.secagg`) has fewer than the
+    threshold ``t`` members left at some stage, or a member's secret cannot be
+    reconstructed from ``t`` shares: the round stops and no partial sum is released."""
 
 
 class JobCancelled(FednodeError):
