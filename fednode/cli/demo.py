@@ -118,9 +118,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     table = Table(title="results", title_justify="left")
     target = config.rounds.measured_at(config.data.task)
     at = f"{target:.0%}" if target else "target"
-    cols = ("topology", "nodes", "accuracy", "rounds", f"{at} at", f"bytes to {at}", "bytes")
-    for col in (*cols, "wall", "virtual"):
-        table.add_column(col, justify="left" if col in ("topology", "nodes") else "right")
+    cols = ("topology", "nodes", "acc", "rounds", f"{at} at", f"B to {at}", "bytes")
+    for col in (*cols, "wall/virt s"):
+        left = col in ("topology", "nodes")
+        table.add_column(col, justify="left" if left else "right", min_width=8 if col == "topology" else None)
     for r in rows:
         table.add_row(
             r.topology if r.ok else f"[red]{r.topology}[/]",
@@ -130,17 +131,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             str(r.hit) if r.hit else "-",
             human(r.bytes_hit) if r.bytes_hit is not None else "-",
             human(r.bytes_total),
-            f"{r.wall_s:.1f}s",
-            f"{r.virtual_s:.1f}s",
+            f"{r.wall_s:.1f}/{r.virtual_s:.1f}",
         )
     console.print(table)
     for r in rows:
         if r.note:
             console.print(f"[red]{r.topology} failed[/]: {r.note}")
     console.print(
-        "accuracy: the coordinator's model on the held-out split (gossip: the mean over "
+        "acc: accuracy of the coordinator's model on the held-out split (gossip: the mean over "
         "peers of each peer's own model); bytes: everything any node sent (all links); "
-        f"bytes to {at}: that, until the accuracy first reached rounds.measure_accuracy"
+        f"B to {at}: those bytes until the accuracy first reached {at} (rounds.measure_accuracy); wall/virt: wall-clock / simulated seconds"
     )
     return 0 if all(r.ok for r in rows) else 1
 
