@@ -125,6 +125,8 @@ def make_role(
             tier=config.tier,
             default_deadline_s=config.rounds.round_deadline_s,
             aggregator=aggregator_factory(config.aggregation)(),
+            codec=config.wire.codec,
+            error_feedback=config.wire.error_feedback,
         )
     if config.role == "client":
         return Client(
@@ -157,6 +159,7 @@ def _coordinator(
         train=config.train,
         federation=config.net.federation,
         task=config.data.task,
+        codec_down=config.wire.codec_down,
         aggregator=aggregator_factory(config.aggregation, root=True)(),
         selection=make_selection(config.selection, budget),
         seed=config.seed,

@@ -121,7 +121,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cols = ("topology", "nodes", "acc", "rounds", f"{at} at", f"B to {at}", "bytes")
     for col in (*cols, "wall/virt s"):
         left = col in ("topology", "nodes")
-        table.add_column(col, justify="left" if left else "right", min_width=8 if col == "topology" else None)
+        width = 8 if col == "topology" else None
+        table.add_column(col, justify="left" if left else "right", min_width=width)
     for r in rows:
         table.add_row(
             r.topology if r.ok else f"[red]{r.topology}[/]",
@@ -140,7 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(
         "acc: accuracy of the coordinator's model on the held-out split (gossip: the mean over "
         "peers of each peer's own model); bytes: everything any node sent (all links); "
-        f"B to {at}: those bytes until the accuracy first reached {at} (rounds.measure_accuracy); wall/virt: wall-clock / simulated seconds"
+        f"B to {at}: those bytes until the accuracy first reached {at} (rounds.measure_accuracy); "
+        "wall/virt: wall-clock / simulated seconds"
     )
     return 0 if all(r.ok for r in rows) else 1
 
