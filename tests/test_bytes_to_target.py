@@ -34,7 +34,7 @@ def test_star_run_reports_bytes_to_target_without_stopping(tmp_path):
     hit = next(int(r) for r, a in zip(res.rounds, res.accuracy) if a >= 0.3)
     rounds, nbytes = res.to_target()
     assert rounds == hit
-    assert nbytes == int(res.bytes[: hit].sum()) and nbytes > 0
+    assert nbytes == int(res.bytes[:hit].sum()) and nbytes > 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["measure_accuracy"] == 0.3
     assert summary["rounds_to_target"] == hit and summary["bytes_to_target"] == nbytes
