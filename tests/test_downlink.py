@@ -191,3 +191,36 @@ def test_two_tier_clients_hold_the_coordinators_public_model():
     # the region's update up is compressed with the uplink codec too
     ups = [r["bytes_up"] for r in result.rounds]
     assert max(ups) < 2 * 0.5 * 4 * root.role.params.size
+
+
+def test_coordinator_sends_deltas_to_who_answered_and_the_full_model_on_no_base():
+    from fednode.actions import EvalResult
+    from fednode.config import RoundParams, TrainParams
+    from fednode.hierarchy.coordinator import Coordinator
+
+    c = Coordinator(
+        params=np.zeros(N, np.float32),
+        rounds=RoundParams(rounds=3, min_fit_clients=2, min_available_clients=2),
+        train=TrainParams(),
+        codec_down=CODEC,
+    )
+    c.start(0.0)
+    c.handle(m.Advert(sender="a", role="client"), 0.0)
+    first = c.handle(m.Advert(sender="b", role="client"), 0.0)
+    fits = {a.to: a.msg for a in first if isinstance(a, Send)}
+    assert all(BASE_KEY not in f.config and f.codec == "none" for f in fits.values())
+    rng = np.random.default_rng(1)
+    for peer in ("a", "b"):
+        vec = rng.normal(size=N).astype(np.float32)
+        c.handle(m.Update(sender=peer, round=1, num_examples=5, vector=vec, payload=b"x"), 1.0)
+    second = c.on_result(EvalResult(1, 0.5, 10, {"accuracy": 0.5}), 2.0)
+    fits = {a.to: a.msg for a in second if isinstance(a, Send) and isinstance(a.msg, m.Fit)}
+    assert all(f.config[BASE_KEY] == 0 and f.codec == CODEC for f in fits.values())
+    assert len(fits["a"].payload) < 4 * N
+    no_base = m.Reject(sender="a", round=2, model_version=1, reason="no base: lost it")
+    emit, resend = c.handle(no_base, 3.0)
+    assert isinstance(emit, Emit) and emit.event == "full_resent"
+    assert resend.to == "a" and resend.msg.codec == "none" and BASE_KEY not in resend.msg.config
+    assert resend.msg.config["public_version"] == 1
+    # a second refusal of the same round is a failure, not another full model
+    assert [a for a in c.handle(no_base, 4.0) if isinstance(a, Send)] == []
