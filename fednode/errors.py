@@ -88,6 +88,11 @@ class RemoteProtocolError(ProtocolError):
     """The peer broke the protocol."""
 
 
+class DeltaError(RemoteProtocolError):
+    """A delta broadcast does not apply: the receiver lacks the base version its header
+    names, or the model it rebuilt is not the sender's (``docs/PROTOCOL.md``)."""
+
+
 class LocalProtocolError(ProtocolError):
     """This node attempted something the protocol forbids (a bug on our side)."""
 

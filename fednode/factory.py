@@ -181,6 +181,8 @@ def make_role(
             aggregator=aggregator_factory(
                 config.aggregation, privacy=config.privacy, salt=f"aggregator/{me or region}"
             )(),
+            codec=config.wire.codec,
+            error_feedback=config.wire.error_feedback,
         )
     if config.role == "client":
         return Client(
@@ -258,6 +260,7 @@ def _coordinator(
         train=config.train,
         federation=config.net.federation,
         task=config.data.task,
+        codec_down=config.wire.codec_down,
         aggregator=aggregator_factory(
             config.aggregation,
             root=True,

@@ -80,3 +80,26 @@ def test_both_drivers_give_the_same_rounds(case, fault):
     if fault != "clean":  # the fault is real: it changed the traffic of the clean run
         clean = run(case, "clean", "des")
         assert not np.array_equal(des.bytes, clean.bytes)
+
+
+DELTAS = {"wire.codec": "topk:0.1+int8", "wire.codec_down": "topk:0.1+int8"}
+
+
+@pytest.mark.parametrize("fault", ["clean", "crash+restart"])
+@pytest.mark.parametrize("case", ["star", "two-tier"])
+def test_both_drivers_agree_with_delta_broadcasts(case, fault):
+    """[wire] codec_down: per-receiver Fits (a step or the full public model) and a node
+    that crashed and restarted (sent the full model again) give the same rounds too."""
+    kind, generator, n, params, task, node = CASES[case]
+    topo = build_topology(kind, generator, n, faults=faults(fault, node), links=LINKS, **params)
+    overrides = {"data.task": task, "rounds.rounds": ROUNDS, "train.local_epochs": 1, **DELTAS}
+    des, trio = (
+        run_experiment(topo, overrides=overrides, options=SimOptions(driver=driver))
+        for driver in ("des", "trio")
+    )
+    assert des.error is None and trio.error is None
+    np.testing.assert_array_equal(des.accuracy, trio.accuracy)
+    np.testing.assert_array_equal(des.bytes, trio.bytes)
+    assert des.messages == trio.messages
+    dense = run(case, fault, "des")
+    assert des.bytes.sum() < dense.bytes.sum() / 2  # the deltas are on the wire

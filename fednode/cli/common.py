@@ -36,6 +36,16 @@ COMMON_FLAGS: dict[str, tuple[str, type, str]] = {
     ),
     "partition": ("data.partition", str, "'iid', 'dirichlet:<alpha>' or 'shards:<k>'"),
     "codec": ("wire.codec", str, "update codec: none, fp16, int8, topk:<f>[+int8][+zstd]"),
+    "codec_down": (
+        "wire.codec_down",
+        str,
+        "model broadcasts: none (dense) or a codec for deltas of the public model",
+    ),
+    "measure_accuracy": (
+        "rounds.measure_accuracy",
+        float,
+        "report bytes and rounds until this accuracy (0: 0.95 on digits); never stops",
+    ),
     "aggregation": (
         "aggregation.rule",
         str,

@@ -67,6 +67,8 @@ class DemoRun:
     accuracy: float
     rounds: int
     hit: int | None
+    #: frame bytes on all links until the measured accuracy was first reached
+    bytes_hit: float | None
     bytes_total: float
     wall_s: float
     virtual_s: float
@@ -114,8 +116,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
             rows.append(runners[name](config, args, advance))
     table = Table(title="results", title_justify="left")
-    for col in ("topology", "nodes", "accuracy", "rounds", "95% at", "bytes", "wall", "virtual"):
-        table.add_column(col, justify="left" if col in ("topology", "nodes") else "right")
+    target = config.rounds.measured_at(config.data.task)
+    at = f"{target:.0%}" if target else "target"
+    cols = ("topology", "nodes", "acc", "rounds", f"{at} at", f"B to {at}", "bytes")
+    for col in (*cols, "wall/virt s"):
+        left = col in ("topology", "nodes")
+        width = 8 if col == "topology" else None
+        table.add_column(col, justify="left" if left else "right", min_width=width)
     for r in rows:
         table.add_row(
             r.topology if r.ok else f"[red]{r.topology}[/]",
@@ -123,17 +130,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{r.accuracy:.4f}",
             str(r.rounds),
             str(r.hit) if r.hit else "-",
+            human(r.bytes_hit) if r.bytes_hit is not None else "-",
             human(r.bytes_total),
-            f"{r.wall_s:.1f}s",
-            f"{r.virtual_s:.1f}s",
+            f"{r.wall_s:.1f}/{r.virtual_s:.1f}",
         )
     console.print(table)
     for r in rows:
         if r.note:
             console.print(f"[red]{r.topology} failed[/]: {r.note}")
     console.print(
-        "accuracy: the coordinator's model on the held-out split (gossip: the mean over "
-        "peers of each peer's own model); bytes: everything any node sent (all links)"
+        "acc: accuracy of the coordinator's model on the held-out split (gossip: the mean over "
+        "peers of each peer's own model); bytes: everything any node sent (all links); "
+        f"B to {at}: those bytes until the accuracy first reached {at} (rounds.measure_accuracy); "
+        "wall/virt: wall-clock / simulated seconds"
     )
     return 0 if all(r.ok for r in rows) else 1
 
@@ -141,9 +150,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 DemoProgress = Callable[[int, float], None]
 
 
-def _hierarchy_row(name: str, nodes: str, sim: Any, root: Any, advance: DemoProgress) -> DemoRun:
+def _hierarchy_row(
+    name: str, nodes: str, sim: Any, root: Any, advance: DemoProgress, target: float | None
+) -> DemoRun:
+    sent: dict[int, int] = {}  # round -> frame bytes all nodes sent until its record
+
     def on_round(s: Any, peer: str, event: str, data: dict[str, Any]) -> None:
         if event == "round" and peer == root.peer:
+            sent[data["round"]] = s.network.sent_bytes
             advance(data["round"], data["accuracy"])
 
     sim.fault_hooks.append(on_round)
@@ -151,12 +165,14 @@ def _hierarchy_row(name: str, nodes: str, sim: Any, root: Any, advance: DemoProg
     ok = result.stop is not None and result.stop.error is None
     if name == "star":
         console.print(round_table(result.rounds, "star FedAvg"))
+    hit = result.rounds_to(target) if target else None
     return DemoRun(
         name,
         nodes,
         result.final_accuracy,
         len(result.rounds),
-        result.rounds_to(0.95),
+        hit,
+        float(sent[hit]) if hit in sent else None,
         float(result.network.sent_bytes),
         result.wall_s,
         result.virtual_s,
@@ -169,7 +185,8 @@ def _demo_star(config: NodeConfig, args: argparse.Namespace, advance: DemoProgre
     from ..sim.scenarios import build_star
 
     sim, root = build_star(config, args.clients)
-    return _hierarchy_row("star", f"1+{args.clients}", sim, root, advance)
+    target = config.rounds.measured_at(config.data.task)
+    return _hierarchy_row("star", f"1+{args.clients}", sim, root, advance, target)
 
 
 def _demo_two_tier(config: NodeConfig, args: argparse.Namespace, advance: DemoProgress) -> DemoRun:
@@ -179,7 +196,8 @@ def _demo_two_tier(config: NodeConfig, args: argparse.Namespace, advance: DemoPr
     rounds = replace(config.rounds, min_fit_clients=args.aggregators)
     sim, root = build_two_tier(replace(config, rounds=rounds), args.aggregators, args.clients)
     nodes = f"1+{args.aggregators}+{args.clients}"
-    return _hierarchy_row("two-tier", nodes, sim, root, advance)
+    target = config.rounds.measured_at(config.data.task)
+    return _hierarchy_row("two-tier", nodes, sim, root, advance, target)
 
 
 def _demo_gossip(config: NodeConfig, args: argparse.Namespace, advance: DemoProgress) -> DemoRun:
@@ -191,7 +209,9 @@ def _demo_gossip(config: NodeConfig, args: argparse.Namespace, advance: DemoProg
     records = [r for r in result.rounds if r["round"] > 0]
     for r in records:
         advance(r["round"], r["accuracy"])
-    hit = result.rounds_to(0.95)
+    target = config.rounds.measured_at(config.data.task)
+    hit = result.rounds_to(target) if target else None
+    at_hit = [r["bytes"] for r in records if r["round"] == hit]
     done = len(records) == config.rounds.rounds
     return DemoRun(
         "gossip",
@@ -199,6 +219,7 @@ def _demo_gossip(config: NodeConfig, args: argparse.Namespace, advance: DemoProg
         result.final_accuracy,
         len(records),
         hit,
+        float(at_hit[0]) if at_hit else None,
         float(records[-1]["bytes"]) if records else 0.0,
         result.wall_s,
         result.virtual_s,

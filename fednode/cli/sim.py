@@ -332,7 +332,7 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
     robust = any(report_note(r) for r in rows)
     private = any(r.get("dp_epsilon") is not None for r in rows)
     cols = (
-        ["round", "accuracy", "loss", "MB"]
+        ["round", "accuracy", "loss", "MB", "MB total"]
         + (["consensus"] if res.consensus is not None else [])
         + (["aggregation"] if robust else [])
         + (["epsilon"] if private else [])
@@ -346,6 +346,7 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
             _fmt(row["accuracy"]),
             _fmt(row["loss"]),
             f"{row['bytes'] / 1e6:.2f}",
+            f"{row['bytes_total'] / 1e6:.2f}",
         ]
         if res.consensus is not None:
             ce = row.get("consensus_error")
@@ -375,6 +376,16 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
         f"{res.messages:,} messages, {res.bytes.sum() / 1e6:.1f} MB; {wall:.1f}s wall, "
         f"{res.virtual_s:.1f}s virtual" + (f"; folder {res.out_dir}" if res.out_dir else "")
     )
+    console.print(target_line(res.measure_accuracy, *res.to_target()))
+
+
+def target_line(target: float | None, rounds: int | None, nbytes: int | None) -> str:
+    """The bytes-to-target sentence of ``fednode sim`` and ``fednode demo``."""
+    if target is None:
+        return "bytes to target: not measured (set rounds.measure_accuracy)"
+    if rounds is None or nbytes is None:
+        return f"bytes to {target:.0%}: not reached"
+    return f"bytes to {target:.0%}: {nbytes / 1e6:.3f} MB on all links, reached at round {rounds}"
 
 
 def _fmt(v: float | None) -> str:

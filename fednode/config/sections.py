@@ -49,6 +49,8 @@ class RoundParams:
     max_failure_fraction: float = 0.5
     wait_for_clients_s: float = 300.0
     target_accuracy: float = 0.0
+    #: accuracy at which bytes/rounds-to-target are measured (0: 0.95 on digits); never stops
+    measure_accuracy: float = 0.0
     #: straggler cut-off: close the round once this fraction of the selected reported
     cutoff_fraction: float = 1.0
     #: how often a failed round is retried before the coordinator gives up
@@ -99,12 +101,23 @@ class RoundParams:
             "a float in [0, 1] (0 = run all rounds)",
         )
         check(
+            0 <= self.measure_accuracy <= 1,
+            "rounds.measure_accuracy",
+            self.measure_accuracy,
+            "a float in [0, 1] (0 = 0.95 on digits, none on other tasks)",
+        )
+        check(
             0 < self.cutoff_fraction <= 1,
             "rounds.cutoff_fraction",
             self.cutoff_fraction,
             "a float in (0, 1] (1 = wait for every selected child or the deadline)",
         )
         check(self.max_retries >= 0, "rounds.max_retries", self.max_retries, "an integer >= 0")
+
+    def measured_at(self, task: str) -> float | None:
+        """The accuracy bytes-to-target is measured at (None: not measured)."""
+        default = 0.95 if task.split(":")[0] == "digits" else None
+        return self.measure_accuracy or default
 
 
 PLACEMENTS = ("least_loaded", "region", "none")
@@ -276,6 +289,8 @@ class WireParams:
     """Update compression and message limits."""
 
     codec: str = "none"
+    #: model broadcasts: "none" = the dense model; else deltas of the public model (PROTOCOL.md)
+    codec_down: str = "none"
     error_feedback: bool = True
     max_frame_bytes: int = 512 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
@@ -288,6 +303,10 @@ class WireParams:
         from ..wire.codecs import parse_codec
 
         parse_codec(self.codec)
+        try:
+            parse_codec(self.codec_down)
+        except ConfigError as exc:
+            raise ConfigError("wire.codec_down", self.codec_down, exc.expected) from None
         check(
             self.max_frame_bytes >= 1024,
             "wire.max_frame_bytes",

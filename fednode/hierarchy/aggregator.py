@@ -32,11 +32,13 @@ import numpy as np
 
 from ..actions import Action, Compute, Emit, EvalResult, Send, TrainJob, TrainResult
 from ..config import TierParams
-from ..errors import LocalProtocolError, RemoteProtocolError
+from ..errors import DeltaError, LocalProtocolError, RemoteProtocolError
 from ..role import RoleDefaults
 from ..training.aggregate import Aggregator, StreamingMean
 from ..training.rulespec import RuleUnavailable
 from ..wire import messages as m
+from ..wire.codecs import ErrorFeedback, parse_codec
+from .broadcast import VERSION_KEY, Broadcaster, PublicCopy, plain_config, refuse_delta
 
 MAX_KNOWN = 256
 
@@ -109,8 +111,17 @@ class RegionalAggregator(RoleDefaults):
         default_deadline_s: float = 60.0,
         trains: bool = False,
         aggregator: Aggregator | None = None,
+        codec: str = "none",
+        error_feedback: bool = True,
     ) -> None:
         self.federation = federation
+        #: the region's update up: this codec, with error feedback if lossy (client-like)
+        self.codec = parse_codec(codec)
+        self.error_feedback = error_feedback and codec != "none"
+        self.ef: ErrorFeedback | None = None
+        #: the public model rebuilt from the parent's broadcasts, forwarded to the children
+        self.public = PublicCopy()
+        self.broadcast = Broadcaster()
         self.task = task
         self.region = region
         self.parent = parent
@@ -231,6 +242,7 @@ class RegionalAggregator(RoleDefaults):
 
     def _drop_child(self, peer: str, now: float) -> list[Action]:
         self.children.pop(peer, None)
+        self.broadcast.forget(peer)
         actions: list[Action] = [Send(self.parent, self.advert())] if self.parent else []
         job = self.job
         if self.state is State.FITTING and job and peer in job.selected and peer not in job.arrived:
@@ -256,6 +268,12 @@ class RegionalAggregator(RoleDefaults):
         if self.parent and msg.sender != self.parent:
             return [Send(msg.sender, self.advert())]  # not my parent: tell it where I am
         self.parent = msg.sender
+        try:
+            base = self.public.receive(msg)
+        except DeltaError as exc:  # counted in self.public.rejected; the parent resends
+            return refuse_delta(msg, exc)
+        if VERSION_KEY in msg.config:
+            self.broadcast.adopt(self.public, msg)
         actions: list[Action] = []
         if self.state is State.FITTING:
             actions.append(Emit("edge_abandoned", {"round": self.round}))
@@ -263,7 +281,7 @@ class RegionalAggregator(RoleDefaults):
         deadline_s = msg.config.get("deadline_s", self.default_deadline_s)
         if not isinstance(deadline_s, int | float) or not 0 < deadline_s < math.inf:
             deadline_s = self.default_deadline_s  # from the wire: never trust a bad value
-        base = np.asarray(msg.vector, dtype=np.float32)
+        base = np.asarray(base, dtype=np.float32)
         self.job = EdgeJob(
             fit=msg,
             base=base,
@@ -288,6 +306,7 @@ class RegionalAggregator(RoleDefaults):
         if msg.vector is None or msg.num_examples <= 0:
             raise RemoteProtocolError("update without a decoded delta or examples", peer=msg.sender)
         self.aggregator.add(msg.vector, float(msg.num_examples), msg.sender)
+        self.broadcast.acked(msg.sender, job.fit.config.get(VERSION_KEY))
         job.arrived.add(msg.sender)
         job.examples += msg.num_examples
         job.loss += float(msg.metrics.get("train_loss", 0.0)) * msg.num_examples
@@ -305,6 +324,9 @@ class RegionalAggregator(RoleDefaults):
             and msg.sender in job.selected - job.arrived
             and msg.model_version == job.seq
         ):
+            if msg.reason.startswith("no base") and msg.sender in self.broadcast.held:
+                self.broadcast.forget(msg.sender)  # send it the full model, once
+                return [Send(msg.sender, self._child_fit(msg.sender, job))]
             job.declined.add(msg.sender)
             return self._maybe_finish(now)
         return []
@@ -335,9 +357,35 @@ class RegionalAggregator(RoleDefaults):
         if job.edge_round == 1:
             job.first_selected = len(job.selected)
         self.aggregator.start(job.base.shape[0], capacity=len(job.selected))
-        config = dict(job.fit.config)
+        if job.edge_round == 1 and VERSION_KEY in job.fit.config:  # deltas or the full model
+            actions: list[Action] = [Send(p, self._child_fit(p, job)) for p in ready]
+        else:
+            plain = self._plain_fit(job)  # one message for all: encoded once
+            actions = [Send(p, plain) for p in ready]
+        if train_self:
+            self._train_seq = job.seq
+            config = self._child_config(job)
+            work = float(config.get("local_epochs", 1))
+            actions.append(Compute(TrainJob(job.fit.round, job.model, config, work=work)))
+        info = {"round": job.fit.round, "edge_round": job.edge_round, "selected": len(ready)}
+        actions.append(Emit("edge_round_start", info))
+        return actions
+
+    def _child_config(self, job: EdgeJob) -> dict[str, Any]:
+        config = plain_config(job.fit.config)
         config["deadline_s"] = job.budget_s
         config["edge_round"] = job.edge_round
+        return config
+
+    def _child_fit(self, peer: str, job: EdgeJob) -> m.Fit:
+        """Edge round 1 under a public-model broadcast: the same step, or the full model."""
+        config = self._child_config(job)
+        return self.broadcast.fit_for(
+            peer, round=job.fit.round, model_version=job.seq, config=config
+        )
+
+    def _plain_fit(self, job: EdgeJob) -> m.Fit:
+        config = self._child_config(job)
         if job.edge_round == 1:  # forward the parent's encoded model as it came
             fit = m.Fit(
                 round=job.fit.round,
@@ -354,14 +402,7 @@ class RegionalAggregator(RoleDefaults):
                 vector=job.model,
                 config=config,
             )
-        actions: list[Action] = [Send(p, fit) for p in ready]
-        if train_self:
-            self._train_seq = job.seq
-            work = float(config.get("local_epochs", 1))
-            actions.append(Compute(TrainJob(job.fit.round, job.model, config, work=work)))
-        info = {"round": job.fit.round, "edge_round": job.edge_round, "selected": len(ready)}
-        actions.append(Emit("edge_round_start", info))
-        return actions
+        return fit
 
     def _maybe_finish(self, now: float) -> list[Action]:
         job = self.job
@@ -399,6 +440,10 @@ class RegionalAggregator(RoleDefaults):
         if job.edge_round < self.tier.edge_rounds:
             return actions + self._start_edge_round(now)
         delta = np.subtract(job.model, job.base, dtype=np.float32)
+        if self.error_feedback and self.ef is None:
+            self.ef = ErrorFeedback(self.codec, delta.shape[0])
+        lossy = self.codec.spec != "none"
+        payload = self.ef.encode(delta) if self.ef else self.codec.encode(delta) if lossy else b""
         update = m.Update(
             round=job.fit.round,
             model_version=job.fit.model_version,
@@ -410,8 +455,9 @@ class RegionalAggregator(RoleDefaults):
                 "clients_failed": max(job.first_selected - job.clients, 0),
                 "edge_rounds": job.edge_round,
             },
-            codec="none",
-            vector=delta,
+            codec=self.codec.spec,
+            payload=payload,
+            vector=None if lossy else delta,  # "none": the sealer writes it (no copy)
         )
         self.rounds_done += 1
         self._abandon("done")

@@ -34,13 +34,14 @@ import numpy as np
 
 from ..actions import Action, Compute, Emit, EvalResult, Send, TrainJob, TrainResult
 from ..config import TierParams
-from ..errors import RemoteProtocolError
+from ..errors import DeltaError, RemoteProtocolError
 from ..role import RoleDefaults
 from ..training.aggregate import Aggregator
 from ..training.attacks import Attacker
 from ..wire import messages as m
 from ..wire.codecs import ErrorFeedback, parse_codec
 from .aggregator import RegionalAggregator, child_table
+from .broadcast import PublicCopy, refuse_delta
 
 MAX_KNOWN = 256
 MAX_UNANNOUNCED = 65536
@@ -87,7 +88,9 @@ class Client(RoleDefaults):
         self.state = State.IDLE
         self.done = False
         self._job: tuple[str, m.Fit, np.ndarray] | None = None
-        self._pending: m.Fit | None = None
+        self._pending: tuple[m.Fit, np.ndarray] | None = None
+        #: the public model rebuilt from delta broadcasts (hierarchy/broadcast.py)
+        self.public = PublicCopy()
         self.rounds_trained = 0
         self.declined = 0
         #: coordinators and aggregators heard from (re-homing candidates)
@@ -252,7 +255,10 @@ class Client(RoleDefaults):
             tier=self.tier,
             trains=True,
             aggregator=self.aggregator_factory() if self.aggregator_factory else None,
+            codec=self.codec.spec,
+            error_feedback=self.ef is not None,
         )
+        agg.public = self.public  # the public model it holds: its children get deltas of it
         agg.known = {p: a for p, a in self.known.items() if a.role == "coordinator"}
         agg.me = msg.recipient
         agg.addrs = self.addrs
@@ -269,6 +275,10 @@ class Client(RoleDefaults):
             raise RemoteProtocolError("Fit without a model", peer=msg.sender)
         if self.parent and msg.sender != self.parent:
             return [Send(msg.sender, self.advert())]  # not my parent: tell it where I am
+        try:
+            model = self.public.receive(msg)
+        except DeltaError as exc:  # counted in self.public.rejected; the parent resends
+            return refuse_delta(msg, exc)
         if not self.accepting:
             self.declined += 1
             reject = m.Reject(round=msg.round, model_version=msg.model_version, reason="declined")
@@ -281,14 +291,12 @@ class Client(RoleDefaults):
         if not self.parent:
             self.parent = msg.sender
         if self.state is State.TRAINING:
-            self._pending = msg  # the newest request wins once the current job ends
+            self._pending = (msg, model)  # the newest request wins once the current job ends
             return []
-        return self._start(msg)
+        return self._start(msg, model)
 
-    def _start(self, msg: m.Fit) -> list[Action]:
+    def _start(self, msg: m.Fit, base: np.ndarray) -> list[Action]:
         self.state = State.TRAINING
-        base = msg.vector
-        assert base is not None
         self._job = (msg.sender, msg, base)
         self._trained = (msg.round, msg.sender)
         config: dict[str, Any] = dict(msg.config)
@@ -330,5 +338,5 @@ class Client(RoleDefaults):
         ]
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            actions += self._start(pending)
+            actions += self._start(*pending)
         return actions

@@ -153,6 +153,7 @@ class Coordinator(RootRole):
         return self.on_peer(msg.sender, False, now)
 
     def _on_stale_update(self, msg: m.Update, now: float) -> list[Action]:
+        self.broadcast.acked(msg.sender, msg.model_version)
         prev = self.previous
         if prev and msg.round == prev.number and msg.sender in prev.selected:
             self.observe(msg.sender).duration_s = now - prev.started  # a straggler's real time
@@ -173,6 +174,7 @@ class Coordinator(RootRole):
         if msg.vector is None or msg.num_examples <= 0:
             raise RemoteProtocolError("update without a decoded delta or examples", peer=msg.sender)
         self.aggregator.add(msg.vector, float(msg.num_examples), msg.sender)
+        self.broadcast.acked(msg.sender, msg.model_version)
         cur.arrived.add(msg.sender)
         cur.failed.discard(msg.sender)
         cur.bytes_up += len(msg.payload)
@@ -194,6 +196,8 @@ class Coordinator(RootRole):
         assert cur is not None
         if msg.round != cur.number or msg.sender not in cur.selected - cur.arrived:
             return []
+        if resend := self._resend_full(msg):
+            return resend  # a delta it could not apply: the full model, once
         if msg.reason.startswith("declined"):  # did not want to: not a failure
             cur.declined.add(msg.sender)
             cur.failed.discard(msg.sender)
@@ -242,16 +246,9 @@ class Coordinator(RootRole):
         )
         self.aggregator.start(self.params.shape[0], capacity=len(chosen))
         self.state = State.FITTING
-        payload = self.codec_down.encode(self.params)
-        fit = m.Fit(
-            round=self.round_number,
-            model_version=self.model_version,
-            codec=self.codec_down.spec,
-            payload=payload,
-            config=self.train_config(),
-        )
-        for peer in sorted(chosen):
-            self.current.bytes_down += len(payload)
+        fits = self._fits(sorted(chosen))
+        for peer, fit in fits.items():
+            self.current.bytes_down += len(fit.payload)
             self.observe(peer).last_selected = self.round_number
             actions.append(Send(peer, fit))
         actions.append(

@@ -148,9 +148,13 @@ class AsyncCoordinator(RootRole):
         return actions
 
     def _on_stale(self, msg: m.Update, now: float) -> list[Action]:
+        self.broadcast.acked(msg.sender, msg.model_version)
         return [Emit("stale_update", {"peer": msg.sender, "round": msg.round})]
 
     def _on_reject(self, msg: m.Reject, now: float) -> list[Action]:
+        resend = self._resend_full(msg) if msg.sender in self.in_flight else []
+        if resend:  # a delta it could not apply: the full model, once
+            return resend
         if self.in_flight.pop(msg.sender, None) is None:
             return []
         declined = Emit("declined", {"peer": msg.sender, "reason": msg.reason})
@@ -163,6 +167,7 @@ class AsyncCoordinator(RootRole):
         if msg.vector is None or msg.num_examples <= 0:
             raise RemoteProtocolError("update without a decoded delta or examples", peer=msg.sender)
         del self.in_flight[msg.sender]
+        self.broadcast.acked(msg.sender, msg.model_version)
         if self._last_step_done():  # the last step is being evaluated: nothing more to do
             return []
         buf = self.buffer
@@ -213,21 +218,12 @@ class AsyncCoordinator(RootRole):
         if want <= 0:
             return []
         chosen = self.selection.select(idle, want, self.rng)
-        payload = self.codec_down.encode(self.params)
-        config = self.train_config()
-        fit = m.Fit(
-            round=self.round_number,
-            model_version=self.model_version,
-            codec=self.codec_down.spec,
-            payload=payload,
-            config=config,
-        )
         deadline = now + self.rounds.round_deadline_s
         actions: list[Action] = []
-        for peer in sorted(chosen):
+        for peer, fit in self._fits(sorted(chosen)).items():
             self.in_flight[peer] = Flight(self.model_version, now, deadline)
             self.observe(peer).last_selected = self.round_number
-            self.buffer.bytes_down += len(payload)
+            self.buffer.bytes_down += len(fit.payload)
             actions.append(Send(peer, fit))
         return actions
 

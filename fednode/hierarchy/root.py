@@ -22,6 +22,7 @@ from ..role import RoleDefaults
 from ..training.aggregate import AggregateReport, Aggregator, StreamingMean
 from ..wire import messages as m
 from ..wire.codecs import parse_codec
+from .broadcast import Broadcaster
 from .checkpoint import (
     DirectoryCheckpoints,
     Snapshot,
@@ -93,6 +94,8 @@ class RootRole(RoleDefaults):
         self.federation = federation
         self.task = task
         self.codec_down = parse_codec(codec_down)
+        #: delta broadcasts of the public model (codec_down set; hierarchy/broadcast.py)
+        self.broadcast = Broadcaster(codec_down, seed=seed)
         self.aggregator = aggregator or StreamingMean()
         self.selection = selection or UniformSelection()
         self.rng = random.Random(seed)
@@ -186,6 +189,7 @@ class RootRole(RoleDefaults):
         return [Send(peer, self.advert())]
 
     def _peer_down(self, peer: str) -> list[Action]:
+        self.broadcast.forget(peer)
         orphans = self.tree.on_down(peer)
         return [Emit("orphaned", {"peer": peer, "clients": len(orphans)})] if orphans else []
 
@@ -216,6 +220,40 @@ class RootRole(RoleDefaults):
             "prox_mu": t.prox_mu,
             "deadline_s": self.rounds.round_deadline_s,
         }
+
+    def _fits(self, peers: list[str]) -> dict[str, m.Fit]:
+        """This round's Fit for each of ``peers``: one dense model encoded once with
+        ``codec_down`` "none" (the default), else each peer's public-model broadcast."""
+        config = self.train_config()
+        round_, version = self.round_number, self.model_version
+        bc = self.broadcast
+        if not bc.enabled:
+            payload = self.codec_down.encode(self.params)
+            fit = m.Fit(
+                round=round_,
+                model_version=version,
+                codec=self.codec_down.spec,
+                payload=payload,
+                config=config,
+            )
+            return dict.fromkeys(peers, fit)
+        bc.advance(self.params, version)
+        return {p: bc.fit_for(p, round=round_, model_version=version, config=config) for p in peers}
+
+    def _resend_full(self, msg: m.Reject) -> list[Action]:
+        """A child refused a delta broadcast (it lacks the base): send it the full public
+        model of the same version once (a second refusal is a failure)."""
+        bc = self.broadcast
+        if not msg.reason.startswith("no base") or not bc.enabled:
+            return []
+        if bc.version != msg.model_version or msg.sender not in bc.held:
+            return []
+        bc.forget(msg.sender)
+        fit = self._fits([msg.sender])[msg.sender]
+        return [
+            Emit("full_resent", {"peer": msg.sender, "round": msg.round}),
+            Send(msg.sender, fit),
+        ]
 
     def _apply(self, delta: np.ndarray) -> None:
         self.params = np.asarray(self.server_update(self.params, delta), dtype=np.float32)

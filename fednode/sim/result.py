@@ -11,6 +11,7 @@ import numpy as np
 
 from ..privacy import DP_KEYS
 from ..privacy.accountant import BUDGET_STOP
+from ..config import RoundParams
 from .metrics import RoundTable, json_safe
 from .topology import Topology
 
@@ -79,20 +80,42 @@ class ExperimentResult(RoundTable):
     def consensus_rounds(self) -> np.ndarray:
         return np.arange(len(self.consensus)) if self.consensus is not None else np.arange(0)
 
+    @property
+    def measure_accuracy(self) -> float | None:
+        """The accuracy bytes-to-target is measured at: ``rounds.measure_accuracy``, or
+        0.95 on the digits task when that is 0 (``RoundParams.measured_at``)."""
+        cfg = self.config.get("node_config", {})
+        rounds = RoundParams(**cfg["rounds"]) if "rounds" in cfg else RoundParams()
+        return rounds.measured_at(str(cfg.get("data", {}).get("task", "digits")))
+
+    def to_target(self) -> tuple[int | None, int | None]:
+        """(first round whose accuracy reached :attr:`measure_accuracy`, frame bytes every
+        node sent until that round's record, all links): (None, None) if never reached."""
+        target = self.measure_accuracy
+        total = 0
+        for r, acc, nbytes in zip(self.rounds, self.accuracy, self.bytes):
+            total += int(nbytes)
+            if target is not None and int(r) > 0 and acc >= target:
+                return int(r), total
+        return None, None
+
     def table(self) -> list[dict[str, Any]]:
-        """One dict per round (what ``rounds.jsonl`` holds)."""
+        """One dict per round (what ``rounds.jsonl`` holds); ``bytes`` is the round's frame
+        bytes on all links, ``bytes_total`` the sum up to and including the round."""
         out = []
         local_eps: dict[int, float] = {}
         for nrow in self.node_rows:
             if "dp_epsilon" in nrow:
                 rnd = int(nrow["round"])
                 local_eps[rnd] = max(local_eps.get(rnd, 0.0), float(nrow["dp_epsilon"]))
+        cumulative = np.cumsum(self.bytes) if len(self.bytes) else self.bytes
         for i, r in enumerate(self.rounds):
             row: dict[str, Any] = {
                 "round": int(r),
                 "accuracy": json_safe(self.accuracy[i]),
                 "loss": json_safe(self.loss[i]),
                 "bytes": int(self.bytes[i]),
+                "bytes_total": int(cumulative[i]),
                 "time_s": json_safe(self.time_s[i]),
             }
             if i < len(self.records):
@@ -127,6 +150,7 @@ class ExperimentResult(RoundTable):
 
     def summary(self) -> dict[str, Any]:
         hit = next((int(r) for r, a in zip(self.rounds, self.accuracy) if a >= 0.9), None)
+        rounds_to_target, bytes_to_target = self.to_target()
         return {
             "name": self.name,
             "kind": self.kind,
@@ -138,6 +162,9 @@ class ExperimentResult(RoundTable):
             if self.consensus is not None and len(self.consensus)
             else None,
             "total_bytes": int(self.bytes.sum()) if len(self.bytes) else 0,
+            "measure_accuracy": self.measure_accuracy,
+            "rounds_to_target": rounds_to_target,
+            "bytes_to_target": bytes_to_target,
             "messages": self.messages,
             "virtual_s": round(self.virtual_s, 6),
             "wall_s": round(self.wall_s, 3),

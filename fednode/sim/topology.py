@@ -131,8 +131,6 @@ class Topology:
 # --------------------------------------------------------------------------- generators
 
 
-
-
 # generator -> its parameters besides `n` and `seed`; those in _OPTIONAL may be omitted
 _PARAMS: dict[str, dict[str, type]] = {
     "star": {},

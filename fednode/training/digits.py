@@ -42,11 +42,16 @@ def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def build_model(kind: str = "mlp") -> nn.Module:
+    """``mlp`` (64 hidden units, 4,810 parameters), ``mlp:H`` (H hidden units, 75 H + 10
+    parameters: ``mlp:13400`` has 1,005,010) or ``linear``."""
     if kind == "mlp":
         return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    width = kind.removeprefix("mlp:")
+    if width != kind and width.isdigit() and 1 <= int(width) <= 1_000_000:
+        return nn.Sequential(nn.Linear(64, int(width)), nn.ReLU(), nn.Linear(int(width), 10))
     if kind == "linear":
         return nn.Sequential(nn.Linear(64, 10))
-    raise TaskError(f"digits model {kind!r} unknown; expected one of {', '.join(MODELS)}")
+    raise TaskError(f"digits model {kind!r} unknown; expected one of {', '.join(MODELS)}, mlp:H")
 
 
 class DigitsTask:
@@ -142,5 +147,6 @@ class DigitsTask:
         model.eval()
         logits = model(self._x_test)
         loss = float(self._loss(logits, self._y_test))
-        acc = float((logits.argmax(1) == self._y_test).float().mean())
+        # exact (correct / n): a float32 mean puts 342/360 at 0.94999999 < 0.95
+        acc = int((logits.argmax(1) == self._y_test).sum()) / max(int(self._y_test.shape[0]), 1)
         return loss, int(self._y_test.shape[0]), {"accuracy": acc, "loss": loss}

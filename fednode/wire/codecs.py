@@ -55,6 +55,7 @@ codec instance per sending task.
 
 from __future__ import annotations
 
+import copyreg
 import functools
 import operator
 import re
@@ -98,6 +99,8 @@ MAX_CHUNK = 1 << 24
 MAX_N = 0xFFFF_FFFF
 MAX_SPEC_LEN = 100
 
+# a codec holds a struct.Struct: make it deep-copyable (the simulator copies roles to restart)
+copyreg.pickle(struct.Struct, lambda s: (struct.Struct, (s.format,)))
 _HEADER = struct.Struct("<BBBBI")  # magic, version, codec id, flags, n
 _ID_NONE, _ID_FP16, _ID_INT8, _ID_TOPK_FP16, _ID_TOPK_INT8 = 1, 2, 3, 4, 5
 _ID_NAMES = {1: "none", 2: "fp16", 3: "int8", 4: "topk/fp16", 5: "topk/int8"}
