@@ -81,7 +81,11 @@ PARTITIONS = ("iid", "dirichlet:0.5")
 CLIENTS = 20
 FRACTION = 0.2
 #: the recommended default (docs/ROBUSTNESS.md), checked against the 3-point target
-RECOMMENDED = {"star": "nnm:4+centered_clip:1", "two-tier": "centered_clip:1", "gossip": "clip:auto"}
+RECOMMENDED = {
+    "star": "nnm:4+centered_clip:1",
+    "two-tier": "centered_clip:1",
+    "gossip": "clip:auto",
+}
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,9 @@ def run_one(run: Run, rounds: int, epochs: int, seed: int) -> dict[str, Any]:
         return _run_one(run, rounds, epochs, seed)
     except ConfigError as exc:
         return {"key": run.key, "accuracy": [], "error": str(exc), "attackers": [], "wall_s": 0}
+    except Exception as exc:  # a run that blows up is a result ("diverged")
+        msg = f"diverged: {type(exc).__name__}: {exc}"
+        return {"key": run.key, "accuracy": [], "error": msg, "attackers": [], "wall_s": 0}
 
 
 def _run_one(run: Run, rounds: int, epochs: int, seed: int) -> dict[str, Any]:
@@ -258,11 +265,15 @@ def tables(runs: list[Run], results: dict[str, Any], args: argparse.Namespace) -
                 for a in attacks:
                     out = results[Run(topo, part, a, rule).key]
                     acc = out["accuracy"]
-                    cell = f"{acc[-1]:.3f} / {_rounds_to(acc, target)}" if acc else "n/a"
-                    cells.append(cell + (" (err)" if out["error"] else ""))
+                    if acc:
+                        cell = f"{acc[-1]:.3f} / {_rounds_to(acc, target)}"
+                        cell += " (err)" if out["error"] else ""
+                    else:
+                        cell = "diverged" if out["error"].startswith("diverged") else "refused"
+                    cells.append(cell)
                 lines.append(f"| `{rule or 'plain'}` | " + " | ".join(cells) + " |")
             verdict += _verdict(topo, part, clean[-1], mine, results)
-    return lines + ["", *verdict]
+    return [*lines, "", *verdict]
 
 
 def _verdict(
@@ -271,7 +282,7 @@ def _verdict(
     by: dict[str, dict[str, float]] = {}
     for r in mine:
         acc = results[r.key]["accuracy"]
-        by.setdefault(r.attack, {})[r.rule] = acc[-1] if acc else math.nan
+        by.setdefault(r.attack, {})[r.rule] = acc[-1] if acc else 0.0  # diverged/refused
     out = [f"- **{topo}, {part}** (clean FedAvg {clean:.3f}):"]
     best_cells = []
     fedavg = "" if topo == "gossip" else "fedavg"
@@ -285,9 +296,7 @@ def _verdict(
         gap = (clean - acc) * 100
         ok = "ok" if gap <= 2 else "MISSED"
         plain = by[a].get(fedavg, math.nan)
-        best_cells.append(
-            f"{a}: best `{rule}` {acc:.3f} ({gap:+.1f} pt, {ok}; plain {plain:.3f})"
-        )
+        best_cells.append(f"{a}: best `{rule}` {acc:.3f} ({gap:+.1f} pt, {ok}; plain {plain:.3f})")
     out.append("  " + "; ".join(best_cells))
     rec = RECOMMENDED[topo]
     gaps = {a: (clean - by[a][rec]) * 100 for a in TARGET_ATTACKS if a in by and rec in by[a]}
@@ -295,7 +304,8 @@ def _verdict(
         worst = max(gaps, key=lambda a: gaps[a])
         ok = "ok" if gaps[worst] <= 3 else "MISSED"
         out.append(
-            f"  recommended `{rec}`: worst gap {gaps[worst]:+.1f} pt under {worst} ({ok}, target <= 3)"
+            f"  recommended `{rec}`: worst gap {gaps[worst]:+.1f} pt under {worst} "
+            f"({ok}, target <= 3)"
         )
     return out
 
