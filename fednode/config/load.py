@@ -32,6 +32,23 @@ from .sections import (
 ROLES = ("client", "aggregator", "coordinator", "peer")
 
 
+def check_gossip_aggregation(config: NodeConfig, gossip: bool = False) -> None:
+    """A gossip peer (``role = "peer"``, ``topology = "gossip"`` or ``gossip`` True: the
+    simulator's gossip specs) averages no round of updates, so ``[aggregation]`` would be
+    silently ignored: a non-default rule fails at start, pointing to ``[gossip] robust``."""
+    if not (gossip or config.role == "peer" or config.topology == "gossip"):
+        return
+    agg = config.aggregation
+    for name, value, default in (("rule", agg.rule, "fedavg"), ("root_rule", agg.root_rule, "")):
+        check(
+            value == default,
+            f"aggregation.{name}",
+            value,
+            f"'{default}' (the default) on a gossip peer: [aggregation] does not apply to "
+            "gossip; robust gossip is [gossip] robust = 'clip:auto' (or clip:<tau>)",
+        )
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs. Build with :func:`load_config`; frozen once built."""
@@ -60,6 +77,7 @@ class NodeConfig:
             group = getattr(self, f.name)
             if dataclasses.is_dataclass(group):
                 group.validate()  # type: ignore[union-attr]
+        check_gossip_aggregation(self)  # byz: [aggregation] is refused on a gossip peer
         if self.server.mode == "async":
             from ..training.rulespec import parse_rule
 

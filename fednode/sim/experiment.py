@@ -191,7 +191,10 @@ def build(topo: Topology, config: NodeConfig, options: SimOptions) -> Built:
         node_of.update({v: 1 + len(aggs) + i for i, v in enumerate(clients)})
         return Built(sim, root, node_of, {node_of[v]: topo.roles[v] for v in node_of}, bad)
     from ..config import GossipParams
+    from ..config.load import check_gossip_aggregation
     from .gossip import build_gossip, random_init
+
+    check_gossip_aggregation(config, gossip=True)
 
     train = not options.consensus_only
     init = None

@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from ..errors import RoundFailed
 from ..wire.tensors import DTYPE
 from . import robust
-from .aggregate import AggregateReport, Aggregator, StreamingMean, check_input, vector_norm
+from .aggregate import AggregateReport, Aggregator, StreamingMean, check_input
 from .claims import ClaimGuard, ClaimLimits
 from .rulespec import RuleSpec, parse_rule
 
@@ -69,14 +69,14 @@ class BufferedAggregator:
     def add(self, vec: np.ndarray, weight: float, peer: str = "") -> None:
         if self._block is None:
             raise RoundFailed("add() before start()")
-        check_input(vec, weight, self._size)
+        norm = check_input(vec, weight, self._size)
         n = len(self._weights)
         if n == self._block.shape[0]:
             grown = np.empty((2 * n, self._size), dtype=DTYPE)
             grown[:n] = self._block[:n]
             self._block = grown
         self._block[n] = vec
-        self._weights.append(self.guard.weigh(float(weight), vector_norm(vec), peer))
+        self._weights.append(self.guard.weigh(float(weight), norm, peer))
         self._peers.append(peer)
 
     def finish(self) -> tuple[np.ndarray, float]:

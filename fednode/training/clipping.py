@@ -9,12 +9,13 @@ so one neighbour can move a peer by at most ``gamma * w_ij * tau_i`` per step, w
 sends. ``[gossip] robust`` selects it (:func:`parse_gossip_robust`):
 
 * ``clip:<tau>`` — a fixed radius;
-* ``clip:auto[:<delta>]`` — the paper's adaptive radius: ``tau_i`` is chosen so that the
-  neighbours carrying the largest ``delta`` of peer i's neighbour weight (the farthest
-  ones) are clipped, i.e. ``tau_i`` is the distance of the farthest neighbour left
-  unclipped (:func:`adaptive_tau`). ``delta`` is the weight a peer assumes may be
-  Byzantine; by default the largest single neighbour weight (the farthest neighbour is
-  always clipped to the distance of the next one).
+* ``clip:auto[:<delta>]`` — an adaptive radius (with ``delta`` unset and equal weights,
+  the rule of the authors' reference code; docs/ROBUSTNESS.md compares it with the
+  paper): ``tau_i`` is chosen so that the neighbours carrying the largest ``delta`` of
+  peer i's neighbour weight (the farthest ones) are clipped, i.e. ``tau_i`` is the
+  distance of the farthest neighbour left unclipped (:func:`adaptive_tau`). ``delta`` is
+  the weight a peer assumes may be Byzantine; by default the largest single neighbour
+  weight (the farthest neighbour is always clipped to the distance of the next one).
 """
 
 from __future__ import annotations

@@ -100,11 +100,43 @@ def weighted_mean(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 # --- coordinate-wise ---------------------------------------------------------------------
+#: values per transposed float32 chunk of the selection rules (1 MiB: stays in cache)
+SELECT_BUDGET = 1 << 18
+
+
+def columns_as_rows(x: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(c, x[:, c].T)`` for column chunks ``c`` of ``x``, each transposed into one
+    reused C-contiguous ``(width, n)`` float32 buffer (the caller may reorder it in place).
+
+    Selecting or sorting along the client axis of ``x`` itself runs numpy's loop once per
+    coordinate on a strided lane; on the transposed chunk it is one call over contiguous
+    rows, which numpy's SIMD partition/sort (x86-simd-sort) runs ~5x faster, copy included.
+    """
+    n, d = x.shape
+    step = max(1, SELECT_BUDGET // max(n, 1))
+    buf = np.empty((min(step, d), n), dtype=F32)
+    for lo in range(0, d, step):
+        c = slice(lo, min(lo + step, d))
+        rows = buf[: c.stop - lo]
+        np.copyto(rows, x[:, c].T)
+        yield c, rows
+
+
 def median(x: np.ndarray) -> Outcome:
-    """Coordinate-wise median (Yin et al. 2018)."""
+    """Coordinate-wise median (Yin et al. 2018); for even ``n`` the mean of the two middle
+    values, computed in float32 as ``np.median`` does (bit-identical to it)."""
+    n = x.shape[0]
+    k = n // 2
     out = np.empty(x.shape[1], dtype=F32)
-    for c in chunks(*x.shape):
-        out[c] = np.median(x[:, c], axis=0)
+    for c, rows in columns_as_rows(x):
+        if n % 2:
+            rows.partition(k, axis=1)
+            out[c] = rows[:, k]
+        else:
+            rows.partition((k - 1, k), axis=1)
+            o = out[c]
+            np.add(rows[:, k - 1], rows[:, k], out=o)
+            o *= F32(0.5)
     return Outcome(out)
 
 
@@ -113,9 +145,9 @@ def trimmed_mean(x: np.ndarray, beta: float) -> Outcome:
     n = x.shape[0]
     k = int(beta * n)
     out = np.empty(x.shape[1], dtype=F32)
-    for c in chunks(*x.shape):
-        part = np.sort(x[:, c], axis=0)[k : n - k]
-        out[c] = part.astype(F64).mean(axis=0)
+    for c, rows in columns_as_rows(x):
+        rows.sort(axis=1)
+        out[c] = np.sum(rows[:, k : n - k], axis=1, dtype=F64) / (n - 2 * k)
     return Outcome(out, trimmed=k)
 
 
