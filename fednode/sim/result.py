@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from ..config import RoundParams
 from ..privacy import DP_KEYS
 from ..privacy.accountant import BUDGET_STOP
-from ..config import RoundParams
 from .metrics import RoundTable, json_safe
 from .topology import Topology
 

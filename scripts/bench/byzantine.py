@@ -86,7 +86,7 @@ FRACTION = 0.2
 RECOMMENDED = {
     "star": "nnm:4+centered_clip:1",
     "two-tier": "centered_clip:1",
-    "gossip": "clip:auto",
+    "gossip": "clip:auto:0.5",
 }
 
 
