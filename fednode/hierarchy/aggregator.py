@@ -324,8 +324,7 @@ class RegionalAggregator(RoleDefaults):
             and msg.sender in job.selected - job.arrived
             and msg.model_version == job.seq
         ):
-            if msg.reason.startswith("no base") and msg.sender in self.broadcast.held:
-                self.broadcast.forget(msg.sender)  # send it the full model, once
+            if self.broadcast.refused(msg.sender, msg.reason):  # the full model, once
                 return [Send(msg.sender, self._child_fit(msg.sender, job))]
             job.declined.add(msg.sender)
             return self._maybe_finish(now)

@@ -39,6 +39,8 @@ from ..wire.codecs import Codec, parse_codec
 #: Fit.config keys of a public-model broadcast
 VERSION_KEY, DIGEST_KEY, BASE_KEY = "public_version", "public_digest", "public_base"
 PUBLIC_KEYS = (VERSION_KEY, DIGEST_KEY, BASE_KEY)
+#: how the reason of a receiver's Reject starts when it cannot apply a delta
+NO_BASE = "no base"
 _FULL = parse_codec("none")
 
 
@@ -92,12 +94,12 @@ class PublicCopy:
 
 def refuse_delta(fit: m.Fit, exc: DeltaError) -> list[Action]:
     """What a receiver does with a broadcast it cannot apply: log it (``delta_rejected``)
-    and tell the sender with a ``Reject`` whose reason starts with "no base", so that it
-    sends the full model instead."""
+    and tell the sender with a ``Reject`` whose reason starts with :data:`NO_BASE`, so that
+    it sends the full model instead (:meth:`Broadcaster.refused`)."""
     detail = str(exc)
     info = {"peer": fit.sender, "round": fit.round, "error": type(exc).__name__, "detail": detail}
     reject = m.Reject(
-        round=fit.round, model_version=fit.model_version, reason=f"no base: {detail}"[:200]
+        round=fit.round, model_version=fit.model_version, reason=f"{NO_BASE}: {detail}"[:200]
     )
     return [Emit("delta_rejected", info), Send(fit.sender, reject)]
 
@@ -179,6 +181,15 @@ class Broadcaster:
         """``peer`` answered a Fit of public ``version``: it holds that model."""
         if self.enabled and version is not None:
             self.held[peer] = version
+
+    def refused(self, peer: str, reason: str) -> bool:
+        """Whether ``peer``'s Reject with ``reason`` refused a delta it held no base for
+        (:func:`refuse_delta`): then it is forgotten, so :meth:`fit_for` sends it the full
+        model, once; a second refusal finds it no longer held and is a plain decline."""
+        if not self.enabled or not reason.startswith(NO_BASE) or peer not in self.held:
+            return False
+        self.forget(peer)
+        return True
 
     def forget(self, peer: str) -> None:
         """``peer`` left or refused a delta: it is sent the full model next time."""

@@ -244,11 +244,8 @@ class RootRole(RoleDefaults):
         """A child refused a delta broadcast (it lacks the base): send it the full public
         model of the same version once (a second refusal is a failure)."""
         bc = self.broadcast
-        if not msg.reason.startswith("no base") or not bc.enabled:
+        if bc.version != msg.model_version or not bc.refused(msg.sender, msg.reason):
             return []
-        if bc.version != msg.model_version or msg.sender not in bc.held:
-            return []
-        bc.forget(msg.sender)
         fit = self._fits([msg.sender])[msg.sender]
         return [
             Emit("full_resent", {"peer": msg.sender, "round": msg.round}),
