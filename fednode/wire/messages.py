@@ -39,18 +39,51 @@ encoding a message that breaks the schema raises :class:`LocalProtocolError` (bl
 from __future__ import annotations
 
 import dataclasses
-import enum
 import struct
 import typing
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import cbor2
 import numpy as np
 
 from ..errors import FednodeError, FrameTooLarge, LocalProtocolError, SchemaError
 from ._fast import header_writer, install
+from .kinds import BODY_TYPES as _BODY_TYPES
+from .kinds import (
+    MESSAGE_TYPES,
+    TENSOR_KINDS,
+    Ack,
+    Advert,
+    Assign,
+    Bye,
+    Fit,
+    Gossip,
+    Kind,
+    Message,
+    Reject,
+    Update,
+)
 from .schema import MAX_HEADER_DEPTH, Mismatch, checker, describe, names, scan_header, short
+
+# the kinds are re-exported: callers write ``messages.Advert``
+__all__ = [
+    "MESSAGE_TYPES",
+    "TENSOR_KINDS",
+    "Ack",
+    "Advert",
+    "Assign",
+    "Bye",
+    "Fit",
+    "Gossip",
+    "Header",
+    "Kind",
+    "Message",
+    "Reject",
+    "Update",
+    "build_message",
+    "decode_header",
+    "encode_header",
+]
 
 SCHEMA_VERSION = 1
 MAGIC = b"FN"
@@ -61,17 +94,6 @@ NONCE_LEN = 16
 DIGEST_LEN = 32
 MAX_ID_LEN = 128
 MAX_HEADER_BYTES = 64 * 1024  # default receiver limit (config ``wire.max_header_bytes``)
-
-
-class Kind(enum.IntEnum):
-    ADVERT = 1
-    FIT = 2
-    UPDATE = 3
-    GOSSIP = 4
-    ACK = 5
-    REJECT = 6
-    ASSIGN = 7
-    BYE = 8
 
 
 # Common header fields: CBOR key -> (attribute, python type)
@@ -91,143 +113,17 @@ HEADER_KEYS: dict[str, tuple[str, type]] = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
-    """Fields common to every message. Subclasses add the body."""
-
-    KIND: ClassVar[Kind]
-
-    sender: str = ""
-    recipient: str = ""
-    round: int = 0
-    model_version: int = 0
-    timestamp: float = 0.0
-    nonce: bytes = b""
-    codec: str = "none"
-    payload: bytes | memoryview = b""
-    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def body_fields(cls) -> dict[str, Any]:
-        return _BODY_TYPES[cls]
-
-    def body(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.body_fields()}
-
-    @property
-    def has_tensor(self) -> bool:
-        return self.KIND in TENSOR_KINDS
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Advert(Message):
-    """Who I am: sent on connect and periodically. Decides roles and parents."""
-
-    KIND: ClassVar[Kind] = Kind.ADVERT
-    role: str = "client"
-    federation: str = "fednode"
-    task: str = ""
-    region: str = ""
-    parent: str = ""
-    load: int = 0
-    accepting: bool = True
-    #: an aggregator's current children (how the coordinator learns the tree; the
-    #: 64 KiB header limit bounds this to ~1,200 peer ids)
-    children: tuple[str, ...] = ()
-    #: multiaddrs the sender listens on (``/ip4/.../tcp/.../p2p/<id>``): what the
-    #: coordinator hands to the clients it places under this node, so they can dial it
-    #: without discovery (``--no-mdns``, other subnets)
-    addrs: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Fit(Message):
-    """Model broadcast + instruction to train (parent -> child). Payload: the model."""
-
-    KIND: ClassVar[Kind] = Kind.FIT
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Update(Message):
-    """Training result (child -> parent). Payload: the encoded model delta."""
-
-    KIND: ClassVar[Kind] = Kind.UPDATE
-    num_examples: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Gossip(Message):
-    """Gossip exchange between peers. Payload: the sender's model (or compressed diff).
-
-    ``mode`` says what the exchange is (``docs/GOSSIP.md``): ``hello`` / ``welcome`` open
-    a link (full models: the welcome bootstraps a new peer), ``round`` is a synchronous
-    averaging step, ``push`` / ``pull`` a pairwise exchange. ``diff`` marks a payload that
-    is a compressed difference to add to the receiver's copy of the sender's model
-    (CHOCO-gossip) instead of a full model. ``link`` is the link's epoch, ``seq`` the
-    message's number on that link, ``degree`` the sender's neighbour count in this step,
-    ``ack`` how many messages the sender had received on the link when it sent this one,
-    ``final`` that the sender stops after this step (do not wait for it any more).
-    """
-
-    KIND: ClassVar[Kind] = Kind.GOSSIP
-    weight: float = 1.0
-    reply: bool = False
-    consortium: str = ""
-    mode: str = "round"
-    diff: bool = False
-    link: int = 0
-    seq: int = 0
-    degree: int = 0
-    ack: int = 0
-    final: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ack(Message):
-    KIND: ClassVar[Kind] = Kind.ACK
-    ref: bytes = b""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reject(Message):
-    KIND: ClassVar[Kind] = Kind.REJECT
-    ref: bytes = b""
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Assign(Message):
-    """Parent tells a node its place in the tree: role to take and parent to report to."""
-
-    KIND: ClassVar[Kind] = Kind.ASSIGN
-    role: str = "client"
-    parent: str = ""
-    children: tuple[str, ...] = ()
-    #: where to reach ``parent`` (its advertised ``addrs``; empty: rely on discovery)
-    addrs: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Bye(Message):
-    KIND: ClassVar[Kind] = Kind.BYE
-    reason: str = ""
-
-
-MESSAGE_TYPES: dict[Kind, type[Message]] = {
-    cls.KIND: cls for cls in (Advert, Fit, Update, Gossip, Ack, Reject, Assign, Bye)
-}
-TENSOR_KINDS = frozenset({Kind.FIT, Kind.UPDATE, Kind.GOSSIP})
 _COMMON = {f.name for f in dataclasses.fields(Message)}
-_BODY_TYPES: dict[type[Message], dict[str, Any]] = {
-    cls: {
-        f.name: typing.get_type_hints(cls)[f.name]
-        for f in dataclasses.fields(cls)
-        if f.name not in _COMMON
+_BODY_TYPES.update(
+    {
+        cls: {
+            f.name: typing.get_type_hints(cls)[f.name]
+            for f in dataclasses.fields(cls)
+            if f.name not in _COMMON
+        }
+        for cls in MESSAGE_TYPES.values()
     }
-    for cls in MESSAGE_TYPES.values()
-}
+)
 
 
 class Header(typing.NamedTuple):
