@@ -196,14 +196,14 @@ class NodeLoop:
     def _drain(self, now: float) -> None:
         self._busy = True
         try:
-            queue, role = self._queue, self.role
+            queue = self._queue
             while queue and self.stop is None and not self.killed:
                 kind, value = queue.popleft()
                 if kind == _POLL:
-                    actions = role.poll(now)
+                    actions = self._poll(now)
                 else:
                     actions = self._react(kind, value, now)
-                    more = role.poll(now)
+                    more = self._poll(now)
                     if more:
                         actions = actions + more
                 if actions:
@@ -230,9 +230,19 @@ class NodeLoop:
                 return role.on_peer(value, False, now)
             return role.on_result(value, now)
         except LocalProtocolError as exc:  # the role refused to build a message
-            self.stats.refused[type(exc).__name__] += 1
-            self.emit(self.peer, "local_error", {"error": type(exc).__name__, "detail": str(exc)})
+            self._local_error(exc)
             return []
+
+    def _poll(self, now: float) -> list[Action]:
+        try:
+            return self.role.poll(now)
+        except LocalProtocolError as exc:  # e.g. a model it may not encode (NaN)
+            self._local_error(exc)
+            return []
+
+    def _local_error(self, exc: LocalProtocolError) -> None:
+        self.stats.refused[type(exc).__name__] += 1
+        self.emit(self.peer, "local_error", {"error": type(exc).__name__, "detail": str(exc)})
 
     def _execute(self, actions: list[Action], now: float) -> None:
         """Emits in order, then sends and jobs; a Stop drops the rest of the batch."""

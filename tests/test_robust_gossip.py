@@ -87,3 +87,19 @@ def test_one_scale_attacker_peer_ruins_plain_gossip_and_clipped_gossip_resists()
 def test_clipped_async_gossip_resists_the_attacker_too():
     # measured (as above, async): clean 0.719, clip:auto under scale:100 0.672
     assert _honest_accuracy("scale:100", "clip:auto", "async") > 0.6
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_poison_that_overflows_float32_is_discarded_and_the_run_goes_on(mode):
+    # scale:1e39 is a finite spec whose product overflows float32. Before the fix the
+    # attacker adopted the Inf model, which no codec encodes; in the byzantine bench
+    # (ipm:10, 30 rounds) the LocalProtocolError raised from its poll ended the run
+    config = load_config(
+        None, {"rounds.rounds": 3, "train.local_epochs": 1, "seed": 0, "attack.kind": "scale:1e39"}
+    )
+    res = run_gossip(config, nx.cycle_graph(6), mode=mode, attackers=[0])
+    attacker = next(n for n in res.nodes if n.index == 0)
+    assert attacker.role.counters["training_discarded"] == 3  # once per round, all kept
+    assert attacker.role.completed == 3
+    assert all(np.isfinite(n.role.params).all() for n in res.nodes)
+    assert all(n.role.completed == 3 for n in res.nodes)

@@ -188,6 +188,40 @@ async def test_a_role_refusing_to_build_a_message_is_logged_and_the_loop_goes_on
     np.testing.assert_array_equal(got.vector, np.ones(N, np.float32))
 
 
+class PollRefusesOnce(Script):
+    """Its first poll raises LocalProtocolError (as a gossip peer's would when it must
+    encode a non-finite model); its next poll sends an update."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.polls = 0
+
+    def poll(self, now: float) -> list[Action]:
+        self.polls += 1
+        if self.polls == 1:
+            raise LocalProtocolError("update vector contains NaN or Inf; refusing to encode it")
+        if self.polls == 2:
+            return [Send(B.peer_id, update(np.ones(N, np.float32)))]
+        return []
+
+    def next_deadline(self) -> float | None:
+        return 0.0 if self.polls < 2 else None  # due now: the driver polls again
+
+
+async def test_a_role_refusing_in_poll_is_logged_and_the_loop_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    receiver = Script([], stop_after=1)
+
+    stats_a, _, events = await run_pair(PollRefusesOnce(), receiver)
+
+    assert stats_a.refused == {"LocalProtocolError": 1}
+    (error,) = [data for event, data in events if event == "local_error"]
+    assert "NaN" in error["detail"]
+    (got,) = receiver.got
+    np.testing.assert_array_equal(got.vector, np.ones(N, np.float32))
+
+
 async def test_sends_fall_back_to_a_task_when_the_inbox_is_full(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

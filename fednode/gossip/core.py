@@ -203,12 +203,21 @@ class PeerCore(RoleDefaults):
         attacker ``base + poison(params - base)`` — it adopts the poisoned model, so what
         it sends its neighbours (full models or CHOCO differences) is poisoned and its
         model copies stay consistent with theirs. Under local DP the delta is then clipped
-        and noised the same way (:mod:`fednode.privacy.local`)."""
+        and noised the same way (:mod:`fednode.privacy.local`).
+
+        A result that is not finite everywhere (training diverged, or an attacker's
+        poison overflowed float32) is discarded: the peer keeps ``base``, counts it as
+        ``training_discarded`` in its round record, and goes on (it could send nothing
+        else: every codec refuses NaN/Inf)."""
         if self.attacker is not None:
             delta = np.subtract(params, base, dtype=F32)
             config = self.train_config()
             bad = self.attacker.apply(delta, round=self.round, base=base, config=config)
-            params = np.add(base, bad, dtype=F32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                params = np.add(base, bad, dtype=F32)
+        if not np.isfinite(params).all():
+            self.counters["training_discarded"] += 1
+            return base
         if self.privacy is not None:  # local DP: the peer adopts (and sends) the noised model
             params = self.privacy.privatise(params, base)
         return params
