@@ -32,6 +32,7 @@ from typing import Any, Unpack
 
 from ..actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainResult
 from ..errors import RemoteProtocolError, RoundFailed
+from ..training.personal import PersonalTally
 from ..training.rulespec import RuleUnavailable
 from ..wire import messages as m
 from .root import RootArgs, RootRole, flag_events
@@ -67,6 +68,8 @@ class RoundState:
     losses: dict[str, float] = field(default_factory=dict)
     #: central DP: the round's sampling rate (clients selected / available)
     dp_q: float = 0.0
+    #: [personal]: the members' personalised accuracies (fednode.training.personal)
+    personal: PersonalTally = field(default_factory=PersonalTally)
 
 
 class Coordinator(RootRole):
@@ -187,6 +190,7 @@ class Coordinator(RootRole):
         cur.leaves[msg.sender] = max(cur.leaves.get(msg.sender, 0), reported, clients)
         cur.clients += clients
         cur.losses[msg.sender] = loss
+        cur.personal.add(msg.metrics)  # [personal]: personalised accuracy, when reported
         obs = self.observe(msg.sender)
         obs.duration_s, obs.examples = now - cur.started, msg.num_examples
         return self._maybe_finish(now)
@@ -372,6 +376,7 @@ class Coordinator(RootRole):
             "model_version": self.model_version,
             **self.aggregator.report.record(),
             **self.privacy_record(),
+            **cur.personal.record(),  # [personal]
         }
 
     def _on_evaluated(self, result: EvalResult, now: float) -> list[Action]:
