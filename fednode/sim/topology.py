@@ -62,6 +62,22 @@ class CrashFault:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinFault:
+    """``node`` is not there for rounds ``r < round`` and joins at ``round`` as a new
+    member (a fresh role; its data are its own from the start). Cold start: a gossip peer
+    adopts its first neighbour's model, a star / two-tier client is sent the current
+    model as soon as its coordinator admits it (docs/PERSONALISATION.md)."""
+
+    type: ClassVar[str] = "join"
+    node: int
+    round: int
+
+    def active(self, rnd: int) -> bool:
+        """Whether the node is still away (not joined yet) at round ``rnd``."""
+        return rnd < self.round
+
+
+@dataclass(frozen=True, slots=True)
 class PartitionFault(_Window):
     """Only nodes in the same group can talk while active. Groups cover every node once."""
 
@@ -89,7 +105,7 @@ class StragglerFault(_Window):
     slowdown: float = 1.0
 
 
-Fault = CrashFault | PartitionFault | LossFault | StragglerFault
+Fault = CrashFault | PartitionFault | LossFault | StragglerFault | JoinFault
 
 
 @dataclass(frozen=True, eq=False)
@@ -368,7 +384,7 @@ def _links(t: Any, g: nx.Graph) -> tuple[Link, dict[tuple[int, int], Link]]:
 def _fault(t: Any, i: int, n: int) -> Fault:
     where = f"faults[{i}]"
     check(isinstance(t, dict), where, t, "a table [[faults]]")
-    kinds = ("crash", "partition", "loss", "straggler")
+    kinds = ("crash", "partition", "loss", "straggler", "join")
     ftype = t.get("type")
     check(ftype in kinds, f"{where}.type", ftype, f"one of {list(kinds)}")
     win = {"from_round", "to_round"}
@@ -377,6 +393,7 @@ def _fault(t: Any, i: int, n: int) -> Fault:
         "partition": {"groups", *win},
         "loss": {"rate", *win},
         "straggler": {"nodes", "slowdown", *win},
+        "join": {"node", "round"},
     }[ftype]
     t = _keys(t, {"type", *allowed}, where)
     if ftype == "crash":
@@ -385,6 +402,11 @@ def _fault(t: Any, i: int, n: int) -> Fault:
         restart = _round(t, "restart_round", where, None)
         check(restart is None or restart > rnd, f"{where}.restart_round", restart, "> round")
         return CrashFault(node, rnd, restart)
+    if ftype == "join":
+        node = _node(t.get("node"), n, f"{where}.node")
+        rnd = _round(t, "round", where)
+        check(rnd >= 1, f"{where}.round", rnd, "a round >= 1 (the round the node joins at)")
+        return JoinFault(node, rnd)
     lo, hi = _round(t, "from_round", where, 0), _round(t, "to_round", where, None)
     check(hi is None or hi > lo, f"{where}.to_round", hi, f"> from_round = {lo}")
     if ftype == "partition":

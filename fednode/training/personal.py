@@ -57,6 +57,9 @@ from .task import Metrics, Task
 
 #: metrics a member adds to its update, and the round-record keys they are summed into
 PERSONAL_KEYS = ("personal_accuracy", "personal_accuracy_min", "personal_members")
+#: the ``Fit.config`` key of a cold-start Fit: the current model for a member admitted
+#: mid-run, to hold at once, not to train on (hierarchy.coordinator / client)
+COLD_START = "cold_start"
 #: the ``train`` config keys a task must accept for a mode (``task.train_keys``)
 NEEDS = {"ditto": ("prox_anchor",), "finetune": ("steps",)}
 
