@@ -30,6 +30,7 @@ from fednode.errors import ConfigError
 from fednode.p2p.netmodel import Link
 
 from .attackers import AttackerMarks, attacker_marks
+from .churn import JoinFault  # the "join" fault (cold start of late joiners)
 from .graphs import exponential_graph
 
 TOPOLOGY_DIR = Path(__file__).resolve().parents[2] / "topologies"
@@ -59,22 +60,6 @@ class CrashFault:
 
     def active(self, rnd: int) -> bool:
         return _Window(self.round, self.restart_round).active(rnd)
-
-
-@dataclass(frozen=True, slots=True)
-class JoinFault:
-    """``node`` is not there for rounds ``r < round`` and joins at ``round`` as a new
-    member (a fresh role; its data are its own from the start). Cold start: a gossip peer
-    adopts its first neighbour's model, a star / two-tier client is sent the current
-    model as soon as its coordinator admits it (docs/PERSONALISATION.md)."""
-
-    type: ClassVar[str] = "join"
-    node: int
-    round: int
-
-    def active(self, rnd: int) -> bool:
-        """Whether the node is still away (not joined yet) at round ``rnd``."""
-        return rnd < self.round
 
 
 @dataclass(frozen=True, slots=True)

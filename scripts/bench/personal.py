@@ -138,9 +138,9 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}, {time.time() - t0:.0f}s"
     )
     print(
-        f"| topology | partition | mode | personalised acc (mean over members) | sd over "
-        f"seeds | min over members | vs global on the same splits (points) | global acc, "
-        f"shared test |\n|---|---|---|---|---|---|---|---|"
+        "| topology | partition | mode | personalised acc (mean over members) | sd over "
+        "seeds | min over members | vs global on the same splits (points) | global acc, "
+        "shared test |\n|---|---|---|---|---|---|---|---|"
     )
     for t in table:
         print(
