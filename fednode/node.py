@@ -193,6 +193,9 @@ class Node:
                 partition=d.partition,
                 seed=self.config.seed,
             )
+            from .training.personal import personalise  # [personal]: itself when off
+
+            self.task = personalise(self.task, self.config.personal)
             if self.config.attack.kind == "labelflip":  # an attacker trains on flipped labels
                 from .training.attacks import label_flipped
 

@@ -154,6 +154,62 @@ def privacy_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# --personal* flags -> [personal] fields (docs/PERSONALISATION.md)
+PERSONAL_FLAGS: dict[str, tuple[str, type, str, str]] = {
+    "personal": (
+        "personal.mode",
+        str,
+        "MODE",
+        "personalisation: none, fedper (named layers stay local), fedbn (normalisation "
+        "layers stay local), ditto (a personal model pulled to the global one) or finetune",
+    ),
+    "personal_layers": (
+        "personal.local_layers",
+        str,
+        "NAMES",
+        "fedper / fedbn: comma-separated layer names that never leave the member "
+        "(default: fedper the last layer, fedbn the normalisation layers)",
+    ),
+    "ditto_lambda": ("personal.ditto_lambda", float, "LAMBDA", "ditto: proximal pull (0.1)"),
+    "finetune_steps": (
+        "personal.finetune_steps",
+        int,
+        "K",
+        "finetune: local mini-batches on the received model before scoring it (10)",
+    ),
+    "personal_holdout": (
+        "personal.holdout",
+        float,
+        "SHARE",
+        "share of each member's data kept aside to score its own model (personalised "
+        "accuracy); 0 = not scored (0)",
+    ),
+    "warmup_steps": (
+        "personal.warmup_steps",
+        int,
+        "K",
+        "a member joining after round 1 first trains its personal part K mini-batches (0)",
+    ),
+}
+
+
+def add_personal(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("personalisation ([personal] in the config file)")
+    for flag, (_dotted, typ, metavar, help_) in PERSONAL_FLAGS.items():
+        group.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, type=typ, metavar=metavar, help=help_
+        )
+
+
+def personal_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--personal*`` flags given, as dotted ``personal.*`` fields."""
+    return {
+        dotted: getattr(args, flag)
+        for flag, (dotted, *_rest) in PERSONAL_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+
+
 def add_dashboard(p: argparse.ArgumentParser, *, sim: bool = False) -> None:
     group = p.add_argument_group("dashboard ([dashboard] in the config file)")
     flags = {**DASHBOARD_FLAGS, **(SIM_DASHBOARD_FLAGS if sim else {})}

@@ -11,11 +11,13 @@ from ..training.aggregate import report_note as note
 from .common import (
     add_common,
     add_dashboard,
+    add_personal,
     add_privacy,
     config_of,
     console,
     dashboard_overrides,
     human,
+    personal_overrides,
     privacy_overrides,
 )
 
@@ -76,6 +78,7 @@ def add_parser(sub: Any) -> None:
     )
     add_dashboard(run)
     add_privacy(run)
+    add_personal(run)
     run.add_argument(
         "--log",
         choices=("human", "json"),
@@ -142,6 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "server.resume_from": args.resume_from,
         **dashboard_overrides(args),
         **privacy_overrides(args),
+        **personal_overrides(args),
     }
     if args.allow:
         extra["net.allow"] = tuple(args.allow)
@@ -173,7 +177,8 @@ def _human_events() -> EventSink:
                 f"round {data['round']:>3}  acc {data['accuracy']:.4f}  loss "
                 f"{data['loss']:.4f}  clients {data['completed']}/{data['selected']}  "
                 f"up {human(data['bytes_up'])}  down {human(data['bytes_down'])}  "
-                f"{data['duration_s']:.1f}s{_epsilon(data)}{_bracket(note(data))}"
+                f"{data['duration_s']:.1f}s{_epsilon(data)}{_personal(data)}"
+                f"{_bracket(note(data))}"
             )
         elif event == "gossip_round":
             console.print(
@@ -207,6 +212,13 @@ def _epsilon(data: dict[str, Any]) -> str:
     if data.get("dp_epsilon") is None:
         return ""
     return f"  eps {data['dp_epsilon']:.3f} (d={data.get('dp_delta', 0):g})"
+
+
+def _personal(data: dict[str, Any]) -> str:
+    """``  personal 0.912 (min 0.801)`` under [personal] holdout > 0, else ""."""
+    if data.get("personal_accuracy") is None:
+        return ""
+    return f"  personal {data['personal_accuracy']:.4f} (min {data['personal_accuracy_min']:.4f})"
 
 
 def _bracket(text: str) -> str:

@@ -34,10 +34,12 @@ from ..training.aggregate import report_note
 from .common import (
     add_common,
     add_dashboard,
+    add_personal,
     add_privacy,
     console,
     dashboard_overrides,
     overrides,
+    personal_overrides,
     privacy_overrides,
 )
 
@@ -139,6 +141,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     add_dashboard(parser, sim=True)
     add_privacy(parser)
+    add_personal(parser)
 
 
 def _attack_overrides(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +195,12 @@ def _run_one(
             topo,
             base,
             overrides=_attack_overrides(
-                args, {**dashboard_overrides(args), **privacy_overrides(args)}
+                args,
+                {
+                    **dashboard_overrides(args),
+                    **privacy_overrides(args),
+                    **personal_overrides(args),
+                },
             ),
             options=_options(args),
             n=None if isinstance(topo, Topology) else args.nodes,
@@ -331,11 +339,13 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
     rows = res.table()
     robust = any(report_note(r) for r in rows)
     private = any(r.get("dp_epsilon") is not None for r in rows)
+    personal = any(r.get("personal_accuracy") is not None for r in rows)
     cols = (
         ["round", "accuracy", "loss", "MB", "MB total"]
         + (["consensus"] if res.consensus is not None else [])
         + (["aggregation"] if robust else [])
         + (["epsilon"] if private else [])
+        + (["personal acc", "personal min"] if personal else [])
     )
     for col in cols:
         table.add_column(col, justify="right")
@@ -356,6 +366,8 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
         if private:
             eps = row.get("dp_epsilon")
             cells.append("-" if eps is None else f"{eps:.3f}")
+        if personal:  # [personal]: members' own models on their own held-out data
+            cells += [_fmt(row.get("personal_accuracy")), _fmt(row.get("personal_accuracy_min"))]
         table.add_row(*cells)
     console.print(table)
     if res.error:
@@ -371,6 +383,12 @@ def _print(console: Any, res: ExperimentResult, wall: float) -> None:
         )
         if privacy["stopped_by_budget"]:
             console.print(f"stopped: {privacy['stop_reason']}")
+    mine = res.summary().get("personal")
+    if mine:
+        console.print(
+            f"personalised accuracy ({mine['mode']}): mean [bold]{_fmt(mine['final_accuracy'])}"
+            f"[/], min {_fmt(mine['final_accuracy_min'])} over {mine['members']} members"
+        )
     console.print(
         f"final accuracy [bold]{res.final_accuracy:.4f}[/] after {len(res.rounds)} rounds; "
         f"{res.messages:,} messages, {res.bytes.sum() / 1e6:.1f} MB; {wall:.1f}s wall, "

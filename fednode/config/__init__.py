@@ -3,7 +3,7 @@
 A config file is optional; every field has a default that gives a working node. The file
 has one table per group (``[train]``, ``[rounds]``, ``[data]``, ``[net]``, ``[wire]``,
 ``[tier]``, ``[selection]``, ``[server]``, ``[gossip]``, ``[aggregation]``, ``[attack]``,
-``[dashboard]``, ``[privacy]``) and top-level keys for the node itself::
+``[dashboard]``, ``[privacy]``, ``[personal]``) and top-level keys for the node itself::
 
     role = "client"
     seed = 0
@@ -22,6 +22,7 @@ from .attack import AttackParams
 from .dashboard import DashboardParams
 from .load import ROLES, NodeConfig, load_config, replace
 from .net import NetParams
+from .personal import PERSONAL_MODES, PersonalParams
 from .privacy import ACCOUNTANTS, PRIVACY_MODES, PrivacyParams
 from .sections import (
     GOSSIP_MODES,
@@ -39,6 +40,7 @@ from .sections import (
 __all__ = [
     "ACCOUNTANTS",
     "GOSSIP_MODES",
+    "PERSONAL_MODES",
     "PRIVACY_MODES",
     "ROLES",
     "AggregationParams",
@@ -48,6 +50,7 @@ __all__ = [
     "GossipParams",
     "NetParams",
     "NodeConfig",
+    "PersonalParams",
     "PrivacyParams",
     "RoundParams",
     "SelectionParams",

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from .attack import AttackParams
 from .dashboard import DashboardParams
 from .net import NetParams
+from .personal import PersonalParams
 from .privacy import PrivacyParams
 from .sections import (
     AggregationParams,
@@ -69,6 +70,7 @@ class NodeConfig:
     attack: AttackParams = field(default_factory=AttackParams)
     dashboard: DashboardParams = field(default_factory=DashboardParams)
     privacy: PrivacyParams = field(default_factory=PrivacyParams)
+    personal: PersonalParams = field(default_factory=PersonalParams)
 
     def validate(self) -> None:
         check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")

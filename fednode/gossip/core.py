@@ -129,6 +129,8 @@ class PeerCore(RoleDefaults):
         #: next_deadline scan the links only once it has passed
         self.hello_due = math.inf
         self.train_loss = math.nan
+        #: [personal]: the last training's personalised accuracy (fednode.training.personal)
+        self.personal: dict[str, float] = {}
         self.counters: Counter[str] = Counter()
         #: (round, model at its end) of the last rounds, for observers (the simulator)
         self.recent: deque[tuple[int, np.ndarray]] = deque(maxlen=8)
@@ -269,6 +271,7 @@ class PeerCore(RoleDefaults):
             "distance_max": max(seen) if seen else math.nan,
             "model_version": self.model_version,
             "train_loss": self.train_loss,
+            **self.personal,  # [personal]
             "bytes_sent": self.codec.bytes_sent,
             **extra,
             **{k: v for k, v in self.counters.items() if v},

@@ -148,6 +148,9 @@ class GossipPeer(PeerCore):
         if not isinstance(result, TrainResult):
             raise LocalProtocolError(f"gossip peer got an unexpected {type(result).__name__}")
         self.train_loss = float(result.metrics.get("train_loss", math.nan))
+        self.personal = {  # [personal]: reported in this round's gossip_round record
+            k: float(v) for k, v in result.metrics.items() if k == "personal_accuracy"
+        }
         return self.proto.on_trained(result, now)
 
     def poll(self, now: float) -> list[Action]:

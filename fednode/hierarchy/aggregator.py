@@ -35,6 +35,7 @@ from ..config import TierParams
 from ..errors import DeltaError, LocalProtocolError, RemoteProtocolError
 from ..role import RoleDefaults
 from ..training.aggregate import Aggregator, StreamingMean
+from ..training.personal import PersonalTally
 from ..training.rulespec import RuleUnavailable
 from ..wire import messages as m
 from ..wire.codecs import ErrorFeedback, parse_codec
@@ -67,6 +68,8 @@ class EdgeJob:
     loss: float = 0.0
     clients: int = 0
     first_selected: int = 0
+    #: [personal]: the last edge round's personalised accuracies (fednode.training.personal)
+    personal: PersonalTally = field(default_factory=PersonalTally)
 
 
 Handler = Callable[[Any, float], list[Action]]
@@ -190,6 +193,7 @@ class RegionalAggregator(RoleDefaults):
         job.examples += result.num_examples
         job.loss += float(result.metrics.get("train_loss", 0.0)) * result.num_examples
         job.clients += 1
+        job.personal.add(result.metrics)  # [personal]
         return self._maybe_finish(now)
 
     def handle(self, msg: m.Message, now: float) -> list[Action]:
@@ -311,6 +315,7 @@ class RegionalAggregator(RoleDefaults):
         job.examples += msg.num_examples
         job.loss += float(msg.metrics.get("train_loss", 0.0)) * msg.num_examples
         job.clients += int(msg.metrics.get("clients", 1))
+        job.personal.add(msg.metrics)  # [personal]
         return self._maybe_finish(now)
 
     def _on_stale(self, msg: m.Message, now: float) -> list[Action]:
@@ -353,6 +358,7 @@ class RegionalAggregator(RoleDefaults):
         job.selected = frozenset(ready) | ({self.me} if train_self else set())
         job.arrived, job.failed, job.declined = set(), set(), set()
         job.examples, job.loss, job.clients = 0, 0.0, 0
+        job.personal = PersonalTally()  # [personal]
         if job.edge_round == 1:
             job.first_selected = len(job.selected)
         self.aggregator.start(job.base.shape[0], capacity=len(job.selected))
@@ -453,6 +459,7 @@ class RegionalAggregator(RoleDefaults):
                 "clients_selected": job.first_selected,
                 "clients_failed": max(job.first_selected - job.clients, 0),
                 "edge_rounds": job.edge_round,
+                **job.personal.record(),  # [personal]
             },
             codec=self.codec.spec,
             payload=payload,

@@ -38,6 +38,7 @@ from ..errors import DeltaError, RemoteProtocolError
 from ..role import RoleDefaults
 from ..training.aggregate import Aggregator
 from ..training.attacks import Attacker
+from ..training.personal import COLD_START
 from ..wire import messages as m
 from ..wire.codecs import ErrorFeedback, parse_codec
 from .aggregator import RegionalAggregator, child_table
@@ -91,6 +92,8 @@ class Client(RoleDefaults):
         self._pending: tuple[m.Fit, np.ndarray] | None = None
         #: the public model rebuilt from delta broadcasts (hierarchy/broadcast.py)
         self.public = PublicCopy()
+        #: [personal] the model last received (a cold-start Fit's, or a round's)
+        self.held: np.ndarray | None = None
         self.rounds_trained = 0
         self.declined = 0
         #: coordinators and aggregators heard from (re-homing candidates)
@@ -279,6 +282,10 @@ class Client(RoleDefaults):
             model = self.public.receive(msg)
         except DeltaError as exc:  # counted in self.public.rejected; the parent resends
             return refuse_delta(msg, exc)
+        self.held = model  # [personal] cold start: a model to hold, not a round to train
+        if msg.config.get(COLD_START):
+            self.parent = self.parent or msg.sender
+            return [Emit("cold_start", {"round": msg.round, "model_version": msg.model_version})]
         if not self.accepting:
             self.declined += 1
             reject = m.Reject(round=msg.round, model_version=msg.model_version, reason="declined")

@@ -24,6 +24,7 @@ accounting, for clients.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import Any, Unpack
 
 from ..actions import Action, Compute, Emit, EvalJob, EvalResult, Send, Stop, TrainResult
 from ..errors import RemoteProtocolError, RoundFailed
+from ..training.personal import COLD_START, PersonalTally
 from ..training.rulespec import RuleUnavailable
 from ..wire import messages as m
 from .root import RootArgs, RootRole, flag_events
@@ -67,6 +69,8 @@ class RoundState:
     losses: dict[str, float] = field(default_factory=dict)
     #: central DP: the round's sampling rate (clients selected / available)
     dp_q: float = 0.0
+    #: [personal]: the members' personalised accuracies (fednode.training.personal)
+    personal: PersonalTally = field(default_factory=PersonalTally)
 
 
 class Coordinator(RootRole):
@@ -136,7 +140,8 @@ class Coordinator(RootRole):
 
     # --- handlers ------------------------------------------------------------------------
     def _on_advert(self, msg: m.Advert, now: float) -> list[Action]:
-        actions = self._advert_in(msg)
+        fresh = msg.sender not in self.tree.direct  # [personal] cold start: a new member?
+        actions = self._advert_in(msg) + self._cold_start(msg.sender, fresh)
         cur = self.current
         moved = msg.parent and msg.parent != self.tree.me
         if (
@@ -148,6 +153,20 @@ class Coordinator(RootRole):
             cur.declined.add(msg.sender)  # it reports elsewhere now: will not answer us
             return actions + self._maybe_finish(now)
         return actions + self.poll(now) if self.state is State.WAITING else actions
+
+    def _cold_start(self, peer: str, fresh: bool) -> list[Action]:
+        """[personal] A client admitted after the first round gets the current model at
+        once (a Fit marked ``cold_start``: it holds it, it does not train on it), not only
+        when a round selects it (docs/PERSONALISATION.md)."""
+        advert = self.tree.direct.get(peer)
+        cur = self.current
+        if not fresh or advert is None or advert.role != "client" or self.model_version < 1:
+            return []
+        if cur is not None and self.state is State.FITTING and peer in cur.selected:
+            return []
+        fit = self._fits([peer])[peer]
+        cold = dataclasses.replace(fit, config={**fit.config, COLD_START: 1})
+        return [Send(peer, cold), Emit("cold_start_sent", {"peer": peer, "round": fit.round})]
 
     def _on_bye(self, msg: m.Bye, now: float) -> list[Action]:
         return self.on_peer(msg.sender, False, now)
@@ -187,6 +206,7 @@ class Coordinator(RootRole):
         cur.leaves[msg.sender] = max(cur.leaves.get(msg.sender, 0), reported, clients)
         cur.clients += clients
         cur.losses[msg.sender] = loss
+        cur.personal.add(msg.metrics)  # [personal]: personalised accuracy, when reported
         obs = self.observe(msg.sender)
         obs.duration_s, obs.examples = now - cur.started, msg.num_examples
         return self._maybe_finish(now)
@@ -372,6 +392,7 @@ class Coordinator(RootRole):
             "model_version": self.model_version,
             **self.aggregator.report.record(),
             **self.privacy_record(),
+            **cur.personal.record(),  # [personal]
         }
 
     def _on_evaluated(self, result: EvalResult, now: float) -> list[Action]:

@@ -291,6 +291,7 @@ def run_experiment(
         extra_summary={"attackers": list(built.attackers)} if built.attackers else {},
         stop_reason=stop_reason,
         privacy=_privacy_of(cfg),
+        personal=collector.personal_rounds(),
     )
     if out is not None:
         from .report import write_folder

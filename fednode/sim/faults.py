@@ -2,7 +2,8 @@
 
 A spec names faults by *round* (see :mod:`fednode.sim.topology`): a crash for rounds
 ``round <= r < restart_round``, a partition / extra loss / stragglers while
-``from_round <= r < to_round``. The simulator has no global round clock, so the schedule
+``from_round <= r < to_round``, a join at ``round`` (the node is away before it, then
+starts like a restart: a fresh role). The simulator has no global round clock, so the schedule
 keeps one from the events the roles emit anyway:
 
 * ``round`` / ``gossip_round`` (round ``r`` finished: the coordinator's round record, or
@@ -38,7 +39,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..p2p.netmodel import ANNOUNCE_S
 from .netfaults import NetworkFaults
-from .topology import CrashFault, Fault, LossFault, PartitionFault, StragglerFault
+from .topology import CrashFault, Fault, JoinFault, LossFault, PartitionFault, StragglerFault
 
 
 class FaultSchedule:
@@ -59,6 +60,8 @@ class FaultSchedule:
         self.on_round: list[Callable[[int], None]] = []
         self.log: list[dict[str, Any]] = []
         self._down: set[int] = set()
+        #: nodes of ``join`` faults: their first start is logged as a join, not a restart
+        self._joiners: set[int] = set()
         self._partition: PartitionFault | None = None
         self._loss = 0.0
         self._slow: dict[int, float] = {}
@@ -74,7 +77,8 @@ class FaultSchedule:
 
     # --- state the spec asks for at round r ---------------------------------------------
     def down_at(self, rnd: int) -> set[int]:
-        return {f.node for f in self.faults if isinstance(f, CrashFault) and f.active(rnd)}
+        away = (CrashFault, JoinFault)  # a joiner is away until its round
+        return {f.node for f in self.faults if isinstance(f, away) and f.active(rnd)}
 
     def partition_at(self, rnd: int) -> PartitionFault | None:
         active = [f for f in self.faults if isinstance(f, PartitionFault) and f.active(rnd)]
@@ -103,6 +107,9 @@ class FaultSchedule:
         for f in self.faults:
             if isinstance(f, CrashFault) and f.restart_round is not None:
                 sim.prepare_restart(self.node_of[f.node])
+            if isinstance(f, JoinFault):  # it starts as a restart does: a fresh role
+                sim.prepare_restart(self.node_of[f.node])
+                self._joiners.add(f.node)
         sim.listeners.append(self._observe)
         sim.at_start(lambda: self.apply(self.boundary))
 
@@ -166,12 +173,15 @@ class FaultSchedule:
         return str(self._sim.nodes[self.node_of[v]].peer)
 
     def _crash(self, v: int, rnd: int) -> None:
-        self.log.append({"round": rnd, "fault": "crash", "node": v})
+        kind = "away" if v in self._joiners else "crash"  # a joiner: not there yet
+        self.log.append({"round": rnd, "fault": kind, "node": v})
         assert self._sim is not None
         self._sim.crash(self._peer(v))
 
     def _restart(self, v: int, rnd: int) -> None:
-        self.log.append({"round": rnd, "fault": "restart", "node": v})
+        joined = v in self._joiners
+        self._joiners.discard(v)
+        self.log.append({"round": rnd, "fault": "join" if joined else "restart", "node": v})
         assert self._sim is not None
         self._sim.restart(self._peer(v))
 
@@ -190,7 +200,7 @@ class FaultSchedule:
 
 
 def _nodes(fault: Fault) -> tuple[int, ...]:
-    if isinstance(fault, CrashFault):
+    if isinstance(fault, CrashFault | JoinFault):
         return (fault.node,)
     if isinstance(fault, StragglerFault):
         return fault.nodes

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..loop import EventSink
+from ..training.personal import PERSONAL_KEYS, PersonalTally
 
 #: models folded into the consensus sums per array operation (bounded extra memory)
 _FOLD_BATCH = 2048
@@ -110,6 +111,8 @@ class Collector:
         #: sharded runs: whether a node is this shard's (None: one process, every node)
         self.local: Callable[[int], bool] | None = None
         self._rows_done = 0
+        #: gossip, per round: the peers' personalised accuracies ([personal])
+        self.personal: dict[int, PersonalTally] = {}
         if self.kind == "gossip":
             models = [node.role.params for node in built.sim.nodes[: self.n]]
             self.ref = np.asarray(models[0], dtype=np.float64)
@@ -142,6 +145,8 @@ class Collector:
                 for i in self.rows_for:
                     self._node_row(nodes[i], rnd, now, {})
             return
+        if "personal_accuracy" in data:  # [personal]
+            self.personal.setdefault(rnd, PersonalTally()).add(data)
         node = nodes[index]
         delta = node.stats.sent_bytes - self._last_sent.get(index, 0)
         self._last_sent[index] = node.stats.sent_bytes
@@ -213,6 +218,7 @@ class Collector:
         self._drain()
         return {
             "root_rows": self.root_rows,
+            "personal": {r: [t.total, t.low, t.members] for r, t in self.personal.items()},
             "node_rows": self.node_rows,
             "net_bytes": self.net_bytes,
             "acc": {
@@ -228,6 +234,10 @@ class Collector:
     def merge(self, state: dict[str, Any]) -> None:
         self._drain()
         self.root_rows += state["root_rows"]
+        for r, (total, low, members) in state.get("personal", {}).items():
+            tally = self.personal.setdefault(r, PersonalTally())
+            tally.total, tally.low = tally.total + total, min(tally.low, low)
+            tally.members += members
         self.node_rows += state["node_rows"]
         self.net_bytes += [tuple(x) for x in state["net_bytes"]]
         for r, (count, s, q, nbytes, t) in state["acc"].items():
@@ -267,6 +277,18 @@ class Collector:
     # --- output -----------------------------------------------------------------------------
     def finish(self, nodes: Any) -> None:
         """Nothing to do after a single-process run (kept for symmetry with shards)."""
+
+    def personal_rounds(self) -> dict[int, dict[str, float]]:
+        """[personal]: per round, the members' mean and minimum personalised accuracy and
+        how many reported (star / two-tier: the coordinator's records; gossip: the peers'
+        ``gossip_round`` records)."""
+        if self.kind == "gossip":
+            return {r: t.record() for r, t in sorted(self.personal.items()) if t.members}
+        return {
+            int(r["round"]): {k: float(r[k]) for k in PERSONAL_KEYS}
+            for r in self.root_rows
+            if all(k in r for k in PERSONAL_KEYS)
+        }
 
     def table(self) -> RoundTable:
         self._drain()

@@ -56,6 +56,8 @@ class ExperimentResult(RoundTable):
     stop_reason: str = ""
     #: the run's ``[privacy]`` (mode, noise multiplier, delta, budget, accountant)
     privacy: dict[str, Any] = field(default_factory=dict)
+    #: [personal]: per round, the members' personalised accuracy (mean, min, members)
+    personal: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def final_accuracy(self) -> float:
@@ -130,6 +132,8 @@ class ExperimentResult(RoundTable):
                         row[key] = rec[key]
             elif int(r) in local_eps:  # local DP: the largest epsilon of a peer that round
                 row["dp_epsilon"] = local_eps[int(r)]
+            for key, value in self.personal.get(int(r), {}).items():  # [personal]
+                row[key] = json_safe(int(value) if key == "personal_members" else value)
             if self.consensus is not None:
                 row["consensus_error"] = (
                     json_safe(self.consensus[int(r)]) if int(r) < len(self.consensus) else None
@@ -174,7 +178,25 @@ class ExperimentResult(RoundTable):
             "notes": self.notes,
             **self.aggregation_summary(),
             **self.privacy_summary(),
+            **self.personal_summary(),
             **self.extra_summary,
+        }
+
+    def personal_summary(self) -> dict[str, Any]:
+        """With personalised accuracy reported ([personal] holdout > 0): the last round's
+        mean and minimum over members, next to the global model's final accuracy."""
+        if not self.personal:
+            return {}
+        last = self.personal[max(self.personal)]
+        mode = self.config.get("node_config", {}).get("personal", {}).get("mode", "none")
+        return {
+            "personal": {
+                "mode": mode,
+                "final_accuracy": json_safe(last.get("personal_accuracy")),
+                "final_accuracy_min": json_safe(last.get("personal_accuracy_min")),
+                "members": int(last.get("personal_members", 0)),
+                "global_final_accuracy": json_safe(self.final_accuracy),
+            }
         }
 
     def privacy_summary(self) -> dict[str, Any]:

@@ -20,19 +20,21 @@ from ..p2p.netmodel import Link
 from ..role import Role
 from ..runner import InlineExecutor
 from ..training.attacks import label_flipped
+from ..training.personal import personalise
 from ..training.task import Task, load_task
 from .collusion import attackers_of
 from .engine import RunResult, SimNode, Simulation
 
 
 def client_task(config: NodeConfig, index: int, num_clients: int) -> Task:
-    return load_task(
+    task = load_task(
         config.data.task,
         client_index=index,
         num_clients=num_clients,
         partition=config.data.partition,
         seed=config.seed,
     )
+    return personalise(task, config.personal)  # [personal]: itself when off
 
 
 def _task_of(config: NodeConfig, num_clients: int) -> Callable[[int], Task]:

@@ -30,6 +30,7 @@ from fednode.errors import ConfigError
 from fednode.p2p.netmodel import Link
 
 from .attackers import AttackerMarks, attacker_marks
+from .churn import JoinFault  # the "join" fault (cold start of late joiners)
 from .graphs import exponential_graph
 
 TOPOLOGY_DIR = Path(__file__).resolve().parents[2] / "topologies"
@@ -89,7 +90,7 @@ class StragglerFault(_Window):
     slowdown: float = 1.0
 
 
-Fault = CrashFault | PartitionFault | LossFault | StragglerFault
+Fault = CrashFault | PartitionFault | LossFault | StragglerFault | JoinFault
 
 
 @dataclass(frozen=True, eq=False)
@@ -368,7 +369,7 @@ def _links(t: Any, g: nx.Graph) -> tuple[Link, dict[tuple[int, int], Link]]:
 def _fault(t: Any, i: int, n: int) -> Fault:
     where = f"faults[{i}]"
     check(isinstance(t, dict), where, t, "a table [[faults]]")
-    kinds = ("crash", "partition", "loss", "straggler")
+    kinds = ("crash", "partition", "loss", "straggler", "join")
     ftype = t.get("type")
     check(ftype in kinds, f"{where}.type", ftype, f"one of {list(kinds)}")
     win = {"from_round", "to_round"}
@@ -377,6 +378,7 @@ def _fault(t: Any, i: int, n: int) -> Fault:
         "partition": {"groups", *win},
         "loss": {"rate", *win},
         "straggler": {"nodes", "slowdown", *win},
+        "join": {"node", "round"},
     }[ftype]
     t = _keys(t, {"type", *allowed}, where)
     if ftype == "crash":
@@ -385,6 +387,11 @@ def _fault(t: Any, i: int, n: int) -> Fault:
         restart = _round(t, "restart_round", where, None)
         check(restart is None or restart > rnd, f"{where}.restart_round", restart, "> round")
         return CrashFault(node, rnd, restart)
+    if ftype == "join":
+        node = _node(t.get("node"), n, f"{where}.node")
+        rnd = _round(t, "round", where)
+        check(rnd >= 1, f"{where}.round", rnd, "a round >= 1 (the round the node joins at)")
+        return JoinFault(node, rnd)
     lo, hi = _round(t, "from_round", where, 0), _round(t, "to_round", where, None)
     check(hi is None or hi > lo, f"{where}.to_round", hi, f"> from_round = {lo}")
     if ftype == "partition":
