@@ -16,6 +16,7 @@ from .attack import AttackParams
 from .dashboard import DashboardParams
 from .net import NetParams
 from .privacy import PrivacyParams
+from .secagg import SecAggConfig, check_secagg
 from .sections import (
     AggregationParams,
     DataParams,
@@ -69,6 +70,7 @@ class NodeConfig:
     attack: AttackParams = field(default_factory=AttackParams)
     dashboard: DashboardParams = field(default_factory=DashboardParams)
     privacy: PrivacyParams = field(default_factory=PrivacyParams)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def validate(self) -> None:
         check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")
@@ -92,6 +94,7 @@ class NodeConfig:
             )
         if self.privacy.mode == "central":
             _check_private_rule(self.aggregation)
+        check_secagg(self)  # [secagg]: what secure aggregation cannot run with
 
 
 def _check_private_rule(params: AggregationParams) -> None:
