@@ -82,12 +82,15 @@ class SecAggConfig:
         return max(2, 2 * math.ceil(math.log2(max(n, 2))))
 
     def threshold_for(self, n: int) -> int:
-        """``t`` for ``n`` members: at least 2, at most a member's share holders."""
+        """``t`` for ``n`` members: a fraction of a member's share holders (at least 2),
+        or the configured count as it is (a round with too few members for it cannot
+        run: :class:`~fednode.crypto.secagg_messages.SecAggParams` refuses it)."""
+        t = self.threshold
+        if t >= 1:
+            return int(t)
         k = self.neighbours_for(n)
         holders = min(n - 1, 2 * (-(-k // 2))) + 1
-        t = self.threshold
-        want = math.ceil(t * holders) if t < 1 else int(t)
-        return max(2, min(want, holders))
+        return max(2, min(math.ceil(t * holders), holders))
 
 
 def check_secagg(config: Any) -> None:

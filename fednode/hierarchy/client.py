@@ -113,9 +113,7 @@ class Client(RoleDefaults):
         self.secure = secure
         if secure is not None:  # secagg hook: SecAgg frames go to the member's state
             for state in State:
-                self._table[(state, m.Kind.SECAGG)] = lambda msg, now: secure.handle(
-                    msg, self.parent
-                )
+                self._table[(state, m.Kind.SECAGG)] = self._on_secagg
 
     def advert(self) -> m.Advert:
         return m.Advert(
@@ -277,6 +275,10 @@ class Client(RoleDefaults):
         self._job = self._pending = None
         promoted = Emit("promoted", {"parent": agg.parent, "children": len(msg.children)})
         return [promoted, *agg.start(now)]
+
+    def _on_secagg(self, msg: m.Message, now: float) -> list[Action]:
+        assert self.secure is not None
+        return self.secure.handle(msg, self.parent)
 
     # --- training --------------------------------------------------------------------
     def _on_fit(self, msg: m.Fit, now: float) -> list[Action]:
