@@ -290,3 +290,18 @@ def _encoding(root, n):
 
     sa = root.role.secagg
     return FixedPoint(n, sa.clip, sa.frac_bits)
+
+
+def test_norm_bound_runs_at_the_members_and_gives_the_plain_norm_bound_models():
+    """``norm_bound:<c>+fedavg`` under secure aggregation: each member clips its delta
+    before weighting it, as the plain coordinator clips each update it receives."""
+    clients, rule = 4, {"aggregation.rule": "norm_bound:0.05+fedavg"}
+    secure, sec_hist, _, _ = _run(_config(True, clients, **rule), clients, "des")
+    plain, plain_hist, _, _ = _run(_config(False, clients, **rule), clients, "des")
+    unclipped, _, _, _ = _run(_config(False, clients), clients, "des")
+    assert plain_hist[0]["agg_clipped"] == clients  # the bound binds: every update clipped
+    for r, (a, b, rec) in enumerate(zip(secure, plain, sec_hist, strict=True), start=1):
+        fixed = clients * 2.0**-FRAC_BITS / (2 * rec["examples"])
+        ulp = float(np.spacing(np.float32(max(np.abs(a).max(), np.abs(b).max()))))
+        assert float(np.abs(a - b).max()) <= r * (fixed + 2 * ulp)
+    assert float(np.abs(secure[0] - unclipped[0]).max()) > 1e-3
