@@ -31,6 +31,7 @@ ON = {"secagg.enabled": True}
         ({**ON, "topology": "gossip"}, "topology", "'star'"),
         ({**ON, "topology": "two-tier"}, "topology", "two-tier secure aggregation"),
         ({**ON, "role": "peer"}, "topology", "gossip has no aggregator"),
+        ({**ON, "tier.promote_at": 3}, "tier.promote_at", "promoted client"),
     ],
 )
 def test_bad_secagg_config_fails_at_load_naming_the_field(overrides, field, says):
@@ -60,3 +61,14 @@ def test_the_secagg_flags_set_the_secagg_fields():
     assert cfg.secagg.enabled and cfg.secagg.neighbours == 6
     assert cfg.secagg.threshold == 4 and cfg.secagg.stage_timeout_s == 9
     assert "secagg.enabled" not in privacy_overrides(parser.parse_args([]))
+
+
+def test_the_secure_coordinator_refuses_an_operator_promotion():
+    import numpy as np
+
+    from fednode.factory import make_role
+
+    cfg = load_config(None, {**ON, "role": "coordinator"})
+    role = make_role(cfg, 4, np.zeros(4, np.float32))
+    answer = role.control({"op": "promote", "peer": "somebody"})
+    assert answer["ok"] is False and "secure aggregation" in answer["error"]

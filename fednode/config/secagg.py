@@ -13,7 +13,8 @@ the weighted update; clipped coordinates are counted and reported, never silent)
 
 :func:`check_secagg` refuses, naming the field, what secure aggregation cannot run with:
 robust rules other than ``norm_bound:<c>+fedavg`` (they need every individual update),
-lossy uplink codecs, the async (FedBuff) server and gossip or two-tier topologies.
+lossy uplink codecs, the async (FedBuff) server, gossip or two-tier topologies and
+automatic promotion (``tier.promote_at``).
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ def check_secagg(config: Any) -> None:
         config.topology,
         "'star' with secagg.enabled (gossip has no aggregator; two-tier secure aggregation "
         "is not built)",
+    )
+    check(
+        config.tier.promote_at == 0,
+        "tier.promote_at",
+        config.tier.promote_at,
+        "0 with secagg.enabled (a promoted client would aggregate its region's updates in "
+        "the clear; two-tier secure aggregation is not built)",
     )
     check(
         config.privacy.mode in ("off", "distributed"),

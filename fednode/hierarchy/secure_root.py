@@ -25,33 +25,32 @@ a member that is not configured for secure aggregation simply fails the round's 
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
+from collections.abc import Mapping
 from typing import Any, Unpack
 
 import numpy as np
 
-from ..actions import Action, Emit, Send
+from ..actions import Action, Emit, Stop
 from ..config.secagg import SecAggConfig
-from ..crypto import secagg_wire
-from ..crypto.fixedpoint import FixedPoint
-from ..crypto.secagg_messages import (
-    AdvertiseKeys,
-    MaskedInput,
-    SecAggParams,
-    ShareKeys,
-    UnmaskResponse,
-)
-from ..crypto.secagg_server import SecAggServer
-from ..errors import AuthError, ConfigError, RemoteProtocolError, SecAggAborted
+from ..crypto.secagg_server import SecAggResult
+from ..errors import ConfigError, RemoteProtocolError, SecAggAborted
 from ..wire import messages as m
 from .coordinator import Coordinator, State
 from .root import RootArgs
+from .secure_stages import SecureStages
 
-__all__ = ["SecureCoordinator"]
+__all__ = ["SecureCoordinator", "min_survivors"]
 
-STAGES = ("advertise", "share", "masked", "unmask")
+
+def min_survivors(secagg: SecAggConfig, n: int, distributed_dp: bool, rounds: Any) -> int:
+    """The fewest masked inputs a round of ``n`` members may release a sum of: ``t``, and
+    under distributed DP also what the noise shares were sized for (privacy/distributed.py)."""
+    t = secagg.threshold_for(n)
+    if not distributed_dp:
+        return t
+    lost = math.floor(rounds.max_failure_fraction * n)
+    return max(t, rounds.min_fit_clients, n - lost)
 
 
 class SecureCoordinator(Coordinator):
@@ -68,31 +67,37 @@ class SecureCoordinator(Coordinator):
         super().__init__(max_retries=max_retries, **root)
         self.secagg = secagg
         self.distributed_dp = distributed_dp
-        self.server: SecAggServer | None = None
-        self.stage = ""
-        #: members still expected in the current stage
-        self.pending: set[str] = set()
-        self.min_survivors = 1
+        #: the current attempt's stages (None between rounds)
+        self.stages: SecureStages | None = None
         self._key: tuple[int, int] | None = None
         for state in State:
             self._table[(state, m.Kind.SECAGG)] = self._on_late
         self._table[(State.FITTING, m.Kind.SECAGG)] = self._on_secagg
         self._table[(State.FITTING, m.Kind.UPDATE)] = self._on_plain_update
 
+    @property
+    def server(self) -> Any:
+        """The current round's SecAggServer (None between rounds)."""
+        return self.stages.server if self.stages else None
+
+    def control(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """No ``promote``: an aggregator under this coordinator would see its region's
+        updates in the clear."""
+        if request.get("op") == "promote":
+            return {"ok": False, "error": "promotion is off under secure aggregation"}
+        return super().control(request)
+
     # --- round start ---------------------------------------------------------------------
     def train_config(self) -> dict[str, Any]:
         config = super().train_config()
         config["secagg"] = True
         if self.current is not None:
-            config["secagg_min_survivors"] = self._min_survivors(len(self.current.selected))
+            n = len(self.current.selected)
+            config["secagg_min_survivors"] = self._min_survivors(n)
         return config
 
     def _min_survivors(self, n: int) -> int:
-        t = self.secagg.threshold_for(n)
-        if not self.distributed_dp:
-            return t
-        lost = math.floor(self.rounds.max_failure_fraction * n)
-        return max(t, self.rounds.min_fit_clients, n - lost)
+        return min_survivors(self.secagg, n, self.distributed_dp, self.rounds)
 
     def _try_start_round(self, now: float) -> list[Action]:
         actions = super()._try_start_round(now)
@@ -101,28 +106,19 @@ class SecureCoordinator(Coordinator):
             return actions
         self._key = (cur.number, cur.attempt)
         members = tuple(sorted(cur.selected))
-        n = len(members)
+        dim = self.params.shape[0] + 2
         try:
-            params = SecAggParams(
-                round=cur.number,
-                round_seed=hashlib.sha256(os.urandom(32)).digest(),
-                members=members,
-                threshold=self.secagg.threshold_for(n),
-                neighbours=self.secagg.neighbours_for(n),
-                encoding=FixedPoint(n, self.secagg.clip, self.secagg.frac_bits),
-                dim=self.params.shape[0] + 2,
+            self.stages = SecureStages(
+                self.secagg, members, cur.number, dim, self._min_survivors(len(members))
             )
         except ConfigError as exc:
-            self.server = None
-            return actions + self._abort(now, f"secagg cannot run with {n} members: {exc}")
-        self.server = SecAggServer(params)
-        self.min_survivors = self._min_survivors(n)
-        self.stage, self.pending = "advertise", set(members)
-        stage, payload = secagg_wire.encode(params)
-        for peer in members:
-            cur.bytes_down += len(payload)
-            actions.append(Send(peer, m.SecAgg(round=cur.number, stage=stage, payload=payload)))
-        return actions
+            self.stages = None
+            return actions + self._abort(
+                now, f"secagg cannot run with {len(members)} members: {exc}"
+            )
+        sends = self.stages.begin()
+        cur.bytes_down += self.stages.bytes_down
+        return actions + list(sends)
 
     # --- inputs ---------------------------------------------------------------------------
     def _on_plain_update(self, msg: m.Update, now: float) -> list[Action]:
@@ -136,85 +132,48 @@ class SecureCoordinator(Coordinator):
 
     def _on_secagg(self, msg: m.Message, now: float) -> list[Action]:
         assert isinstance(msg, m.SecAgg)
-        cur, server = self.current, self.server
-        if cur is None or server is None or msg.round != cur.number:
+        cur, stages = self.current, self.stages
+        if cur is None or stages is None or msg.round != cur.number:
             return self._on_late(msg, now)
-        if msg.stage not in secagg_wire.FROM_MEMBER:
-            raise RemoteProtocolError(f"secagg stage {msg.stage[:32]!r} is not a member's")
-        if msg.stage != self.stage or msg.sender not in self.pending:
-            raise RemoteProtocolError(
-                f"secagg {msg.stage} while stage {self.stage} expects nothing from it",
-                peer=msg.sender,
-            )
-        body = secagg_wire.decode(msg.stage, msg.payload)
-        if getattr(body, "sender", None) != msg.sender:  # the envelope names the sender
-            raise AuthError("secagg message names another sender than its frame", peer=msg.sender)
-        if isinstance(body, AdvertiseKeys):
-            server.receive_advertise(body)
-        elif isinstance(body, ShareKeys):
-            server.receive_shares(body)
-        elif isinstance(body, MaskedInput):
-            server.receive_masked(body)
-        elif isinstance(body, UnmaskResponse):
-            server.receive_unmask(body)
-        self.pending.discard(msg.sender)
-        cur.bytes_up += len(msg.payload)
+        before = stages.bytes_up
+        stages.receive(msg)
+        cur.bytes_up += stages.bytes_up - before
         return self._maybe_finish(now)
 
     # --- stage progress (replaces the plain round's finish tests) -------------------------
     def _maybe_finish(self, now: float) -> list[Action]:
-        cur = self.current
-        if cur is None or self.state is not State.FITTING or self.server is None:
+        cur, stages = self.current, self.stages
+        if cur is None or self.state is not State.FITTING or stages is None:
             return []
-        self.pending -= cur.failed | cur.declined
-        return self._close(now) if not self.pending else []
+        stages.drop(cur.failed | cur.declined)
+        return self._close(now) if stages.done() else []
 
     def poll(self, now: float) -> list[Action]:
         cur = self.current
-        if self.state is State.FITTING and cur and self.server is not None:
+        if self.state is State.FITTING and cur and self.stages is not None:
             return self._close(now) if now >= cur.deadline else []
         return super().poll(now)
 
     def _close(self, now: float) -> list[Action]:
-        cur, server = self.current, self.server
-        assert cur is not None and server is not None
-        stage, r = self.stage, cur.number
-        out: list[Action] = [Emit("secagg_stage", {"round": r, "stage": stage})]
+        cur, stages = self.current, self.stages
+        assert cur is not None and stages is not None
+        out: list[Action] = [Emit("secagg_stage", {"round": cur.number, "stage": stages.stage})]
+        before = stages.bytes_down
         try:
-            if stage == "advertise":
-                sends: dict[str, Any] = server.close_advertise()
-                self.stage = "share"
-            elif stage == "share":
-                sends = server.close_shares()
-                self.stage = "masked"
-            elif stage == "masked":
-                request = server.close_masked()
-                if len(request.survivors) < self.min_survivors:
-                    return out + self._abort(
-                        now,
-                        f"secagg round {r}: {len(request.survivors)} masked inputs, the "
-                        f"distributed DP noise needs {self.min_survivors}",
-                    )
-                sends = dict.fromkeys(request.survivors, request)
-                self.stage = "unmask"
-            else:
-                return out + self._release(now, server)
+            sends, result = stages.close()
         except SecAggAborted as exc:
             return out + self._abort(now, str(exc))
-        self.pending = set(sends)
+        if result is not None:
+            return out + self._release(now, result)
+        cur.bytes_down += stages.bytes_down - before
         cur.deadline = now + self.secagg.stage_timeout_s
-        for peer, body in sends.items():
-            kind, payload = secagg_wire.encode(body)
-            cur.bytes_down += len(payload)
-            out.append(Send(peer, m.SecAgg(round=r, stage=kind, payload=payload)))
-        return out
+        return out + list(sends)
 
-    def _release(self, now: float, server: SecAggServer) -> list[Action]:
-        """Unmask the sum; hand the survivors' mean to the aggregator and the plain path."""
+    def _release(self, now: float, result: SecAggResult) -> list[Action]:
+        """Hand the survivors' mean to the aggregator and finish as a plain round."""
         cur = self.current
         assert cur is not None
-        result = server.finish()  # SecAggAborted: caught by _close
-        self.server = None
+        self.stages = None
         total = result.total
         dim = self.params.shape[0]
         weight = float(total[dim])
@@ -231,41 +190,28 @@ class SecureCoordinator(Coordinator):
         for peer in survivors:
             self.broadcast.acked(peer, self.model_version)
             self.observe(peer).duration_s = now - cur.started
-        mean = (total[:dim] / weight).astype(np.float32)
-        self.aggregator.add(mean, weight, "secagg")
-        events: list[Action] = [
-            Emit(
-                "secagg_round",
-                {
-                    "round": cur.number,
-                    "survivors": len(result.survivors),
-                    "dropped": len(result.dropped),
-                    "members": len(cur.selected),
-                },
-            )
-        ]
-        return events + self._finish_round(now)
+        self.aggregator.add((total[:dim] / weight).astype(np.float32), weight, "secagg")
+        info = {
+            "round": cur.number,
+            "survivors": len(result.survivors),
+            "dropped": len(result.dropped),
+            "members": len(cur.selected),
+        }
+        return [Emit("secagg_round", info), *self._finish_round(now)]
 
     def _abort(self, now: float, reason: str) -> list[Action]:
         """The round cannot release a sum: skipped, model unchanged, the next round starts."""
         cur = self.current
         assert cur is not None
-        self.server = None
-        self.stage, self.pending = "", set()
+        self.stages = None
         info = {"round": cur.number, "attempt": cur.attempt, "reason": reason, "secagg": True}
         actions: list[Action] = [Emit("secagg_aborted", dict(info)), Emit("round_failed", info)]
         self.previous = cur
         if cur.number >= self.rounds.rounds:
             self.state, self.done = State.DONE, True
-            return [*actions, *self._stop_after(cur.number, reason)]
+            return [*actions, Stop(f"finished {cur.number} rounds (the last failed: {reason})")]
         self.round_number += 1
         self._attempt = 0
         self.state = State.WAITING
         self.waiting_since = now
         return actions + self._try_start_round(now)
-
-    @staticmethod
-    def _stop_after(number: int, reason: str) -> list[Action]:
-        from ..actions import Stop
-
-        return [Stop(f"finished {number} rounds (the last failed: {reason})")]
