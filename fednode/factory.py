@@ -28,6 +28,7 @@ from .hierarchy.client import Client
 from .hierarchy.coordinator import Coordinator
 from .hierarchy.fedbuff import AsyncCoordinator
 from .hierarchy.secure_client import SecureMember
+from .hierarchy.secure_region import RegionSumCoordinator, SecureRegion
 from .hierarchy.secure_root import SecureCoordinator
 from .hierarchy.selection import make_selection
 from .privacy import DpAggregator, EqualWeights, LocalDp, PrivacyLedger, epsilon_of, noise_rng
@@ -176,6 +177,19 @@ def make_role(
             attacker=attacker,
             privacy=_local_dp(config, me),
         )
+    if config.role == "aggregator" and config.secagg.enabled:  # norm_bound at the members
+        return SecureRegion(
+            secagg=config.secagg,
+            federation=config.net.federation,
+            task=config.data.task,
+            region=region,
+            parent=parent,
+            tier=config.tier,
+            default_deadline_s=config.rounds.round_deadline_s,
+            aggregator=StreamingMean(),
+            codec=config.wire.codec,
+            error_feedback=config.wire.error_feedback,
+        )
     if config.role == "aggregator":
         return RegionalAggregator(
             federation=config.net.federation,
@@ -291,6 +305,8 @@ def _coordinator(
     )
     if server.mode == "async":
         return AsyncCoordinator(server=server, **common)  # type: ignore[arg-type]
+    if config.secagg.enabled and config.topology == "two-tier":  # regions unmask their sums
+        return RegionSumCoordinator(**common)  # type: ignore[arg-type]
     if config.secagg.enabled:  # norm_bound runs at the members; the sum arrives as one mean
         common["aggregator"] = StreamingMean()
         return SecureCoordinator(
@@ -309,8 +325,9 @@ def _secure_member(config: NodeConfig, identity: Identity | None) -> SecureMembe
         raise ConfigError("secagg.enabled", True, "a client built with its node identity")
     from .training.rulespec import parse_rule
 
-    agg = config.aggregation
-    spec = parse_rule(agg.root_rule or agg.rule, "aggregation.rule")
+    agg = config.aggregation  # a star client's aggregator is the coordinator (root_rule)
+    star = config.topology != "two-tier"
+    spec = parse_rule((agg.root_rule if star else "") or agg.rule, "aggregation.rule")
     bound = next((s.c for s in spec.stages if s.name == "norm_bound"), 0.0)
     p = config.privacy
     noise = None

@@ -29,7 +29,7 @@ ON = {"secagg.enabled": True}
         ({**ON, "wire.codec": "topk:0.1"}, "wire.codec", "lossy uplink"),
         ({**ON, "server.mode": "async"}, "server.mode", "'sync'"),
         ({**ON, "topology": "gossip"}, "topology", "'star'"),
-        ({**ON, "topology": "two-tier"}, "topology", "two-tier secure aggregation"),
+        ({**ON, "topology": "two-tier", "privacy.mode": "distributed"}, "privacy.mode", "star"),
         ({**ON, "role": "peer"}, "topology", "gossip has no aggregator"),
         ({**ON, "tier.promote_at": 3}, "tier.promote_at", "promoted client"),
     ],

@@ -1,8 +1,10 @@
 """The ``[secagg]`` section: secure aggregation in the star round (docs/PRIVACY.md).
 
-Off by default. With ``enabled = true`` the coordinator of a star runs the four stages of
-SecAgg+ (:mod:`fednode.hierarchy.secure_root`) after the members trained, and learns only
-the sum of the surviving members' weighted updates. ``neighbours`` is SecAgg+'s ``k``
+Off by default. With ``enabled = true`` the coordinator of a star
+(:mod:`fednode.hierarchy.secure_root`), or each regional aggregator of a two-tier tree
+(:mod:`fednode.hierarchy.secure_region`), runs the four stages of SecAgg+ after its
+members trained, and learns only the sum of the surviving members' weighted updates.
+``neighbours`` is SecAgg+'s ``k``
 (0: ``2 * ceil(log2 n)``, at least 2); ``threshold`` is ``t``: a count (>= 2) or, below 1,
 a fraction of the share holders of a member (``k + 1``, or ``n`` when ``k >= n - 1``);
 ``stage_timeout_s`` is each stage's deadline after the first (the first, advertise, ends
@@ -13,8 +15,8 @@ the weighted update; clipped coordinates are counted and reported, never silent)
 
 :func:`check_secagg` refuses, naming the field, what secure aggregation cannot run with:
 robust rules other than ``norm_bound:<c>+fedavg`` (they need every individual update),
-lossy uplink codecs, the async (FedBuff) server, gossip or two-tier topologies and
-automatic promotion (``tier.promote_at``).
+lossy uplink codecs, the async (FedBuff) server, gossip, automatic promotion
+(``tier.promote_at``), and in a two-tier tree distributed DP.
 """
 
 from __future__ import annotations
@@ -133,18 +135,24 @@ def check_secagg(config: Any) -> None:
         "'sync' with secagg.enabled (secure aggregation needs a round of members)",
     )
     check(
-        config.topology == "star" and config.role != "peer",
+        config.topology in ("star", "two-tier") and config.role != "peer",
         "topology",
         config.topology,
-        "'star' with secagg.enabled (gossip has no aggregator; two-tier secure aggregation "
-        "is not built)",
+        "'star' or 'two-tier' with secagg.enabled (gossip has no aggregator)",
+    )
+    check(
+        not (config.topology == "two-tier" and config.privacy.mode == "distributed"),
+        "privacy.mode",
+        config.privacy.mode,
+        "off with secagg.enabled in a two-tier tree (distributed DP is built for the star "
+        "round only)",
     )
     check(
         config.tier.promote_at == 0,
         "tier.promote_at",
         config.tier.promote_at,
         "0 with secagg.enabled (a promoted client would aggregate its region's updates in "
-        "the clear; two-tier secure aggregation is not built)",
+        "the clear)",
     )
     check(
         config.privacy.mode in ("off", "distributed"),
