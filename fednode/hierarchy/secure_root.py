@@ -1,9 +1,12 @@
 """The star coordinator with secure aggregation: :class:`SecureCoordinator` (pure).
 
+(Two-tier: :mod:`.secure_region`; the stage machine both use: :mod:`.secure_stages`.)
+
 It is the :class:`~fednode.hierarchy.coordinator.Coordinator` (selection, ``Fit``,
 evaluation, checkpoints, the server optimiser) with the round's middle replaced: instead
-of folding ``Update`` s it runs one :class:`~fednode.crypto.secagg_server.SecAggServer`
-per round attempt over ``SecAgg`` frames (kind 9, :mod:`fednode.crypto.secagg_wire`)::
+of folding ``Update`` s it runs one :class:`~.secure_stages.SecureStages` (one
+:class:`~fednode.crypto.secagg_server.SecAggServer`) per round attempt over ``SecAgg``
+frames (kind 9, :mod:`fednode.crypto.secagg_wire`)::
 
     round_start: Fit (config secagg=True) + params to every selected member
     ADVERTISE  until every live member advertised or the round deadline (training first)
