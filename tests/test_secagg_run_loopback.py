@@ -1,5 +1,6 @@
-"""`fednode run --secagg` end to end: a coordinator and 4 client processes over real libp2p
-on 127.0.0.1 (bootstrap, no mDNS) complete 3 secure-aggregation rounds.
+"""`fednode run --secagg` end to end over real libp2p on 127.0.0.1 (bootstrap, no mDNS): a
+star of a coordinator and 4 client processes completes 3 secure-aggregation rounds; a
+two-tier tree runs its region's rounds securely at the regional aggregator.
 
 Every node listens on 127.0.0.1 only; every wait has a deadline; every process is
 terminated (then killed) in ``finally``.
@@ -11,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,53 @@ def test_star_with_secagg_completes_three_rounds_over_libp2p_loopback(tmp_path: 
     assert not [e for e in events if e["event"] == "rejected"]
     assert rounds[-1]["accuracy"] > 0.5
     assert "stopped: finished 3 rounds" in (tmp_path / "coordinator.log").read_text()
+
+
+def _wait_for_event(path: Path, event: str, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = _events(path)
+        if any(e["event"] == event for e in events):
+            return events
+        time.sleep(0.2)
+    raise AssertionError(f"no {event} in {path.name} after {timeout}s:\n{path.read_text()}")
+
+
+def test_two_tier_with_secagg_runs_each_region_securely_over_libp2p_loopback(
+    tmp_path: Path,
+) -> None:
+    """Coordinator (topology two-tier), one regional aggregator and 3 clients, all with
+    --secagg: the region's aggregator unmasks its region's sum, the coordinator gets one
+    Update from it per round."""
+    identity = Identity.generate()
+    coord_key, coord_id = tmp_path / "coordinator.key", identity.peer_id
+    save_key(identity, coord_key)
+    config = tmp_path / "two_tier.toml"
+    config.write_text('topology = "two-tier"\n')
+    port = _free_port()
+    boot = f"/ip4/127.0.0.1/tcp/{port}/p2p/{coord_id}"
+    local = ["--local-epochs", "1", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", boot]
+    local += ["--secagg", "--config", str(config)]
+    procs = []
+    try:
+        args = [*FEDNODE, "--role", "coordinator", "--rounds", "2", "--local-epochs", "1"]
+        args += ["--listen", f"/ip4/127.0.0.1/tcp/{port}", "--key-file", str(coord_key)]
+        args += ["--min-available-clients", "3", "--min-fit-clients", "1"]
+        args += ["--secagg", "--config", str(config)]
+        coord = _spawn(args, tmp_path / "coordinator.log")
+        procs.append(coord)
+        agg = ["--role", "aggregator", "--region", "r0", "--key-file", str(tmp_path / "a.key")]
+        procs.append(_spawn([*FEDNODE, *agg, *local], tmp_path / "aggregator.log"))
+        _wait_for_event(tmp_path / "aggregator.log", "listening", 60)
+        for i in range(3):
+            args = ["--role", "client", "--region", "r0", "--client-index", str(i)]
+            args += ["--num-clients", "3", "--key-file", str(tmp_path / f"k{i}.key"), *local]
+            procs.append(_spawn([*FEDNODE, *args], tmp_path / f"client{i}.log"))
+        assert coord.wait(timeout=240) == 0, (tmp_path / "coordinator.log").read_text()
+    finally:
+        _stop_all(procs)
+    rounds = [e for e in _events(tmp_path / "coordinator.log") if e["event"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["aggregators"] == 1 and r["clients_completed"] == 3 for r in rounds)
+    region = [e for e in _events(tmp_path / "aggregator.log") if e["event"] == "secagg_round"]
+    assert [(e["survivors"], e["dropped"]) for e in region] == [(3, 0), (3, 0)]
