@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import AggregationParams, NodeConfig, PrivacyParams
+from .crypto.identity import Identity
 from .errors import ConfigError
 from .gossip.core import WaitFor
 from .gossip.peer import GossipPeer
@@ -26,9 +27,13 @@ from .hierarchy.checkpoint import DirectoryCheckpoints
 from .hierarchy.client import Client
 from .hierarchy.coordinator import Coordinator
 from .hierarchy.fedbuff import AsyncCoordinator
+from .hierarchy.secure_client import SecureMember
+from .hierarchy.secure_region import RegionSumCoordinator, SecureRegion
+from .hierarchy.secure_root import SecureCoordinator
 from .hierarchy.selection import make_selection
 from .privacy import DpAggregator, EqualWeights, LocalDp, PrivacyLedger, epsilon_of, noise_rng
-from .training.aggregate import Aggregator
+from .privacy.distributed import NoiseShare
+from .training.aggregate import Aggregator, StreamingMean
 from .training.attacks import Attacker, Collusion, parse_attack
 from .training.buffered import make_aggregator
 from .training.claims import ClaimLimits
@@ -72,8 +77,8 @@ def aggregator_factory(
 
 
 def make_ledger(privacy: PrivacyParams) -> PrivacyLedger | None:
-    """The coordinator's privacy ledger under central DP (None otherwise)."""
-    if privacy.mode != "central":
+    """The coordinator's privacy ledger under central or distributed DP (None otherwise)."""
+    if privacy.mode not in ("central", "distributed"):
         return None
     return PrivacyLedger(
         noise_multiplier=privacy.noise_multiplier,
@@ -135,6 +140,7 @@ def make_role(
     bootstrap: bool = False,
     wait_for: WaitFor | None = None,
     attacker: Attacker | None = None,
+    identity: Identity | None = None,
 ) -> AnyRole:
     """The role object for ``config.role``.
 
@@ -144,7 +150,8 @@ def make_role(
     Peer: ``me`` is its peer id; consortium = ``net.federation``, members = ``net.allow``
     (and ``me``) unless membership is open; ``neighbours``, ``bootstrap`` and ``wait_for``
     as :class:`GossipPeer` takes them. ``attacker``: a client's or peer's (None: honest;
-    ``fednode run`` passes :func:`make_attacker` of its config).
+    ``fednode run`` passes :func:`make_attacker` of its config). ``identity``: a client's
+    node identity, which signs its secure-aggregation messages (needed with ``[secagg]``).
     """
     region = config.tier.region if region is None else region
     _check_privacy_role(config)
@@ -169,6 +176,19 @@ def make_role(
             wait_for=wait_for,
             attacker=attacker,
             privacy=_local_dp(config, me),
+        )
+    if config.role == "aggregator" and config.secagg.enabled:  # norm_bound at the members
+        return SecureRegion(
+            secagg=config.secagg,
+            federation=config.net.federation,
+            task=config.data.task,
+            region=region,
+            parent=parent,
+            tier=config.tier,
+            default_deadline_s=config.rounds.round_deadline_s,
+            aggregator=StreamingMean(),
+            codec=config.wire.codec,
+            error_feedback=config.wire.error_feedback,
         )
     if config.role == "aggregator":
         return RegionalAggregator(
@@ -196,6 +216,7 @@ def make_role(
             tier=config.tier,
             aggregator_factory=aggregator_factory(config.aggregation),
             attacker=attacker,
+            secure=_secure_member(config, identity),
         )
     raise ConfigError("role", config.role, "client, aggregator, coordinator or peer")
 
@@ -284,4 +305,33 @@ def _coordinator(
     )
     if server.mode == "async":
         return AsyncCoordinator(server=server, **common)  # type: ignore[arg-type]
+    if config.secagg.enabled and config.topology == "two-tier":  # regions unmask their sums
+        return RegionSumCoordinator(**common)  # type: ignore[arg-type]
+    if config.secagg.enabled:  # norm_bound runs at the members; the sum arrives as one mean
+        common["aggregator"] = StreamingMean()
+        return SecureCoordinator(
+            secagg=config.secagg,
+            distributed_dp=config.privacy.mode == "distributed",
+            **common,  # type: ignore[arg-type]
+        )
     return Coordinator(**common)  # type: ignore[arg-type]
+
+
+def _secure_member(config: NodeConfig, identity: Identity | None) -> SecureMember | None:
+    """A client's secure-aggregation state under ``[secagg]`` (None when off)."""
+    if not config.secagg.enabled:
+        return None
+    if identity is None:
+        raise ConfigError("secagg.enabled", True, "a client built with its node identity")
+    from .training.rulespec import parse_rule
+
+    agg = config.aggregation  # a star client's aggregator is the coordinator (root_rule)
+    star = config.topology != "two-tier"
+    spec = parse_rule((agg.root_rule if star else "") or agg.rule, "aggregation.rule")
+    bound = next((s.c for s in spec.stages if s.name == "norm_bound"), 0.0)
+    p = config.privacy
+    noise = None
+    if p.mode == "distributed":
+        rng = noise_rng(p.seed, f"member/{identity.peer_id}")
+        noise = NoiseShare(clip=p.clip_norm, noise_multiplier=p.noise_multiplier, rng=rng)
+    return SecureMember(identity, norm_bound=bound, noise=noise)

@@ -75,7 +75,9 @@ _TRANSPORT_REJECTS = {
 }
 
 
-def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
+def build_role(
+    config: NodeConfig, task: Task, peer_id: str = "", identity: Identity | None = None
+) -> Role:
     """The role object for ``config.role``, from the factory the simulator uses too."""
     from .factory import make_attacker, make_role
     from .gossip.core import WaitFor
@@ -85,7 +87,12 @@ def build_role(config: NodeConfig, task: Task, peer_id: str = "") -> Role:
     params = task.init_params(config.seed) if config.role in ("coordinator", "peer") else None
     if config.role != "peer":
         return make_role(
-            config, task.layout().size, params, resume_from=resume_source(config), attacker=attacker
+            config,
+            task.layout().size,
+            params,
+            resume_from=resume_source(config),
+            attacker=attacker,
+            identity=identity,  # signs [secagg] messages
         )
     # a node holds its first round until its consortium is up and, unless told
     # otherwise, tests its own model after every round (gossip_eval)
@@ -200,7 +207,7 @@ class Node:
                 from .training.attacks import label_flipped
 
                 label_flipped(self.task)
-        self.role = build_role(self.config, self.task, self.identity.peer_id)
+        self.role = build_role(self.config, self.task, self.identity.peer_id, self.identity)
         self.stats = RunStats()
         self.stop: Stop | None = None
         #: Prometheus metrics (net.metrics_listen), once the node runs

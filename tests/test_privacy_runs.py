@@ -29,7 +29,7 @@ DP = {"privacy.mode": "central", "privacy.noise_multiplier": 1.0, "privacy.clip"
     ("overrides", "field", "says"),
     [
         ({"privacy.mode": "distributed"}, "privacy.mode", "needs secure aggregation"),
-        ({"privacy.mode": "on"}, "privacy.mode", "off, central or local"),
+        ({"privacy.mode": "on"}, "privacy.mode", "off, central, local or distributed"),
         ({"privacy.clip": "big"}, "privacy.clip", '"adaptive"'),
         ({"privacy.clip": -1}, "privacy.clip", "float > 0"),
         ({"privacy.noise_multiplier": 0}, "privacy.noise_multiplier", "float > 0"),

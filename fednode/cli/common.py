@@ -105,8 +105,9 @@ PRIVACY_FLAGS: dict[str, tuple[str, type, str, str]] = {
         "privacy.mode",
         str,
         "MODE",
-        "differential privacy: off, central (the aggregator clips and noises; DP-FedAvg) "
-        "or local (gossip peers noise what they send)",
+        "differential privacy: off, central (the aggregator clips and noises; DP-FedAvg), "
+        "local (gossip peers noise what they send) or distributed (with --secagg: each "
+        "client adds its noise share before masking)",
     ),
     "dp_clip": (
         "privacy.clip",
@@ -137,21 +138,60 @@ PRIVACY_FLAGS: dict[str, tuple[str, type, str, str]] = {
 }
 
 
+# --secagg* flags -> [secagg] fields (docs/PRIVACY.md, "Secure aggregation")
+SECAGG_FLAGS: dict[str, tuple[str, type, str, str]] = {
+    "secagg_neighbours": (
+        "secagg.neighbours",
+        int,
+        "K",
+        "SecAgg+ neighbours per member (0 = 2*ceil(log2 n))",
+    ),
+    "secagg_threshold": (
+        "secagg.threshold",
+        float,
+        "T",
+        "shares needed: a count >= 2 or a fraction of a member's share holders (0.6)",
+    ),
+    "secagg_timeout": (
+        "secagg.stage_timeout_s",
+        float,
+        "SECONDS",
+        "deadline of each secure-aggregation stage after advertise (30)",
+    ),
+}
+
+
 def add_privacy(p: argparse.ArgumentParser) -> None:
+    """The ``--dp*`` and ``--secagg*`` flags."""
     group = p.add_argument_group("differential privacy ([privacy] in the config file)")
     for flag, (_dotted, typ, metavar, help_) in PRIVACY_FLAGS.items():
         group.add_argument(
             f"--{flag.replace('_', '-')}", dest=flag, type=typ, metavar=metavar, help=help_
         )
+    sec = p.add_argument_group("secure aggregation ([secagg] in the config file)")
+    sec.add_argument(
+        "--secagg",
+        action="store_true",
+        default=None,
+        help="secure aggregation in the star round: the coordinator sees only the sum",
+    )
+    for flag, (_dotted, typ, metavar, help_) in SECAGG_FLAGS.items():
+        sec.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, type=typ, metavar=metavar, help=help_
+        )
 
 
 def privacy_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``--dp*`` flags given, as dotted ``privacy.*`` fields."""
-    return {
+    """The ``--dp*`` and ``--secagg*`` flags given, as dotted ``privacy.*`` /
+    ``secagg.*`` fields."""
+    out = {
         dotted: getattr(args, flag)
-        for flag, (dotted, *_rest) in PRIVACY_FLAGS.items()
+        for flag, (dotted, *_rest) in {**PRIVACY_FLAGS, **SECAGG_FLAGS}.items()
         if getattr(args, flag, None) is not None
     }
+    if getattr(args, "secagg", None):
+        out["secagg.enabled"] = True
+    return out
 
 
 # --personal* flags -> [personal] fields (docs/PERSONALISATION.md)

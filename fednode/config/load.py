@@ -17,6 +17,7 @@ from .dashboard import DashboardParams
 from .net import NetParams
 from .personal import PersonalParams
 from .privacy import PrivacyParams
+from .secagg import SecAggConfig, check_secagg
 from .sections import (
     AggregationParams,
     DataParams,
@@ -71,6 +72,7 @@ class NodeConfig:
     dashboard: DashboardParams = field(default_factory=DashboardParams)
     privacy: PrivacyParams = field(default_factory=PrivacyParams)
     personal: PersonalParams = field(default_factory=PersonalParams)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def validate(self) -> None:
         check(self.role in ROLES, "role", self.role, f"one of {', '.join(ROLES)}")
@@ -94,6 +96,7 @@ class NodeConfig:
             )
         if self.privacy.mode == "central":
             _check_private_rule(self.aggregation)
+        check_secagg(self)  # [secagg]: what secure aggregation cannot run with
 
 
 def _check_private_rule(params: AggregationParams) -> None:

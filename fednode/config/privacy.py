@@ -4,9 +4,10 @@ Off by default (``mode = "off"``). ``central``: the aggregator that sees the mem
 updates (the coordinator of a star, each regional aggregator of a two-tier tree, FedBuff's
 buffer) clips each update to L2 norm ``clip`` and adds Gaussian noise of std
 ``noise_multiplier * clip`` to the sum (DP-FedAvg, McMahan et al. 2018); ``local``: each
-gossip peer clips and noises what it sends. ``distributed`` (noise shares under secure
-aggregation) is refused: it needs secure aggregation in the roles, which fednode does not
-have yet. The mechanisms are in :mod:`fednode.privacy`; docs/PRIVACY.md is the guide.
+gossip peer clips and noises what it sends; ``distributed`` (with ``[secagg] enabled``):
+each client clips its update and adds its share of the Gaussian noise before masking, so
+the coordinator only ever sees a noised sum. The mechanisms are in :mod:`fednode.privacy`;
+docs/PRIVACY.md is the guide.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from .sections import check
 
-PRIVACY_MODES = ("off", "central", "local")
+PRIVACY_MODES = ("off", "central", "local", "distributed")
 ACCOUNTANTS = ("rdp", "pld")
 
 
@@ -61,13 +62,11 @@ class PrivacyParams:
 
     def validate(self) -> None:
         check(
-            self.mode != "distributed",
+            self.mode in PRIVACY_MODES,
             "privacy.mode",
             self.mode,
-            "off, central or local (distributed DP needs secure aggregation in the roles, "
-            "which fednode does not have yet)",
+            "off, central, local or distributed",
         )
-        check(self.mode in PRIVACY_MODES, "privacy.mode", self.mode, "off, central or local")
         if isinstance(self.clip, str):
             check(
                 self.clip == "adaptive",

@@ -43,6 +43,7 @@ from ..wire import messages as m
 from ..wire.codecs import ErrorFeedback, parse_codec
 from .aggregator import RegionalAggregator, child_table
 from .broadcast import PublicCopy, refuse_delta
+from .secure_client import SecureMember
 
 MAX_KNOWN = 256
 MAX_UNANNOUNCED = 65536
@@ -70,6 +71,7 @@ class Client(RoleDefaults):
         tier: TierParams | None = None,
         aggregator_factory: Callable[[], Aggregator] | None = None,
         attacker: Attacker | None = None,
+        secure: SecureMember | None = None,
     ) -> None:
         self.role = "client"
         #: builds the aggregator this client uses if it is promoted (None: FedAvg)
@@ -110,6 +112,11 @@ class Client(RoleDefaults):
         #: this node's listen addresses, advertised (the node sets them once it listens)
         self.addrs: tuple[str, ...] = ()
         self._table = child_table(self, State, on_reject=lambda msg, now: [])
+        #: [secagg]: answers a secure round's stages instead of sending an Update
+        self.secure = secure
+        if secure is not None:  # secagg hook: SecAgg frames go to the member's state
+            for state in State:
+                self._table[(state, m.Kind.SECAGG)] = self._on_secagg
 
     def advert(self) -> m.Advert:
         return m.Advert(
@@ -272,6 +279,10 @@ class Client(RoleDefaults):
         promoted = Emit("promoted", {"parent": agg.parent, "children": len(msg.children)})
         return [promoted, *agg.start(now)]
 
+    def _on_secagg(self, msg: m.Message, now: float) -> list[Action]:
+        assert self.secure is not None
+        return self.secure.handle(msg, self.parent)
+
     # --- training --------------------------------------------------------------------
     def _on_fit(self, msg: m.Fit, now: float) -> list[Action]:
         if msg.vector is None:
@@ -329,8 +340,12 @@ class Client(RoleDefaults):
         if self.attacker is not None:
             config = {**fit.config, "round": fit.round}
             delta = self.attacker.apply(delta, round=fit.round, base=base, config=config)
+        if self.secure is not None and fit.config.get("secagg"):  # secagg hook
+            loss = float(result.metrics.get("train_loss", 0.0))
+            actions = self.secure.trained(to, fit, delta, result.num_examples, loss)
+            return actions + self._next_pending()
         payload = self.ef.encode(delta) if self.ef else self.codec.encode(delta)
-        actions: list[Action] = [
+        actions = [
             Send(
                 to,
                 m.Update(
@@ -343,7 +358,10 @@ class Client(RoleDefaults):
                 ),
             )
         ]
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            actions += self._start(*pending)
-        return actions
+        return actions + self._next_pending()
+
+    def _next_pending(self) -> list[Action]:
+        if self._pending is None:
+            return []
+        pending, self._pending = self._pending, None
+        return self._start(*pending)

@@ -23,7 +23,7 @@ from ..training.attacks import label_flipped
 from ..training.personal import personalise
 from ..training.task import Task, load_task
 from .collusion import attackers_of
-from .engine import RunResult, SimNode, Simulation
+from .engine import RunResult, SimNode, Simulation, sim_identity
 
 
 def client_task(config: NodeConfig, index: int, num_clients: int) -> Task:
@@ -76,14 +76,15 @@ def _add_clients(
     attacker_of = attackers_of(config, num_clients, attackers, _task_of(config, num_clients))
     for i in range(num_clients):
         attacker = attacker_of(i)
-        client = make_role(client_config, size, region=region(i), attacker=attacker)
+        ident = sim_identity(sim.seed, len(sim.nodes))  # what sim.add would give it
+        client = make_role(client_config, size, region=region(i), attacker=attacker, identity=ident)
         task = client_task(config, i, num_clients)
         if attacker is not None and attacker.attack.kind == "labelflip":
             label_flipped(task)
         executor = InlineExecutor(
             task, train_cost_s=train_cost_s, slowdown=(slow or {}).get(i, 1.0)
         )
-        sim.add(client, executor, size)
+        sim.add(client, executor, size, identity=ident)
 
 
 def build_star(

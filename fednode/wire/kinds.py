@@ -26,6 +26,7 @@ __all__ = [
     "Kind",
     "Message",
     "Reject",
+    "SecAgg",
     "Update",
 ]
 
@@ -39,6 +40,7 @@ class Kind(enum.IntEnum):
     REJECT = 6
     ASSIGN = 7
     BYE = 8
+    SECAGG = 9
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,10 +167,24 @@ class Bye(Message):
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecAgg(Message):
+    """One secure-aggregation stage message (coordinator <-> member, docs/PROTOCOL.md).
+
+    ``stage`` names it (``params``, ``advertise``, ``keys``, ``share``, ``shares``,
+    ``masked``, ``unmask_request``, ``unmask``); the payload is that stage's CBOR array
+    (:mod:`fednode.crypto.secagg_wire`), codec ``none``, never a float tensor."""
+
+    KIND: ClassVar[Kind] = Kind.SECAGG
+    stage: str = ""
+
+
 MESSAGE_TYPES: dict[Kind, type[Message]] = {
-    cls.KIND: cls for cls in (Advert, Fit, Update, Gossip, Ack, Reject, Assign, Bye)
+    cls.KIND: cls for cls in (Advert, Fit, Update, Gossip, Ack, Reject, Assign, Bye, SecAgg)
 }
 TENSOR_KINDS = frozenset({Kind.FIT, Kind.UPDATE, Kind.GOSSIP})
+#: kinds with a payload that is not a float tensor (raw bytes the role decodes; codec none)
+RAW_PAYLOAD_KINDS = frozenset({Kind.SECAGG})
 
 
 #: class -> {body field: annotation}; filled by :mod:`fednode.wire.messages` at import

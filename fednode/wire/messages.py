@@ -51,6 +51,7 @@ from ._fast import header_writer, install
 from .kinds import BODY_TYPES as _BODY_TYPES
 from .kinds import (
     MESSAGE_TYPES,
+    RAW_PAYLOAD_KINDS,
     TENSOR_KINDS,
     Ack,
     Advert,
@@ -61,6 +62,7 @@ from .kinds import (
     Kind,
     Message,
     Reject,
+    SecAgg,
     Update,
 )
 from .schema import MAX_HEADER_DEPTH, Mismatch, checker, describe, names, scan_header, short
@@ -68,6 +70,7 @@ from .schema import MAX_HEADER_DEPTH, Mismatch, checker, describe, names, scan_h
 # the kinds are re-exported: callers write ``messages.Advert``
 __all__ = [
     "MESSAGE_TYPES",
+    "RAW_PAYLOAD_KINDS",
     "TENSOR_KINDS",
     "Ack",
     "Advert",
@@ -79,6 +82,7 @@ __all__ = [
     "Kind",
     "Message",
     "Reject",
+    "SecAgg",
     "Update",
     "build_message",
     "decode_header",
@@ -248,7 +252,10 @@ def _check_header(fields: dict[str, Any], error: type[FednodeError]) -> tuple[An
         raise error(f"round must be >= 0, got {rd}")
     if mv < 0:
         raise error(f"model_version must be >= 0, got {mv}")
-    if kind not in TENSOR_KINDS and (pl or c != "none"):
+    if kind in RAW_PAYLOAD_KINDS:
+        if c != "none":
+            raise error(f"{kind.name} payload: expected codec 'none', got {short(c)}")
+    elif kind not in TENSOR_KINDS and (pl or c != "none"):
         raise error(
             f"{kind.name} carries no payload: expected codec 'none' and payload_len 0, got "
             f"{short(c)} and {pl}"
