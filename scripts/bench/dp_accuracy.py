@@ -1,13 +1,15 @@
-"""Central DP (DP-FedAvg): digits test accuracy vs epsilon, beside no-DP in the same run.
+"""DP-FedAvg: digits test accuracy vs epsilon, beside no-DP in the same run.
 
 A star of ``--clients`` clients (default 100) samples ``--q`` of them per round (0.1) for
 ``--rounds`` rounds; the same seed, partition and task run once without DP (the baseline)
-and once per noise multiplier (default 0.5, 1.0, 2.0) with ``[privacy] mode = "central"``,
-clip ``--clip``. Each row prints the final accuracy, the best accuracy, epsilon at
-``--delta`` (RDP, as reported by the run) and the accuracy gap to the no-DP baseline.
+and once per noise multiplier (default 0.5, 1.0, 2.0) with ``[privacy] mode = --mode``
+(``central``: the coordinator clips and noises; ``distributed``: secure aggregation on,
+each client clips and adds its share of the noise), clip ``--clip``. Each row prints
+the final accuracy, the best accuracy, epsilon at ``--delta`` (RDP, as reported by the
+run) and the accuracy gap to the no-DP baseline.
 
     .venv/bin/python scripts/bench/dp_accuracy.py [--rounds 100] [--clients 100] [--q 0.1]
-        [--noise 0.5,1.0,2.0] [--clip 1.0] [--task digits:numpy] [--json]
+        [--noise 0.5,1.0,2.0] [--clip 1.0] [--task digits:numpy] [--mode central] [--json]
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ def run(args: argparse.Namespace, noise: float | None) -> dict[str, Any]:
     if noise is not None:
         overrides.update(
             {
-                "privacy.mode": "central",
+                "privacy.mode": args.mode,
                 "privacy.noise_multiplier": noise,
                 "privacy.clip": args.clip,
                 "privacy.delta": args.delta,
             }
         )
+        if args.mode == "distributed":
+            overrides["secagg.enabled"] = True
     t0 = time.perf_counter()
     res = run_experiment(topo, overrides=overrides)
     rows = res.table()
@@ -67,6 +71,7 @@ def main() -> None:
     p.add_argument("--partition", default="iid")
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=("central", "distributed"), default="central")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     base = run(args, None)
@@ -75,7 +80,8 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print(
-        f"digits ({args.task}), {args.clients} clients, q = {args.q}, {args.rounds} rounds, "
+        f"{args.mode} DP, digits ({args.task}), {args.clients} clients, q = {args.q}, "
+        f"{args.rounds} rounds, "
         f"clip {args.clip}, delta {args.delta:g}, {args.partition}, seed {args.seed}"
     )
     print(
