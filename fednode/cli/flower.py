@@ -50,11 +50,9 @@ def flower_overrides(args: argparse.Namespace, say: Any) -> dict[str, Any]:
         if not is_flower_spec(task):
             return {}
         spec = task
-    from ..flower.strategy import map_strategy, report
-    from ..flower.task import load_app
+    from ..flower.strategy import app_overrides
 
-    loaded = load_app(spec)
-    mapping = map_strategy(loaded.plan)
-    for line in report(mapping, loaded.plan, loaded.app.name):
+    out, lines = app_overrides(spec)
+    for line in lines:
         say.print(line, highlight=False, markup=False, soft_wrap=True)
-    return {**mapping.overrides, "data.task": spec}
+    return out

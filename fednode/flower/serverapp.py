@@ -17,6 +17,7 @@ Three ServerApp styles:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,9 @@ class ServerPlan:
     initial_arrays: dict[str, np.ndarray] | None = None
     train_config: dict[str, Any] = field(default_factory=dict)
     evaluate_config: dict[str, Any] = field(default_factory=dict)
+    #: a legacy strategy's ``on_fit_config_fn(server_round)`` / ``on_evaluate_config_fn``
+    fit_config_fn: Callable[[int], dict[str, Any]] | None = None
+    evaluate_config_fn: Callable[[int], dict[str, Any]] | None = None
 
 
 class _Reached(Exception):
@@ -107,7 +111,14 @@ def _legacy(style: str, strategy: Any, config: Any) -> ServerPlan:
         from flwr.common import parameters_to_ndarrays
 
         arrays = {str(i): a for i, a in enumerate(parameters_to_ndarrays(initial))}
-    return ServerPlan(style, strategy, int(rounds) if rounds else None, arrays)
+    return ServerPlan(
+        style,
+        strategy,
+        int(rounds) if rounds else None,
+        arrays,
+        fit_config_fn=getattr(strategy, "on_fit_config_fn", None),
+        evaluate_config_fn=getattr(strategy, "on_evaluate_config_fn", None),
+    )
 
 
 def _probe_main(main: Any, app: FlowerApp, where: str) -> ServerPlan:

@@ -157,3 +157,13 @@ def report(mapping: Mapping, plan: ServerPlan, app_name: str) -> list[str]:
     lines += [f"  mapped: {line}" for line in mapping.mapped]
     lines += [f"  not mapped: {line}" for line in mapping.unmapped]
     return lines
+
+
+def app_overrides(spec: str) -> tuple[dict[str, Any], list[str]]:
+    """The dotted config overrides of the Flower app ``spec`` names (its strategy's and
+    ``data.task``) and the start-up report; what ``fednode run|sim --flower-app`` applies."""
+    from .task import load_app
+
+    loaded = load_app(spec)
+    mapping = map_strategy(loaded.plan)
+    return {**mapping.overrides, "data.task": spec}, report(mapping, loaded.plan, loaded.app.name)

@@ -15,11 +15,12 @@ goes with every train message, with ``server-round`` and, when ``train.prox_mu``
 ``proximal-mu`` (what FedProx sends); fednode's own ``[train]`` knobs are not sent: the
 app trains as its code says.
 
-A reply fednode cannot use (an exception in the app, no arrays, other shapes, no
+A train reply fednode cannot use (an exception in the app, no arrays, other shapes, no
 ``num-examples``) is logged, counted in :attr:`FlowerAppTask.errors` and becomes an
 update of NaNs with 0 examples, which the node refuses to send (counted as refused,
 ``local_error``): the round goes on without it and the node keeps running. A NaN the app
-itself returns takes the same path.
+itself returns takes the same path. An evaluate reply it cannot use is counted and scores
+NaN.
 """
 
 from __future__ import annotations
@@ -142,7 +143,16 @@ class FlowerAppTask:
         except Exception as exc:  # the app's code: any failure is the app's
             raise TaskError(f"{self._where} {kind} raised {type(exc).__name__}: {exc}") from exc
 
-    def _config(self, base: Mapping[str, Any], rnd: int, prox_mu: float) -> dict[str, Any]:
+    def _config(
+        self, base: Mapping[str, Any], fn: Any, rnd: int, prox_mu: float
+    ) -> dict[str, Any]:
+        """What the strategy would send: its config (a legacy strategy's
+        ``on_fit_config_fn(round)``), ``server-round`` and FedProx's ``proximal-mu``."""
+        if fn is not None:
+            try:
+                base = dict(fn(rnd))
+            except Exception as exc:  # the app's code
+                raise TaskError(f"{self._where}: on_*_config_fn raised {exc!r}") from exc
         config = {**base, "server-round": rnd}
         if prox_mu > 0:
             config["proximal-mu"] = prox_mu
@@ -152,12 +162,12 @@ class FlowerAppTask:
         self, params: np.ndarray, config: Mapping[str, Any]
     ) -> tuple[np.ndarray, int, dict[str, float]]:
         rnd = int(config.get("round", 0))
-        cfg = self._config(self.loaded.plan.train_config, rnd, float(config.get("prox_mu", 0)))
+        plan = self.loaded.plan
         try:
+            mu = float(config.get("prox_mu", 0))
+            cfg = self._config(plan.train_config, plan.fit_config_fn, rnd, mu)
             return self._train(params, cfg, rnd)
         except TaskError as exc:
-            if isinstance(exc.__cause__, FednodeError):
-                raise
             self.errors[_reason(exc)] += 1
             log.warning("%s: round %d: %s; this update is not sent", self.name, rnd, exc)
             return np.full(self.shape.layout().size, np.nan, dtype=DTYPE), 0, {}
@@ -179,7 +189,17 @@ class FlowerAppTask:
         return flat, n, metrics
 
     def evaluate(self, params: np.ndarray) -> tuple[float, int, dict[str, float]]:
-        cfg = self._config(self.loaded.plan.evaluate_config, 0, 0.0)
+        """The app's evaluate; a reply fednode cannot use is counted and scores NaN."""
+        try:
+            return self._evaluate(params)
+        except TaskError as exc:
+            self.errors[_reason(exc)] += 1
+            log.warning("%s: evaluate: %s", self.name, exc)
+            return float("nan"), 0, {"accuracy": float("nan"), "loss": float("nan")}
+
+    def _evaluate(self, params: np.ndarray) -> tuple[float, int, dict[str, float]]:
+        plan = self.loaded.plan
+        cfg = self._config(plan.evaluate_config, plan.evaluate_config_fn, 0, 0.0)
         arrays = self.shape.split(params)
         where = f"{self._where} evaluate"
         if self.loaded.legacy:
