@@ -16,10 +16,10 @@ import pytest
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # before anything imports flwr
 pytest.importorskip("flwr", reason="flwr is not installed: pip install fednode[flower]")
 
-from fednode.flower.app import make_spec  # noqa: E402
-from fednode.flower.strategy import app_overrides  # noqa: E402
-from fednode.sim.experiment import run_experiment  # noqa: E402
-from fednode.sim.topology import build_topology  # noqa: E402
+from fednode.flower.app import make_spec
+from fednode.flower.strategy import app_overrides
+from fednode.sim.experiment import run_experiment
+from fednode.sim.topology import build_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flower-quickstart"

@@ -55,5 +55,7 @@ def evaluate(msg: Message, context: Context):
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     _, _, x_test, y_test = _data(context)
     eval_loss, eval_acc = test_fn(model, x_test, y_test)
-    metrics = MetricRecord({"eval_loss": eval_loss, "eval_acc": eval_acc, "num-examples": len(y_test)})
+    metrics = MetricRecord(
+        {"eval_loss": eval_loss, "eval_acc": eval_acc, "num-examples": len(y_test)}
+    )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

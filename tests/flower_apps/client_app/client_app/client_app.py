@@ -37,7 +37,8 @@ class DigitsClient(Client):
         return np.concatenate([a.ravel() for a in parameters_to_ndarrays(parameters)])
 
     def get_parameters(self, ins):
-        return GetParametersRes(status=OK, parameters=self._params(self.task.init_params(self.seed)))
+        initial = self.task.init_params(self.seed)
+        return GetParametersRes(status=OK, parameters=self._params(initial))
 
     def fit(self, ins):
         job = {
