@@ -110,6 +110,11 @@ def map_strategy(plan: ServerPlan) -> Mapping:
             )
         else:
             out.set(f"{name}.{attr}", dotted, int(value))
+    fit = out.overrides.get("rounds.min_fit_clients")
+    if fit is not None and "rounds.min_available_clients" not in out.overrides:
+        # Flower samples max(fraction * available, min_train_nodes) nodes: it waits for
+        # that many; fednode needs min_available_clients >= min_fit_clients
+        out.set(f"{name}.min_train_nodes", "rounds.min_available_clients", int(fit))
     _specific(name, strategy, out)
     for attr, why in _IGNORED.items():
         if hasattr(strategy, attr):
