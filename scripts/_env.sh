@@ -13,7 +13,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
     # torch is pinned to 2.13.0 in pyproject.toml: pip resolves that to the local CPU wheel.
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]" >&2
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test,flower]" >&2
     # byzfl (tests/test_robust_byzfl.py cross-checks the rules against it) without its
     # dependencies: they pull torchvision and a CUDA torch (GBs). Its aggregators need
     # only numpy, torch and scipy, which the project's own dependencies bring.
@@ -21,4 +21,5 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
+export FLWR_TELEMETRY_ENABLED=0  # flwr (the [flower] extra) sends no telemetry from tests
 cd "$ROOT"

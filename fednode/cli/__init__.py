@@ -12,6 +12,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from rich.markup import escape
+
 from .. import __version__
 from ..errors import ConfigError, FednodeError
 from . import control, demo, keygen, run, sim, train
@@ -68,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)  # tiny models: one thread per process is fastest
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        console.print(f"[red]config error[/]: {exc}")
+        console.print(f"[red]config error[/]: {escape(str(exc))}")  # [tool.x] stays text
         return 2
     except FednodeError as exc:
-        console.print(f"[red]error[/]: {exc}")
+        console.print(f"[red]error[/]: {escape(str(exc))}")
         return 1
     except KeyboardInterrupt:
         console.print("interrupted")

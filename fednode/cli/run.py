@@ -13,13 +13,14 @@ from .common import (
     add_dashboard,
     add_personal,
     add_privacy,
-    config_of,
     console,
     dashboard_overrides,
     human,
+    overrides,
     personal_overrides,
     privacy_overrides,
 )
+from .flower import add_flower, flower_overrides
 
 
 def add_parser(sub: Any) -> None:
@@ -92,6 +93,7 @@ def add_parser(sub: Any) -> None:
         help="allow an [attack] section: this node poisons its updates (tests only)",
     )
     add_common(run)
+    add_flower(run)
 
 
 def refuse_attack(config: Any, testing: bool) -> None:
@@ -124,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
     from rich.console import Console
 
+    from ..config import load_config
     from ..node import Node, json_lines
 
     extra: dict[str, Any] = {
@@ -150,7 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.allow:
         extra["net.allow"] = tuple(args.allow)
         extra["net.open_membership"] = False
-    config = config_of(args, extra)
+    # with --log json stdout is JSON lines only: the lines for people go to stderr
+    say = console if args.log != "json" else Console(stderr=True, highlight=False)
+    flower = flower_overrides(args, say)  # a Flower app: its strategy below the flags
+    config = load_config(args.config, {**flower, **overrides(args, extra)})
     refuse_attack(config, args.testing_attack)  # before anything starts
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
@@ -158,8 +164,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # main() made SIGTERM a KeyboardInterrupt while starting up ("interrupted", 130); once
     # up, the node's own handler takes over (Node.run: goodbye, "stopped: SIGTERM", 0)
     sink = json_lines() if args.log == "json" else _human_events()
-    # with --log json stdout is JSON lines only: the lines for people go to stderr
-    say = console if args.log != "json" else Console(stderr=True, highlight=False)
     node = Node(config, on_event=sink)
     say.print(f"[bold]fednode[/] {config.role} {node.peer_id}", highlight=False)
     stop = trio.run(node.run)

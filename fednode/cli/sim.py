@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from ..config import DashboardParams, load_config
 from ..errors import ConfigError
 from ..sim.attackers import parse_attackers_flag
@@ -42,6 +44,7 @@ from .common import (
     personal_overrides,
     privacy_overrides,
 )
+from .flower import add_flower, flower_overrides
 
 #: ``fednode sim`` suggests ``--workers`` for runs of at least this many nodes on one worker
 HINT_WORKERS_FROM = 5000
@@ -142,6 +145,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     add_dashboard(parser, sim=True)
     add_privacy(parser)
     add_personal(parser)
+    add_flower(parser)
 
 
 def _attack_overrides(args: argparse.Namespace, extra: dict[str, Any]) -> dict[str, Any]:
@@ -190,18 +194,22 @@ def _run_one(
 ) -> ExperimentResult:
     topo = _topology(spec, args)
     base = load_config(args.config, None) if args.config else None
+    flower = args.flower_overrides if hasattr(args, "flower_overrides") else {}
     with _progress(console, Path(spec).stem) as progress:
         res = run_experiment(
             topo,
             base,
-            overrides=_attack_overrides(
-                args,
-                {
-                    **dashboard_overrides(args),
-                    **privacy_overrides(args),
-                    **personal_overrides(args),
-                },
-            ),
+            overrides={
+                **flower,  # a Flower app's strategy: below the flags
+                **_attack_overrides(
+                    args,
+                    {
+                        **dashboard_overrides(args),
+                        **privacy_overrides(args),
+                        **personal_overrides(args),
+                    },
+                ),
+            },
             options=_options(args),
             n=None if isinstance(topo, Topology) else args.nodes,
             graph_seed=args.graph_seed,
@@ -255,6 +263,8 @@ def _progress(console: Any, label: str) -> Iterator[Callable[[int, int], None] |
 def run_sim(args: argparse.Namespace) -> int:
     """``fednode sim``: 0 when every run finished, 1 when one failed (ConfigError -> caller)."""
     specs = args.compare or [args.topology]
+    say = console if not args.json else Console(stderr=True, highlight=False)
+    args.flower_overrides = flower_overrides(args, say)  # read once, before any run
     dashboard = load_config(args.config, overrides(args, dashboard_overrides(args))).dashboard
     if dashboard.listen:
         return _run_live(args, dashboard)

@@ -63,8 +63,9 @@ class Task(Protocol):
 def load_task(
     spec: str, *, client_index: int = 0, num_clients: int = 1, partition: str = "iid", seed: int = 0
 ) -> Task:
-    """Build the task named by ``spec`` (``digits[:mlp|linear|numpy]``, ``synthetic[:<samples>]``
-    or ``package.module:Class``: a Task, or a Flower NumPyClient, which is wrapped).
+    """Build the task named by ``spec`` (``digits[:mlp|linear|numpy]``, ``synthetic[:<samples>]``,
+    ``flower:PATH[?k=v ...]`` (a Flower app, :mod:`fednode.flower`) or
+    ``package.module:Class``: a Task, or a Flower NumPyClient, which is wrapped).
 
     Errors: :class:`TaskError` if the import fails or the object is not a Task.
     """
@@ -75,6 +76,10 @@ def load_task(
         from .linear import load_linear_task  # numpy softmax regression for big simulations
 
         return load_linear_task(spec, **kwargs)
+    if spec.startswith("flower:"):  # a Flower app folder (fednode.flower; flwr required)
+        from ..flower.task import FlowerAppTask
+
+        return FlowerAppTask(spec, **kwargs)
     if spec == "digits" or spec.startswith("digits:"):
         from .digits import DigitsTask
 

@@ -1,0 +1,1 @@
+"""flower-quickstart: a Flower / PyTorch app (Flower's documented Message-API style)."""
