@@ -196,10 +196,10 @@ def interleaved(repeats: int, *sides: Any) -> list[list[dict[str, Any]]]:
                 err = (res.get("stderr") or "").strip().splitlines()
                 res["error"] = res.get("error") or (err[-1] if err else f"exit {res['rc']}")
             runs[i].append(res)
+            error = f"  ERROR {res['error']}" if res.get("error") else ""
             print(f"   . {('fednode', 'Flower')[i]:<8} run {rep + 1}: wall {res['wall']:.2f}s"
                   f" to-target {fmt_s(res.get('wall_to'))} peak {res['peak_rss'] / 1e6:.0f} MB"
-                  f" ({res['procs']} procs) load {res['load']:.2f}"
-                  + (f"  ERROR {res['error']}" if res.get("error") else ""), flush=True)  # fmt: skip
+                  f" ({res['procs']} procs) load {res['load']:.2f}{error}", flush=True)  # fmt: skip
     return runs
 
 
@@ -391,12 +391,12 @@ def print_tables(tables: list[dict[str, Any]]) -> None:
             print(f"  {'rule':<18}{'fednode s':>10}{'GB/s':>7}{'x floor':>8}{'extra':>7}"
                   f"{'Flower s':>10}{'GB/s':>7}{'extra':>7}{'speedup':>9}")  # fmt: skip
             for r in t["rows"]:
+                error = f"  Flower: {r['flower_error']}" if r.get("flower_error") else ""
                 print(f"  {r['rule']:<18}{show(r.get('fednode_s')):>10}"
                       f"{show(r.get('fednode_gbs')):>7}{show(r.get('vs_floor')):>8}"
                       f"{show(r.get('fednode_extra_models')):>7}{show(r.get('flower_s')):>10}"
                       f"{show(r.get('flower_gbs')):>7}{show(r.get('flower_extra_models')):>7}"
-                      f"{show(r.get('speedup')):>9}"
-                      + (f"  Flower: {r['flower_error']}" if r.get("flower_error") else ""))  # fmt: skip
+                      f"{show(r.get('speedup')):>9}{error}")  # fmt: skip
             continue
         label = t.get("partition") or f"{t.get('clients')} clients"
         loads = [r["load"] for side in t["runs"].values() for r in side]
@@ -405,8 +405,10 @@ def print_tables(tables: list[dict[str, Any]]) -> None:
         for r in t["rows"]:
             met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
             tgt = "-" if r["target"] is None else f"<={r['target']:g}"
-            print(f"  {r['measure']:<28}{show(r['fednode'], r['unit']):>12}"
-                  f"{show(r['flower'], r['unit']):>12}{show(r['ratio']):>8}{tgt:>8}{met:>6}")
+            print(
+                f"  {r['measure']:<28}{show(r['fednode'], r['unit']):>12}"
+                f"{show(r['flower'], r['unit']):>12}{show(r['ratio']):>8}{tgt:>8}{met:>6}"
+            )
 
 
 def machine() -> dict[str, Any]:
