@@ -411,6 +411,77 @@ def print_tables(tables: list[dict[str, Any]]) -> None:
             )
 
 
+def render(data: dict[str, Any]) -> str:
+    """The tables of a ``--json`` result as Markdown (``run_all --write-docs``)."""
+    info = data["machine"]
+    out = [
+        f"Run of {info['date']} on {info['cpu']}, {info['cores']} cores, "
+        f"Python {info['python']}; ratio = fednode / Flower (< 1: fednode faster or lighter).",
+        "",
+    ]
+    for t in data["tables"]:
+        if t["case"] == "aggregate":
+            out += [
+                f"**aggregate, {t['n']} x {t['d']:,} float32** (load {max(t['loads']):.1f}; "
+                "extra = peak extra memory in models; speedup = Flower s / fednode s)",
+                "",
+                "| rule | fednode s | GB/s | x floor | extra | Flower s | GB/s | extra | speedup |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for r in t["rows"]:
+                keys = ("fednode_s", "fednode_gbs", "vs_floor", "fednode_extra_models",
+                        "flower_s", "flower_gbs", "flower_extra_models", "speedup")  # fmt: skip
+                out.append(f"| {r['rule']} | " + " | ".join(show(r.get(k)) for k in keys) + " |")
+            out.append("")
+            continue
+        loads = [r["load"] for side in t["runs"].values() for r in side]
+        label = t.get("partition") or f"{t.get('clients')} clients, fraction 0.1"
+        out += [f"**{t['case']}, {label}, {t['rounds']} rounds** (load {min(loads):.1f}-"
+                f"{max(loads):.1f})", "", "| measure | fednode | Flower | ratio | target | met? |",
+                "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+        for r in t["rows"]:
+            met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
+            tgt = "-" if r["target"] is None else f"<= {r['target']:g}"
+            out.append(
+                f"| {r['measure']} | {show(r['fednode'], r['unit'])} | "
+                f"{show(r['flower'], r['unit'])} | {show(r['ratio'])} | {tgt} | {met} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(data: dict[str, Any], path: Path) -> str:
+    """Accuracy vs whole-process wall, fednode and Flower, one panel per sim partition
+    (each side's run that reached the target first)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart"
+    sims = [t for t in data["tables"] if t["case"] == "sim"]
+    if not sims:
+        return "no sim case in the result: no chart"
+    fig, axes = plt.subplots(1, len(sims), figsize=(5.5 * len(sims), 4), squeeze=False)
+    for ax, t in zip(axes[0], sims):
+        for side, style in (("fednode", "o-"), ("flower", "s--")):
+            runs = [r for r in t["runs"][side] if r.get("curve")]
+            if not runs:
+                continue
+            run = min(runs, key=lambda r: r.get("wall_to") or r["wall"])
+            xs, ys = zip(*run["curve"])
+            ax.plot(xs, ys, style, ms=3, label=f"{'Flower' if side == 'flower' else side}")
+        ax.axhline(TARGET, color="grey", lw=0.8, ls=":")
+        ax.set(title=f"digits, 10 clients, {t['partition']}", xlabel="whole-process wall (s)",
+               ylabel="global test accuracy", ylim=(0.7, 1.0))  # fmt: skip
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return f"chart in {path}"
+
+
 def machine() -> dict[str, Any]:
     model = platform.processor() or platform.machine()
     try:
@@ -434,7 +505,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20, help="sim: rounds per run (20)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
     ap.add_argument("--json", type=Path, help="write every run and the tables here")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="print a result as Markdown")
+    ap.add_argument("--plot", type=Path, metavar="PNG", help="with --render: draw the chart")
     args = ap.parse_args()
+    if args.render:
+        data = json.loads(args.render.read_text())
+        print(render(data))
+        if args.plot:
+            print(plot(data, args.plot), file=sys.stderr)
+        return 0
     if args.quick:
         args.repeats = 1
     info = machine()
@@ -452,6 +531,8 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "tables": tables}, indent=1))
         print(f"\nresults in {args.json}")
+        if args.plot:
+            print(plot({"machine": info, "tables": tables}, args.plot))
     return 0
 
 
