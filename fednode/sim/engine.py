@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-import trio.testing
 
 from ..actions import Stop
 from ..crypto.envelope import Membership, Receiver, Sealer
@@ -347,6 +346,8 @@ class Simulation(NetworkFaults):
                         nodes.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
             return trio.current_time()
+
+        import trio.testing  # here, not at the top: trio.testing imports pytest (~0.2 s)
 
         return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 

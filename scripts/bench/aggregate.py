@@ -15,14 +15,14 @@ themselves; printed also as a multiple of one ``(n, d)`` float32 block. Each row
 Flower's time / fednode's time (> 1: fednode faster) and, where both exist, the largest
 difference between the two results.
 
-Flower runs in a subprocess of its own interpreter (``--flower-python``, default
-/work/venv-flwr/bin/python: flwr 1.40 would change packages of the project's venv),
+Flower runs in a subprocess (``--flower-python``: by default this interpreter when it has
+flwr, the ``bench`` extra, else /work/venv-flwr/bin/python),
 inside a loopback-only network namespace (``unshare -n``, root) with
 ``FLWR_TELEMETRY_ENABLED=0``; without that interpreter or without ``unshare`` the Flower
 columns say so and fednode's figures still print.
 
     .venv/bin/python scripts/bench/aggregate.py [--shapes 20x5000000,100x1000000]
-        [--repeat 2] [--flower-python /work/venv-flwr/bin/python]
+        [--repeat 2] [--flower-python PYTHON]
 """
 
 from __future__ import annotations
@@ -142,7 +142,8 @@ def run_flower(python: str, n: int, d: int, f: int, m: int, repeat: int) -> dict
         python, os.path.abspath(__file__), "--flower-worker",
         f"{n}x{d}", str(f), str(m), str(repeat),
     ]  # fmt: skip
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONPATH": ""}
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": ""}  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     out: dict[str, Any] = {}
     for line in proc.stdout.splitlines():
@@ -168,6 +169,15 @@ def run_fednode(rows: list[np.ndarray], spec: str, repeat: int) -> tuple[float, 
     return measure(call, repeat)
 
 
+def default_flower_python() -> str:
+    """This interpreter when it has flwr (``pip install -e '.[bench]'``), else the old venv."""
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is not None:
+        return sys.executable
+    return "/work/venv-flwr/bin/python"
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--flower-worker":
         shape, f, m, repeat = sys.argv[2:6]
@@ -177,7 +187,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--shapes", default="20x5000000,100x1000000")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--flower-python", default="/work/venv-flwr/bin/python")
+    ap.add_argument("--flower-python", default=default_flower_python())
     args = ap.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"numpy {np.__version__}; load {os.getloadavg()[0]:.2f}")  # fmt: skip
