@@ -341,13 +341,18 @@ class Coordinator(RootRole):
         self.state = State.EVALUATING
         return [*actions, Compute(EvalJob(cur.number, self.params))]
 
-    def _skip_round(self, now: float, reason: str) -> list[Action]:
-        """The rule cannot run on this round's updates: the round fails (model unchanged)
-        and the next round starts; after the last round the coordinator stops."""
+    def _skip_round(
+        self, now: float, reason: str, mark: str = "rule", event: str = ""
+    ) -> list[Action]:
+        """The round cannot release a model (the rule cannot run on its updates; ``mark``
+        names the cause in the ``round_failed`` event, ``event`` emits the same record
+        first under its own name): the round fails (model unchanged) and the next round
+        starts; after the last round the coordinator stops."""
         cur = self.current
         assert cur is not None
-        info = {"round": cur.number, "attempt": cur.attempt, "reason": reason, "rule": True}
-        actions: list[Action] = [Emit("round_failed", info)]
+        info = {"round": cur.number, "attempt": cur.attempt, "reason": reason, mark: True}
+        actions: list[Action] = [Emit(event, dict(info))] if event else []
+        actions.append(Emit("round_failed", info))
         self.previous = cur
         if cur.number >= self.rounds.rounds:
             self.state, self.done = State.DONE, True

@@ -34,7 +34,7 @@ from typing import Any, Unpack
 
 import numpy as np
 
-from ..actions import Action, Emit, Stop
+from ..actions import Action, Emit
 from ..config.secagg import SecAggConfig
 from ..crypto.secagg_server import SecAggResult
 from ..errors import ConfigError, RemoteProtocolError, SecAggAborted
@@ -204,17 +204,5 @@ class SecureCoordinator(Coordinator):
 
     def _abort(self, now: float, reason: str) -> list[Action]:
         """The round cannot release a sum: skipped, model unchanged, the next round starts."""
-        cur = self.current
-        assert cur is not None
         self.stages = None
-        info = {"round": cur.number, "attempt": cur.attempt, "reason": reason, "secagg": True}
-        actions: list[Action] = [Emit("secagg_aborted", dict(info)), Emit("round_failed", info)]
-        self.previous = cur
-        if cur.number >= self.rounds.rounds:
-            self.state, self.done = State.DONE, True
-            return [*actions, Stop(f"finished {cur.number} rounds (the last failed: {reason})")]
-        self.round_number += 1
-        self._attempt = 0
-        self.state = State.WAITING
-        self.waiting_since = now
-        return actions + self._try_start_round(now)
+        return self._skip_round(now, reason, mark="secagg", event="secagg_aborted")
